@@ -1,0 +1,173 @@
+"""Object storage on any S3-compatible server (SeaweedFS, MinIO, cloud S3) via the `minio` client.
+
+Writes are atomic from a reader's point of view: an S3 PUT of one object is all-or-nothing,
+and multi-object artifacts (datasets, checkpoints) are published by writing their manifest
+last, so a reader that finds the manifest finds every object it lists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from zoo.errors import GenpipeError
+from zoo.settings import Settings
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split `s3://bucket/key/prefix` into (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise GenpipeError(f"{uri!r} is not an s3:// URI (expected s3://bucket/prefix)")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise GenpipeError(f"{uri!r} names no bucket (expected s3://bucket/prefix)")
+    return bucket, key
+
+
+class ObjectStore:
+    """A thin, typed wrapper over `minio.Minio` with URI helpers and atomic publish."""
+
+    def __init__(self, settings: Settings, retries: int = 3) -> None:
+        self.settings = settings
+        # Bounded retries with backoff on connection errors and 5xx from the server.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(
+                total=retries, backoff_factor=0.5, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self.client = Minio(
+            settings.s3_host,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.s3_secure,
+            http_client=http,
+        )
+
+    @classmethod
+    def from_env(cls) -> ObjectStore:
+        return cls(Settings.from_env())
+
+    def uri(self, key: str, bucket: str | None = None) -> str:
+        return f"s3://{bucket or self.settings.bucket}/{key.lstrip('/')}"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except S3Error:
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise GenpipeError(
+                f"object store at {self.settings.s3_endpoint} unreachable during {what}: {e}"
+            ) from e
+
+    def ensure_bucket(self, bucket: str | None = None) -> None:
+        bucket = bucket or self.settings.bucket
+        if not self._call("bucket_exists", self.client.bucket_exists, bucket):
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as e:  # a concurrent creator won the race: fine
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        bucket, key = parse_s3_uri(uri)
+        self._call(
+            f"put {uri}",
+            self.client.put_object,
+            bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+        )
+
+    def put_json(self, uri: str, obj: Any) -> None:
+        self.put_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")
+
+    def put_file(self, uri: str, path: str | os.PathLike[str]) -> None:
+        bucket, key = parse_s3_uri(uri)
+        self._call(f"put {uri}", self.client.fput_object, bucket, key, str(path))
+
+    def get_bytes(self, uri: str) -> bytes:
+        bucket, key = parse_s3_uri(uri)
+        resp = self._call(f"get {uri}", self.client.get_object, bucket, key)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def get_json(self, uri: str) -> Any:
+        return json.loads(self.get_bytes(uri))
+
+    def get_file(self, uri: str, path: str | os.PathLike[str]) -> Path:
+        """Download to `path` atomically (temp file + rename), so a crash leaves no partial file."""
+        bucket, key = parse_s3_uri(uri)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        try:
+            self._call(f"get {uri}", self.client.fget_object, bucket, key, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = parse_s3_uri(uri)
+        try:
+            self._call(f"stat {uri}", self.client.stat_object, bucket, key)
+            return True
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+
+    def list(self, uri: str, recursive: bool = True) -> Iterator[str]:
+        """Yield the URIs of the objects under a prefix."""
+        bucket, prefix = parse_s3_uri(uri)
+        for obj in self._call(
+            f"list {uri}", lambda: list(self.client.list_objects(bucket, prefix, recursive=recursive))
+        ):
+            yield f"s3://{bucket}/{obj.object_name}"
+
+    def upload_dir(self, local_dir: str | os.PathLike[str], uri: str) -> list[str]:
+        """Upload every file under local_dir to the prefix `uri`; returns the object URIs."""
+        local_dir = Path(local_dir)
+        out = []
+        for p in sorted(local_dir.rglob("*")):
+            if p.is_file():
+                dest = f"{uri.rstrip('/')}/{p.relative_to(local_dir).as_posix()}"
+                self.put_file(dest, p)
+                out.append(dest)
+        return out
+
+    def download_prefix(self, uri: str, local_dir: str | os.PathLike[str]) -> list[Path]:
+        """Download every object under the prefix `uri` into local_dir (same relative layout)."""
+        local_dir = Path(local_dir)
+        prefix = uri.rstrip("/") + "/"
+        out = []
+        for obj_uri in self.list(prefix):
+            rel = obj_uri[len(prefix) :]
+            out.append(self.get_file(obj_uri, local_dir / rel))
+        return out
+
+    def delete_prefix(self, uri: str) -> int:
+        n = 0
+        for obj_uri in list(self.list(uri)):
+            bucket, key = parse_s3_uri(obj_uri)
+            self._call(f"delete {obj_uri}", self.client.remove_object, bucket, key)
+            n += 1
+        return n
