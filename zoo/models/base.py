@@ -1,0 +1,121 @@
+"""The one interface every zoo model implements.
+
+A model is one file: a config dataclass (defaults + `tiny()`), and a Keras 3 model subclass
+registered as serializable that knows how to
+  * take one training step on one replica (`train_step_replica`), so the trainer can run it
+    under any `tf.distribute` strategy (Keras `fit` does not work with multi-worker strategies),
+  * score a held-out batch (`eval_batch`, per-example sums, so the evaluator can average
+    exactly over a whole split regardless of batch size),
+  * `generate(n, seed)` samples as numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo import config as cfgmod
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training settings shared by every model (model configs inherit and add their own)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    # Stop with a clear error when the gradient global norm exceeds this (exploding gradients).
+    max_grad_norm: float = 1e6
+    # Cap on optimizer steps per epoch (0 = full epoch); tiny configs use it to stay fast.
+    steps_per_epoch: int = 0
+    # Training scale: "auto" (one device, or MirroredStrategy when >1 GPU), "single",
+    # "mirrored", "multi_worker" (needs TF_CONFIG).
+    distribution: str = "auto"
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        cfgmod.require(self.epochs >= 1, f"{name}: epochs={self.epochs} must be >= 1")
+        cfgmod.require(self.batch_size >= 1, f"{name}: batch_size={self.batch_size} must be >= 1")
+        cfgmod.require(
+            0 < self.learning_rate < 10,
+            f"{name}: learning_rate={self.learning_rate} must be in (0, 10)",
+        )
+        cfgmod.require(self.steps_per_epoch >= 0, f"{name}: steps_per_epoch must be >= 0")
+        cfgmod.require(
+            self.distribution in ("auto", "single", "mirrored", "multi_worker"),
+            f"{name}: distribution={self.distribution!r} is not one of auto, single, mirrored, multi_worker",
+        )
+
+
+class GenerativeModel(keras.Model):
+    """Base class of every zoo model. Subclasses set the class variables and the four methods."""
+
+    #: registry name, e.g. "vae"
+    name_in_registry: ClassVar[str] = ""
+    #: "image" or "text": which data the model trains on and which evaluator applies
+    family: ClassVar[str] = "image"
+    #: the config dataclass
+    config_cls: ClassVar[type[TrainConfig]] = TrainConfig
+    #: the held-out metric that decides blessing and promotion, and its direction
+    primary_metric: ClassVar[str] = ""
+    lower_is_better: ClassVar[bool] = True
+    #: default absolute blessing thresholds: metric -> ("max" | "min", value)
+    default_thresholds: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def __init__(self, config: dict[str, Any] | TrainConfig, data_spec: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = cfgmod.from_dict(self.config_cls, config, f"{self.name_in_registry} config")
+        self.cfg = config
+        self.data_spec = dict(data_spec)
+
+    # -- Keras serialization: config + data spec are all that is needed to rebuild --
+    def get_config(self) -> dict[str, Any]:
+        return {"config": cfgmod.to_dict(self.cfg), "data_spec": self.data_spec}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GenerativeModel:
+        model = cls(config["config"], config["data_spec"])
+        model.build_model()
+        return model
+
+    # -- the interface --
+    def build_model(self) -> None:
+        """Create all variables (called once, inside the strategy scope)."""
+        raise NotImplementedError
+
+    def make_optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
+        """Optimizers by name (one for most models; generator/discriminator for GANs)."""
+        return {"main": keras.optimizers.Adam(self.cfg.learning_rate)}
+
+    def train_step_replica(
+        self, batch: dict[str, tf.Tensor], optimizers: dict[str, Any], global_batch_size: int, step: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """One optimizer step on one replica's share of a global batch.
+
+        Losses are averaged over the *global* batch (so gradients summed across replicas are
+        right); returns scalars to log, which the trainer sums over replicas. Must include
+        "loss" and "grad_norm".
+        """
+        raise NotImplementedError
+
+    def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Per-example values ([batch] tensors) of held-out metrics; the evaluator averages them."""
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
+        """n samples as numpy; images are float32 in [0, 1] with shape [n, H, W, C]."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_config(cls) -> TrainConfig:
+        return cls.config_cls()
+
+    @classmethod
+    def tiny_config(cls) -> TrainConfig:
+        return cls.config_cls.tiny()  # type: ignore[attr-defined]
