@@ -1,0 +1,290 @@
+"""The trainer: our own loop (tf.function + strategy.run), not Keras `fit`.
+
+Keras 3 `fit` fails under MultiWorkerMirroredStrategy, so the trainer owns the loop and every
+model supplies a per-replica `train_step_replica`. One trainer serves three scales, chosen by
+`distribution` in the config: one device, MirroredStrategy over the GPUs of a node, and
+MultiWorkerMirroredStrategy across nodes (TF_CONFIG). `batch_size` is the *global* batch.
+
+Checkpoints (model, optimizers, step, epoch, position in the epoch) are published to the
+object store with a `latest.json` pointer written last; a restarted process with the same
+checkpoint URI (a KFP retry of the same task) resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from zoo import __version__
+from zoo import config as cfgmod
+from zoo import models
+from zoo.errors import DataError, TrainingDiverged
+from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.storage import ObjectStore
+from zoo.tracking import RunLogger
+
+
+def make_strategy(distribution: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for a config's `distribution` setting."""
+    gpus = tf.config.list_physical_devices("GPU")
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    multi = len(tf_config.get("cluster", {}).get("worker", [])) > 1
+    if distribution == "multi_worker" or (distribution == "auto" and multi):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if distribution == "mirrored" or (distribution == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: Path
+    epochs: int
+    steps: int
+    metrics: dict[str, float]
+    wall_s: float
+    samples_per_s: float
+    resumed_from_step: int
+
+
+def data_spec_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {"shape": list(manifest["shape"]), "num_classes": manifest.get("num_classes")}
+
+
+class Checkpointer:
+    """Local tf.train checkpoints mirrored to an object-store prefix, published by `latest.json`."""
+
+    def __init__(self, ckpt: tf.train.Checkpoint, local_dir: Path, uri: str | None, store: ObjectStore | None):
+        self.ckpt = ckpt
+        self.local_dir = local_dir
+        self.uri = uri.rstrip("/") if uri else None
+        self.store = store
+        self.manager = tf.train.CheckpointManager(ckpt, str(local_dir), max_to_keep=2)
+
+    def save(self, step: int, info: dict[str, Any]) -> str:
+        path = self.manager.save(checkpoint_number=step)
+        if self.uri and self.store:
+            name = Path(path).name
+            files = sorted(p for p in Path(path).parent.glob(f"{name}.*"))
+            for f in files:
+                self.store.put_file(f"{self.uri}/{name}/{f.name}", f)
+            # Pointer last: a reader never sees a checkpoint whose files are not all there.
+            self.store.put_json(
+                f"{self.uri}/latest.json",
+                {"prefix": name, "files": [f.name for f in files], "step": step, **info},
+            )
+        return path
+
+    def restore_latest(self) -> dict[str, Any] | None:
+        """Restore the newest published checkpoint; None when there is none."""
+        if not (self.uri and self.store) or not self.store.exists(f"{self.uri}/latest.json"):
+            return None
+        latest = self.store.get_json(f"{self.uri}/latest.json")
+        dest = self.local_dir / "restore"
+        shutil.rmtree(dest, ignore_errors=True)
+        for f in latest["files"]:
+            self.store.get_file(f"{self.uri}/{latest['prefix']}/{f}", dest / f)
+        self.ckpt.restore(str(dest / latest["prefix"])).assert_existing_objects_matched()
+        return latest
+
+
+class Trainer:
+    """Trains one registered model on a fetched dataset."""
+
+    def __init__(
+        self,
+        model_name: str,
+        cfg: TrainConfig,
+        data: Any,  # zoo.data.LocalDataset
+        workdir: Path,
+        logger: RunLogger | None = None,
+        checkpoint_uri: str | None = None,
+        store: ObjectStore | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.model_cls = models.get(model_name)
+        self.model_name = model_name
+        self.cfg = cfg
+        self.data = data
+        self.workdir = Path(workdir)
+        self.logger = logger
+        self.checkpoint_uri = checkpoint_uri
+        self.store = store
+        self.on_epoch = on_epoch
+
+    def _epoch_dataset(self, epoch: int, skip: int, steps: int) -> tf.data.Dataset:
+        from zoo.data import image_dataset
+
+        ds = image_dataset(
+            self.data,
+            "train",
+            self.cfg.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed * 100_003 + epoch,  # deterministic per epoch: resume skips exactly
+            drop_remainder=True,
+        )
+        return ds.skip(skip).take(steps - skip)
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        tf.keras.utils.set_random_seed(cfg.seed)
+        manifest = self.data.manifest
+        n_train = manifest["splits"]["train"]["count"]
+        if n_train < cfg.batch_size:
+            raise DataError(
+                f"dataset {manifest['fingerprint'][:12]}: training split has {n_train} examples, "
+                f"fewer than batch_size={cfg.batch_size}; lower batch_size"
+            )
+        steps_per_epoch = n_train // cfg.batch_size
+        if cfg.steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+
+        strategy = make_strategy(cfg.distribution)
+        with strategy.scope():
+            model: GenerativeModel = self.model_cls(cfg, data_spec_from_manifest(manifest))
+            model.build_model()
+            optimizers = model.make_optimizers()
+            for opt in optimizers.values():
+                opt.build(model.trainable_variables)
+            step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        ckpt = tf.train.Checkpoint(model=model, step=step_var, **{f"opt_{k}": v for k, v in optimizers.items()})
+        checkpointer = Checkpointer(ckpt, self.workdir / "ckpt", self.checkpoint_uri, self.store)
+        latest = checkpointer.restore_latest()
+        resumed_from = int(step_var.numpy()) if latest else 0
+        global_bs = cfg.batch_size
+
+        @tf.function
+        def train_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            per_replica = strategy.run(
+                model.train_step_replica, args=(batch, optimizers, global_bs, step_var)
+            )
+            step_var.assign_add(1)
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+        if self.logger and not latest:
+            self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
+            self.logger.params({"steps_per_epoch": steps_per_epoch, "replicas": strategy.num_replicas_in_sync})
+
+        t0 = time.perf_counter()
+        trained_samples = 0
+        train_time = 0.0
+        epoch_metrics: dict[str, float] = {}
+        start_epoch = resumed_from // steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            skip = resumed_from - epoch * steps_per_epoch if epoch == start_epoch else 0
+            sums: dict[str, float] = {}
+            count = 0
+            t_epoch = time.perf_counter()
+            dist = strategy.experimental_distribute_dataset(self._epoch_dataset(epoch, skip, steps_per_epoch))
+            for batch in dist:
+                out = {k: float(v) for k, v in train_step(batch).items()}
+                step = int(step_var.numpy())
+                self._check_finite(out, epoch, step, checkpointer)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            dt = time.perf_counter() - t_epoch
+            train_time += dt
+            trained_samples += count * global_bs
+            epoch_metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+            epoch_metrics["train_samples_per_s"] = count * global_bs / dt if dt > 0 else 0.0
+            step = int(step_var.numpy())
+            checkpointer.save(step, {"epoch": epoch + 1})
+            if self.logger:
+                self.logger.metrics(epoch_metrics, step=epoch + 1)
+                self.logger.image(model.generate(64, seed=0), f"samples/epoch_{epoch + 1:03d}.png")
+            if self.on_epoch:
+                self.on_epoch(epoch + 1, epoch_metrics)
+
+        model_dir = self.save_model(model)
+        wall = time.perf_counter() - t0
+        return TrainResult(
+            model_dir=model_dir,
+            epochs=cfg.epochs,
+            steps=int(step_var.numpy()),
+            metrics=epoch_metrics,
+            wall_s=wall,
+            samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
+            resumed_from_step=resumed_from,
+        )
+
+    def _check_finite(self, out: dict[str, float], epoch: int, step: int, ck: Checkpointer) -> None:
+        bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+        reason = None
+        if bad:
+            reason = f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}"
+        elif out.get("grad_norm", 0.0) > self.cfg.max_grad_norm:
+            reason = f"gradient norm {out['grad_norm']:.3g} exceeds max_grad_norm={self.cfg.max_grad_norm:g}"
+        if reason:
+            where = ck.uri or str(ck.local_dir)
+            if self.logger:
+                self.logger.tags({"genpipe.diverged": reason})
+            raise TrainingDiverged(
+                f"{self.model_name}: training diverged at epoch {epoch + 1}, step {step}: {reason}; "
+                f"last good checkpoint kept at {where}; lower learning_rate or max_grad_norm"
+            )
+
+    def save_model(self, model: GenerativeModel) -> Path:
+        out = self.workdir / "model"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        model.save(out / "model.keras")
+        write_model_config(out, self.model_name, self.cfg, model.data_spec, self.data.manifest)
+        return out
+
+
+def write_model_config(
+    out: Path, model_name: str, cfg: TrainConfig, data_spec: dict[str, Any], manifest: dict[str, Any]
+) -> None:
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "model": model_name,
+                "config": cfgmod.to_dict(cfg),
+                "data_spec": data_spec,
+                "dataset_fingerprint": manifest["fingerprint"],
+                "dataset_uri": manifest.get("uri"),
+                "genpipe_version": __version__,
+            },
+            indent=2,
+        )
+    )
+
+
+def load_model(model_dir: str | Path) -> tuple[GenerativeModel, dict[str, Any]]:
+    """Load `model.keras` (Keras safe mode) and its `config.json` from a model directory."""
+    import keras
+
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "config.json").read_text())
+    models.get(meta["model"])  # imports and registers the class for deserialization
+    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    return model, meta
+
+
+def evaluate_split(model: GenerativeModel, data: Any, split: str, batch_size: int = 256) -> dict[str, float]:
+    """Exact means of the model's per-example held-out metrics over a whole split."""
+    from zoo.data import image_dataset
+
+    ds = image_dataset(data, split, batch_size, shuffle=False)
+    step = tf.function(model.eval_batch)
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in ds:
+        out = step(batch)
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(v.numpy(), dtype="float64"))
+        n += int(batch["image"].shape[0])
+    if n == 0:
+        raise DataError(f"dataset {data.manifest['fingerprint'][:12]}: split {split!r} is empty")
+    return {k: v / n for k, v in sums.items()}
