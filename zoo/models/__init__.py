@@ -30,3 +30,17 @@ def get(name: str) -> type[GenerativeModel]:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(names())}") from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+PRESETS = ("default", "tiny")
+
+
+def resolve_config(name: str, preset: str = "default", overrides: dict | None = None, where: str = "--set"):
+    """The model's config: a preset (`default` or `tiny`) with typed overrides applied."""
+    from zoo import config as cfgmod
+
+    cls = get(name)
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
+    base = cls.default_config() if preset == "default" else cls.tiny_config()
+    return cfgmod.apply_overrides(base, overrides or {}, where=f"{where} ({name})")

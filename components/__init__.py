@@ -1,0 +1,1 @@
+"""Pipeline components: each a thin KFP interface over a plain `run()` usable without KFP."""

@@ -1,0 +1,146 @@
+"""Evaluate: held-out metrics, figures, an HTML report, and the pass/fail blessing.
+
+The current champion (if any, and if it takes the same input shape) is re-scored on the same
+held-out split, so the comparison is apples to apples.
+"""
+
+# No `from __future__ import annotations` here: KFP reads the component signature's real types.
+import base64
+import html
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+
+def run(
+    manifest_uri: str,
+    model_dir: str,
+    mlflow_run_id: str,
+    registered_name: str,
+    thresholds: str = "",
+    champion_tolerance: float = 0.0,
+    report_path: str | None = None,
+) -> dict[str, Any]:
+    """Score the trained model in `model_dir` and decide its blessing."""
+    from components.common import fetch_dataset
+    from zoo import images, models, registration, tracking
+    from zoo.blessing import decide, parse_thresholds
+    from zoo.data import load_split_arrays
+    from zoo.train import evaluate_split, load_model
+
+    data = fetch_dataset(manifest_uri)
+    model, meta = load_model(model_dir)
+    cls = models.get(meta["model"])
+    metrics = {f"test_{k}": v for k, v in evaluate_split(model, data, "test").items()}
+    x_test, _ = load_split_arrays(data, "test")
+    figures = model.report_images(x_test[:64].astype("float32") / 255.0, seed=0)
+
+    c = tracking.client()
+    champ_value, champ_version, champ_note = _score_champion(c, registered_name, mlflow_run_id, meta, data, cls)
+    blessing = decide(
+        metrics,
+        parse_thresholds(thresholds, cls.default_thresholds),
+        cls.primary_metric,
+        cls.lower_is_better,
+        champion_value=champ_value,
+        champion_version=champ_version,
+        tolerance=champion_tolerance,
+    )
+    if champ_note:
+        blessing.reasons.append(champ_note)
+
+    logger = tracking.RunLogger(c, mlflow_run_id)
+    logger.metrics(metrics)
+    if champ_value is not None:
+        logger.metrics({f"champion_{cls.primary_metric}": champ_value})
+    logger.metrics({"blessed": float(blessing.blessed)})
+    logger.tags(
+        {
+            "genpipe.blessed": str(blessing.blessed).lower(),
+            registration.TAG_PRIMARY: f"{cls.primary_metric}={blessing.value:.6g}",
+        }
+    )
+    pngs = {name: images.grid_png(arr, cols=16 if name != "samples" else None) for name, arr in figures.items()}
+    for name, png in pngs.items():
+        logger.bytes(png, f"evaluation/{name}.png")
+    report = render_report(meta["model"], metrics, blessing.to_dict(), pngs)
+    logger.text(report, "evaluation/report.html")
+    if report_path:
+        Path(report_path).write_text(report)
+    return {"metrics": metrics, "blessing": blessing.to_dict()}
+
+
+def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: Any) -> tuple:
+    """(value, version, note) of the champion re-scored on this data; (None, "", note) if not comparable."""
+    import tempfile
+
+    from zoo import registration
+    from zoo.train import evaluate_split, load_model
+
+    champ = registration.champion(c, name)
+    if champ is None:
+        return None, "", ""
+    if champ.run_id == run_id:  # a retried evaluate after this run was already promoted
+        return None, "", "this run is already the champion"
+    with tempfile.TemporaryDirectory(prefix="genpipe-champion-") as tmp:
+        champ_dir = registration.download_model_dir(c, name, champ.version, Path(tmp) / "model")
+        champ_model, champ_meta = load_model(champ_dir)
+    if champ_meta["model"] != meta["model"] or champ_meta["data_spec"]["shape"] != meta["data_spec"]["shape"]:
+        return (
+            None,
+            champ.version,
+            f"champion v{champ.version} ({champ_meta['model']}, shape {champ_meta['data_spec']['shape']}) "
+            "is not comparable: decided on thresholds alone",
+        )
+    value = {f"test_{k}": v for k, v in evaluate_split(champ_model, data, "test").items()}[cls.primary_metric]
+    return value, champ.version, ""
+
+
+def render_report(model: str, metrics: dict, blessing: dict, pngs: dict) -> str:
+    """A self-contained HTML report (images inline) for the KFP UI and MLflow."""
+    verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items()))
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in blessing["reasons"])
+    figs = "".join(
+        f"<h3>{html.escape(n)}</h3><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
+        for n, p in pngs.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(model)} evaluation</title></head>"
+        f"<body style='font-family:sans-serif'><h1>{html.escape(model)}: {verdict}</h1>"
+        f"<table border='1' cellpadding='4'><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+        f"<p>Units: nats per image (or per the model's documented convention); lower is better "
+        f"for losses.</p><h2>Blessing</h2><ul>{reasons}</ul>{figs}</body></html>"
+    )
+
+
+def evaluate(
+    registered_name: str,
+    thresholds: str,
+    champion_tolerance: float,
+    mlflow_run_id: str,
+    dataset: Input[Dataset],
+    trained_model: Input[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> NamedTuple(
+    "EvaluateOutputs",
+    [("blessed", bool), ("better_than_champion", bool), ("champion_version", str), ("primary_value", float)],
+):
+    """KFP interface of evaluate (imports inside: KFP runs this function's source alone)."""
+    from collections import namedtuple
+
+    from components.common import read_dataset_artifact
+    from components.evaluate import run
+
+    ds = read_dataset_artifact(dataset.path)
+    out = run(
+        ds["manifest_uri"], trained_model.path, mlflow_run_id, registered_name, thresholds, champion_tolerance, report.path
+    )
+    for k, v in out["metrics"].items():
+        metrics.log_metric(k, float(v))
+    b = out["blessing"]
+    print("blessing:", "; ".join(b["reasons"]))
+    outputs = namedtuple("EvaluateOutputs", ["blessed", "better_than_champion", "champion_version", "primary_value"])
+    return outputs(b["blessed"], b["better_than_champion"], b["champion_version"], b["value"])

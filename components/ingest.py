@@ -1,0 +1,90 @@
+"""Ingest: load a source, validate it, split deterministically, publish TFRecords + manifest.
+
+The published dataset is content-addressed (by the sha256 fingerprint of its content), so
+re-running ingest on unchanged data writes nothing, and training caches keyed on the
+fingerprint (not on the source string, which KFP caching would otherwise trust blindly).
+"""
+
+# No `from __future__ import annotations` here: KFP reads the component signature's real types.
+from typing import Any, NamedTuple
+
+from kfp.dsl import Dataset, Output
+
+
+def run(
+    source: str,
+    model: str,
+    experiment: str,
+    pipeline_run_id: str,
+    test_fraction: float = 0.1,
+    shards: int = 4,
+) -> dict[str, Any]:
+    """Ingest `source` for `model`; returns manifest URI, fingerprint and the MLflow run id."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from zoo import models, tracking
+    from zoo.data import RawText, load_source, publish, split, validate
+    from zoo.errors import DataError
+    from zoo.storage import ObjectStore
+
+    family = models.get(model).family  # unknown model -> clear error before any I/O
+    store = ObjectStore.from_env()
+    store.ensure_bucket()
+    raw = load_source(source, store)
+    validate(raw)
+    kind = "text" if isinstance(raw, RawText) else "image"
+    if kind != family:
+        raise DataError(f"source {source!r} holds {kind} data but model {model!r} trains on {family} data")
+    manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
+
+    c = tracking.client()
+    run_id = tracking.get_or_create_run(c, experiment, pipeline_run_id, model)
+    logger = tracking.RunLogger(c, run_id)
+    logger.tags({tracking.TAG_DATASET: manifest["fingerprint"]})
+    logger.params(
+        {
+            "source": source,
+            "fingerprint": manifest["fingerprint"],
+            "test_fraction": test_fraction,
+            **{f"{name}_count": s["count"] for name, s in manifest["splits"].items()},
+        },
+        prefix="dataset.",
+    )
+    logger.json(manifest, "dataset/manifest.json")
+    with mlflow.start_run(run_id=run_id):
+        ds = MetaDataset(source=_source_for_mlflow(manifest["uri"]), name=source, digest=manifest["fingerprint"][:20])
+        mlflow.log_input(ds, context="training")
+    return {"manifest_uri": manifest["uri"], "fingerprint": manifest["fingerprint"], "mlflow_run_id": run_id, "manifest": manifest}
+
+
+def _source_for_mlflow(uri: str) -> Any:
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    # MLflow has no generic S3 dataset source class outside its Spark/Delta integrations;
+    # an URL-typed source records the location verbatim.
+    return HTTPDatasetSource(url=uri)
+
+
+def ingest(
+    source: str,
+    model: str,
+    experiment: str,
+    pipeline_run_id: str,
+    test_fraction: float,
+    dataset: Output[Dataset],
+) -> NamedTuple("IngestOutputs", [("fingerprint", str), ("mlflow_run_id", str)]):
+    """KFP interface of ingest (imports inside: KFP runs this function's source alone)."""
+    import json
+    from collections import namedtuple
+
+    from components.ingest import run
+
+    out = run(source, model, experiment, pipeline_run_id, test_fraction)
+    with open(dataset.path, "w") as f:
+        json.dump({"manifest_uri": out["manifest_uri"], "fingerprint": out["fingerprint"]}, f)
+    dataset.metadata.update(
+        {"fingerprint": out["fingerprint"], "manifest_uri": out["manifest_uri"], "source": source}
+    )
+    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id"])(out["fingerprint"], out["mlflow_run_id"])
+

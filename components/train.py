@@ -1,0 +1,87 @@
+"""Train: run the model's training loop, publish checkpoints, log and output the model."""
+
+# No `from __future__ import annotations` here: KFP reads the component signature's real types.
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kfp.dsl import Dataset, Input, Model, Output
+
+
+def run(
+    model: str,
+    manifest_uri: str,
+    mlflow_run_id: str,
+    output_dir: str,
+    preset: str = "default",
+    overrides: str = "{}",
+) -> dict[str, Any]:
+    """Train `model` on the dataset behind `manifest_uri`; the model lands in `output_dir`.
+
+    Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
+    pipeline run, same MLflow run) resumes instead of starting over.
+    """
+    from components.common import fetch_dataset
+    from zoo import models, tracking
+    from zoo.errors import ConfigError
+    from zoo.registration import log_model
+    from zoo.storage import ObjectStore
+    from zoo.train import Trainer
+
+    try:
+        override_dict = json.loads(overrides or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"overrides {overrides!r} is not a JSON object: {e.msg}") from None
+    cfg = models.resolve_config(model, preset, override_dict, where="overrides")
+    store = ObjectStore.from_env()
+    data = fetch_dataset(manifest_uri)
+    c = tracking.client()
+    logger = tracking.RunLogger(c, mlflow_run_id)
+    logger.params({"preset": preset})
+    with tempfile.TemporaryDirectory(prefix="genpipe-train-") as work:
+        result = Trainer(
+            model,
+            cfg,
+            data,
+            Path(work),
+            logger=logger,
+            checkpoint_uri=store.uri(f"checkpoints/{mlflow_run_id}"),
+            store=store,
+        ).run()
+        out = Path(output_dir)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(result.model_dir, out)
+    logger.metrics({"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s})
+    model_uri = log_model(c, mlflow_run_id, out)
+    return {
+        "model_uri": model_uri,
+        "wall_s": result.wall_s,
+        "samples_per_s": result.samples_per_s,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,
+        "metrics": result.metrics,
+    }
+
+
+def train(
+    model: str,
+    preset: str,
+    overrides: str,
+    mlflow_run_id: str,
+    dataset: Input[Dataset],
+    trained_model: Output[Model],
+) -> NamedTuple("TrainOutputs", [("model_uri", str), ("train_wall_s", float)]):
+    """KFP interface of train (imports inside: KFP runs this function's source alone)."""
+    from collections import namedtuple
+
+    from components.common import read_dataset_artifact
+    from components.train import run
+
+    ds = read_dataset_artifact(dataset.path)
+    out = run(model, ds["manifest_uri"], mlflow_run_id, trained_model.path, preset, overrides)
+    trained_model.metadata.update(
+        {"model": model, "mlflow_model_uri": out["model_uri"], "fingerprint": ds["fingerprint"], "steps": out["steps"]}
+    )
+    return namedtuple("TrainOutputs", ["model_uri", "train_wall_s"])(out["model_uri"], out["wall_s"])

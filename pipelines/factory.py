@@ -1,0 +1,122 @@
+"""One factory builds every model's pipeline from the four generic components.
+
+    ingest -> train -> evaluate -> [blessed] register
+
+Platform config (image, GPU, node selectors, tolerations, resources, secrets) is applied in
+one place, `pipelines.platform.apply_platform`, from a cluster profile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.register import register
+from components.train import train
+from pipelines.platform import Profile, apply_platform, load_profile
+from zoo.errors import ConfigError
+from zoo.models import REGISTRY
+
+_FUNCS = {"ingest": ingest, "train": train, "evaluate": evaluate, "register": register}
+
+
+def components(image: str) -> dict[str, Any]:
+    """The four KFP components for one container image (the image already has kfp and genpipe)."""
+    return {name: dsl.component(fn, base_image=image, install_kfp_package=False) for name, fn in _FUNCS.items()}
+
+
+def build_pipeline(
+    model_name: str,
+    profile: Profile | str = "cpu",
+    image: str | None = None,
+    retries: int = 2,
+) -> Any:
+    """The KFP pipeline for `model_name` (a registry name), configured for a cluster profile."""
+    if model_name not in REGISTRY:
+        raise ConfigError(f"unknown model {model_name!r}; registered models: {', '.join(sorted(REGISTRY))}")
+    if retries < 0:
+        raise ConfigError(f"retries={retries} must be >= 0")
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    ops = components(image or prof.image)
+
+    def configure(task: Any, role: str) -> Any:
+        # Every pipeline run is a tracked experiment, and the data behind `source` can change
+        # under the same string: never serve a task from the KFP cache.
+        task.set_caching_options(False)
+        task.set_display_name(role)
+        if retries:
+            # Components are idempotent (content-addressed data, resumable checkpoints, one
+            # MLflow run per pipeline run, one model version per MLflow run), so retries are safe.
+            task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+        return apply_platform(task, prof, role)
+
+    @dsl.pipeline(
+        name=f"genpipe-{model_name.replace('_', '-')}",
+        description=f"genpipe: ingest -> train -> evaluate -> register for the {model_name} model",
+    )
+    def pipeline(
+        source: str = "digits",
+        preset: str = "default",
+        overrides: str = "{}",
+        experiment: str = f"genpipe-{model_name}",
+        registered_name: str = model_name,
+        thresholds: str = "",
+        champion_tolerance: float = 0.0,
+        test_fraction: float = 0.1,
+    ) -> str:
+        ing = configure(
+            ops["ingest"](
+                source=source,
+                model=model_name,
+                experiment=experiment,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                test_fraction=test_fraction,
+            ),
+            "ingest",
+        )
+        tr = configure(
+            ops["train"](
+                model=model_name,
+                preset=preset,
+                overrides=overrides,
+                mlflow_run_id=ing.outputs["mlflow_run_id"],
+                dataset=ing.outputs["dataset"],
+            ),
+            "train",
+        )
+        ev = configure(
+            ops["evaluate"](
+                registered_name=registered_name,
+                thresholds=thresholds,
+                champion_tolerance=champion_tolerance,
+                mlflow_run_id=ing.outputs["mlflow_run_id"],
+                dataset=ing.outputs["dataset"],
+                trained_model=tr.outputs["trained_model"],
+            ),
+            "evaluate",
+        )
+        with dsl.If(ev.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition DSL)
+            configure(
+                ops["register"](
+                    registered_name=registered_name,
+                    mlflow_run_id=ing.outputs["mlflow_run_id"],
+                    better_than_champion=ev.outputs["better_than_champion"],
+                    champion_version=ev.outputs["champion_version"],
+                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                ),
+                "register",
+            )
+        return ing.outputs["mlflow_run_id"]
+
+    return pipeline
+
+
+def compile_pipeline(model_name: str, output: str, profile: Profile | str = "cpu", image: str | None = None) -> str:
+    """Compile the model's pipeline to KFP IR YAML at `output`."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(model_name, profile, image), package_path=output)
+    return output
