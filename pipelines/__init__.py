@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines for genpipe: pipeline definitions and the platform profiles they run on."""
