@@ -1,0 +1,463 @@
+"""Platform profiles compiled into real KFP pipeline YAML (pipeline spec + platform spec).
+
+Every assertion reads the compiled file, i.e. what a KFP backend would execute, rather than
+the SDK objects that produced it.
+"""
+
+# No `from __future__ import annotations`: kfp reads the component signatures at runtime.
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp import compiler, dsl
+
+import zoo
+from pipelines.platform import (
+    CONFIG_MAP,
+    ROLES,
+    SECRET_MLFLOW,
+    SECRET_S3,
+    Profile,
+    RoleResources,
+    apply_platform,
+    load_profile,
+    profile_names,
+    resolve_profile,
+)
+from zoo.errors import ConfigError
+
+GPU_PROFILES = ["gke", "eks", "aks", "generic-nvidia"]
+
+# The scheduling conventions verified against vendor docs (see comments in profiles.yaml).
+EXPECTED = {
+    "gke": (
+        {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    ),
+    "eks": (
+        {"karpenter.k8s.aws/instance-gpu-manufacturer": "nvidia"},
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    ),
+    "aks": (
+        {"accelerator": "nvidia"},
+        [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+    ),
+    "generic-nvidia": (
+        {"nvidia.com/gpu.present": "true"},
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    ),
+}
+
+FAKE_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIA-fake-should-not-leak",
+    "AWS_SECRET_ACCESS_KEY": "s3cr3t-should-not-leak",
+    "MLFLOW_TRACKING_USERNAME": "mlflow-user-should-not-leak",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow-pw-should-not-leak",
+}
+# Endpoints are not secret, but they belong to the cluster, not to the compiled pipeline.
+FAKE_ENDPOINTS = {
+    "GENPIPE_S3_ENDPOINT": "http://minio.internal:9000",
+    "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+}
+
+
+@pytest.fixture(autouse=True)
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real-looking credentials in the environment: none may end up in compiled YAML."""
+    for key, value in {**FAKE_SECRETS, **FAKE_ENDPOINTS}.items():
+        monkeypatch.setenv(key, value)
+
+
+# One trivial function per role; the bodies never run, only the compiled specs matter.
+def ingest() -> str:
+    return "data"
+
+
+def train(data: str) -> str:
+    return data
+
+
+def evaluate(model: str) -> float:
+    return 0.0
+
+
+def register(model: str, score: float) -> str:
+    return model
+
+
+def compile_with(profile: Profile, tmp_path: Path, image: str | None = None) -> dict[str, Any]:
+    """Compile a 4-role pipeline on `profile`; returns spec, executors, platform and raw text.
+
+    Components get `profile.image` as base image, as pipelines/factory.py does.
+    """
+    ops = {
+        f.__name__: dsl.component(f, base_image=profile.image, install_kfp_package=False)
+        for f in (ingest, train, evaluate, register)
+    }
+
+    @dsl.pipeline(name="platform-test")
+    def pipeline() -> None:
+        i = apply_platform(ops["ingest"](), profile, "ingest", image=image)
+        t = apply_platform(ops["train"](data=i.output), profile, "train", image=image)
+        e = apply_platform(ops["evaluate"](model=t.output), profile, "evaluate", image=image)
+        r = ops["register"](model=t.output, score=e.output)
+        apply_platform(r, profile, "register", image=image)
+
+    path = tmp_path / f"{profile.name}.yaml"
+    compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path))
+    text = path.read_text()
+    docs = list(yaml.safe_load_all(text))
+    assert len(docs) == 2, "expected pipeline spec + platform spec documents"
+    spec, platform = docs
+    return {
+        "text": text,
+        "executors": spec["deploymentSpec"]["executors"],
+        "platform": platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"],
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every built-in profile compiled once (secrets are set before compiling)."""
+    tmp = tmp_path_factory.mktemp("compiled")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**FAKE_SECRETS, **FAKE_ENDPOINTS}.items():
+            mp.setenv(key, value)
+        return {name: compile_with(load_profile(name), tmp) for name in profile_names()}
+
+
+def test_profile_names_are_the_five_documented_profiles() -> None:
+    assert profile_names() == ["cpu", "gke", "eks", "aks", "generic-nvidia"]
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_gpu_profiles_carry_the_verified_scheduling_conventions(name: str) -> None:
+    p = load_profile(name)
+    selector, tolerations = EXPECTED[name]
+    assert p.node_selector == selector
+    assert p.tolerations == tolerations
+    # The open-source KFP driver copies the type verbatim into resources.limits.
+    assert p.accelerator_type == "nvidia.com/gpu"
+    assert p.accelerator_limit == 1
+    assert p.gpu_roles == ("train", "evaluate")
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+@pytest.mark.parametrize("role", ["train", "evaluate"])
+def test_gpu_roles_get_accelerator_selector_and_tolerations(
+    compiled: dict[str, dict[str, Any]], name: str, role: str
+) -> None:
+    c = compiled[name]
+    accel = c["executors"][f"exec-{role}"]["container"]["resources"]["accelerator"]
+    assert accel["resourceType"] == "nvidia.com/gpu"
+    assert accel["resourceCount"] == "1"
+    k8s = c["platform"][f"exec-{role}"]
+    selector, tolerations = EXPECTED[name]
+    assert k8s["nodeSelector"]["labels"] == selector
+    assert k8s["tolerations"] == tolerations
+
+
+@pytest.mark.parametrize("name", profile_names())
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_gets_secret_and_config_map_references(
+    compiled: dict[str, dict[str, Any]], name: str, role: str
+) -> None:
+    k8s = compiled[name]["platform"][f"exec-{role}"]
+    secrets = {s["secretName"]: s for s in k8s["secretAsEnv"]}
+    assert set(secrets) == {SECRET_S3, SECRET_MLFLOW}
+    s3_keys = {m["secretKey"]: m["envVar"] for m in secrets[SECRET_S3]["keyToEnv"]}
+    assert s3_keys == {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert secrets[SECRET_S3]["optional"] is False
+    mlflow_keys = {m["secretKey"] for m in secrets[SECRET_MLFLOW]["keyToEnv"]}
+    assert mlflow_keys == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    # Clusters whose MLflow has no auth have no such Secret; the pod must still start.
+    assert secrets[SECRET_MLFLOW]["optional"] is True
+
+    config_maps = k8s["configMapAsEnv"]
+    assert {c["configMapName"] for c in config_maps} == {CONFIG_MAP}
+    required = {m["envVar"] for c in config_maps if not c["optional"] for m in c["keyToEnv"]}
+    optional = {m["envVar"] for c in config_maps if c["optional"] for m in c["keyToEnv"]}
+    assert required == {"GENPIPE_S3_ENDPOINT", "MLFLOW_TRACKING_URI"}
+    assert optional == {"GENPIPE_BUCKET"}
+    assert k8s["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("name", profile_names())
+@pytest.mark.parametrize("role", ["ingest", "register"])
+def test_cpu_roles_never_get_the_gpu(
+    compiled: dict[str, dict[str, Any]], name: str, role: str
+) -> None:
+    resources = compiled[name]["executors"][f"exec-{role}"]["container"]["resources"]
+    assert "accelerator" not in resources
+    k8s = compiled[name]["platform"][f"exec-{role}"]
+    assert "nodeSelector" not in k8s
+    assert "tolerations" not in k8s
+
+
+def test_cpu_profile_has_no_accelerator_anywhere(compiled: dict[str, dict[str, Any]]) -> None:
+    c = compiled["cpu"]
+    for role in ROLES:
+        assert "accelerator" not in c["executors"][f"exec-{role}"]["container"]["resources"]
+        assert "nodeSelector" not in c["platform"][f"exec-{role}"]
+        assert "tolerations" not in c["platform"][f"exec-{role}"]
+    assert "nvidia.com/gpu" not in c["text"]
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_resources_and_pinned_image_per_role(
+    compiled: dict[str, dict[str, Any]], name: str
+) -> None:
+    profile = load_profile(name)
+    flavour = "cpu" if name == "cpu" else "gpu"
+    for role in ROLES:
+        container = compiled[name]["executors"][f"exec-{role}"]["container"]
+        assert container["image"] == f"ghcr.io/genpipe/genpipe:{zoo.__version__}-{flavour}"
+        want = profile.resources[role]
+        res = container["resources"]
+        assert res["resourceCpuRequest"] == want.cpu_request
+        assert res["resourceCpuLimit"] == want.cpu_limit
+        assert res["resourceMemoryRequest"] == want.memory_request
+        assert res["resourceMemoryLimit"] == want.memory_limit
+    assert ":latest" not in compiled[name]["text"]
+
+
+def test_gpu_training_is_sized_for_a_4_vcpu_16gb_gpu_node() -> None:
+    # g5.xlarge, g2-standard-4, n1-standard-4+T4: requests above this never schedule.
+    train = load_profile("gke").resources["train"]
+    assert float(train.cpu_request) <= 3.5
+    assert int(train.memory_request.removesuffix("Gi")) <= 12
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_no_secret_value_reaches_the_compiled_yaml(
+    compiled: dict[str, dict[str, Any]], name: str
+) -> None:
+    text = compiled[name]["text"]
+    for value in FAKE_SECRETS.values():
+        assert value not in text
+    # Endpoints travel by ConfigMap reference too, not as literal values.
+    assert "minio.internal" not in text and "mlflow.internal" not in text
+
+
+def test_image_override(tmp_path: Path) -> None:
+    c = compile_with(load_profile("gke"), tmp_path, image="registry.example/genpipe:dev-1")
+    for role in ROLES:
+        assert (
+            c["executors"][f"exec-{role}"]["container"]["image"] == "registry.example/genpipe:dev-1"
+        )
+
+
+def test_unknown_profile_names_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_profile("gcp")
+    for name in profile_names():
+        assert name in str(err.value)
+
+
+def test_unknown_role_is_a_config_error() -> None:
+    task_factory = dsl.component(ingest, base_image="python:3.11-slim")
+    # kfp builds the graph when @dsl.pipeline decorates, so that is where the error surfaces.
+    with pytest.raises(ConfigError, match="serve.*ingest, train, evaluate, register"):
+
+        @dsl.pipeline(name="bad-role")
+        def pipeline() -> None:
+            apply_platform(task_factory(), load_profile("cpu"), "serve")
+
+
+def test_resolve_profile_accepts_name_or_profile() -> None:
+    gke = load_profile("gke")
+    assert resolve_profile(gke) is gke
+    assert resolve_profile("gke") == gke
+
+
+def test_loaded_profiles_are_independent_copies() -> None:
+    a = load_profile("gke")
+    a.node_selector["x"] = "y"
+    a.resources["train"].cpu_request = "1"
+    b = load_profile("gke")
+    assert "x" not in b.node_selector
+    assert b.resources["train"].cpu_request == "3"
+
+
+# --- user profile files -------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_user_profile_file_full_schema(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "onprem.yaml",
+        """
+description: On-prem A100 nodes
+image: registry.local/genpipe:{version}-gpu
+accelerator_type: nvidia.com/gpu
+accelerator_limit: 2
+node_selector: {nvidia.com/gpu.product: NVIDIA-A100-SXM4-40GB, gpu: true}
+tolerations:
+  - {key: dedicated, operator: Equal, value: ml, effect: NoSchedule}
+gpu_roles: [train]
+resources:
+  train: {cpu_request: 8, memory_limit: 64Gi, memory_request: 32Gi, cpu_limit: "16"}
+image_pull_policy: Always
+""",
+    )
+    p = load_profile(str(path))
+    assert p.name == "onprem"
+    assert p.image == f"registry.local/genpipe:{zoo.__version__}-gpu"
+    assert p.accelerator_limit == 2
+    # An unquoted YAML `true` becomes the label string "true".
+    assert p.node_selector == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB", "gpu": "true"}
+    assert p.gpu_roles == ("train",)
+    assert p.resources["train"] == RoleResources("8", "16", "32Gi", "64Gi")
+    # Roles the file leaves out keep the packaged defaults.
+    assert p.resources["ingest"] == load_profile("cpu").resources["ingest"]
+
+    c = compile_with(p, tmp_path)
+    assert (
+        c["executors"]["exec-train"]["container"]["resources"]["accelerator"]["resourceCount"]
+        == "2"
+    )
+    assert "accelerator" not in c["executors"]["exec-evaluate"]["container"]["resources"]
+    assert c["platform"]["exec-train"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    ]
+    assert c["platform"]["exec-train"]["imagePullPolicy"] == "Always"
+
+
+def test_user_profile_extends_a_builtin(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "eks-mng.yml",
+        "name: eks-g5\nextends: eks\nnode_selector: {node.kubernetes.io/instance-type: g5.xlarge}\n",
+    )
+    p = load_profile(str(path))
+    eks = load_profile("eks")
+    assert p.name == "eks-g5"
+    assert p.node_selector == {"node.kubernetes.io/instance-type": "g5.xlarge"}
+    assert (p.image, p.tolerations, p.resources) == (eks.image, eks.tolerations, eks.resources)
+
+
+def test_user_profile_in_profiles_yaml_layout(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "mine.yaml",
+        "profiles:\n  lab:\n    image: ghcr.io/genpipe/genpipe:{version}-cpu\n",
+    )
+    p = load_profile(str(path))
+    assert p.name == "lab" and p.accelerator_type is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("image: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("image: ghcr.io/genpipe/genpipe:{version}-cpu\nnode_selecter: {a: b}\n", "node_selecter"),
+        ("description: no image\n", "image"),
+        ("image: ghcr.io/genpipe/genpipe:latest\n", "image"),
+        ("image: ghcr.io/genpipe/genpipe\n", "image"),
+        (
+            "extends: gke\ntolerations: [{key: nvidia.com/gpu, operator: Maybe}]\n",
+            "tolerations[0].operator",
+        ),
+        (
+            "extends: gke\ntolerations: [{key: a, operator: Exists, value: b}]\n",
+            "tolerations[0].value",
+        ),
+        ("extends: gke\naccelerator_limit: 0\n", "accelerator_limit"),
+        ("extends: cpu\naccelerator_limit: 1\n", "accelerator_limit"),
+        ("extends: cpu\ngpu_roles: [train, serve]\n", "gpu_roles"),
+        ("extends: cpu\nresources: {train: {cpu_request: two}}\n", "resources.train.cpu_request"),
+        (
+            "extends: cpu\nresources: {train: {memory_limit: 1.5Gi}}\n",
+            "resources.train.memory_limit",
+        ),
+        ("extends: cpu\nresources: {train: {cpu_request: '8'}}\n", "resources.train.cpu_request"),
+        ("extends: cpu\nresources: {serve: {cpu_request: '1'}}\n", "resources.serve"),
+        ("extends: cpu\nimage_pull_policy: Sometimes\n", "image_pull_policy"),
+        ("extends: azure\n", "extends"),
+    ],
+)
+def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_profile(str(path))
+    message = str(err.value)
+    assert str(path) in message
+    assert key in message
+
+
+def test_missing_user_profile_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_profile(str(tmp_path / "nope.yaml"))
+
+
+def test_profiles_built_in_code_are_validated() -> None:
+    base = load_profile("cpu")
+    with pytest.raises(ConfigError, match="latest"):
+        dataclasses.replace(base, image="ghcr.io/genpipe/genpipe:latest")
+    with pytest.raises(ConfigError, match="accelerator_limit"):
+        dataclasses.replace(base, accelerator_type="nvidia.com/gpu", accelerator_limit=0)
+    p = Profile(name="code", description="", image="ghcr.io/genpipe/genpipe:{version}-cpu")
+    assert p.image.endswith(f":{zoo.__version__}-cpu")
+    assert p.resources == base.resources
+
+
+# --- the real pipeline ------------------------------------------------------------------------
+
+
+def compile_factory(tmp_path: Path, **kwargs: Any) -> tuple[str, dict, dict]:
+    factory = pytest.importorskip(
+        "pipelines.factory", reason="pipelines/factory.py not written yet"
+    )
+    path = tmp_path / "vae.yaml"
+    compiler.Compiler().compile(
+        pipeline_func=factory.build_pipeline("vae", **kwargs), package_path=str(path)
+    )
+    text = path.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return text, spec["deploymentSpec"]["executors"], k8s
+
+
+def test_real_vae_pipeline_on_gke(tmp_path: Path) -> None:
+    text, executors, k8s = compile_factory(tmp_path, profile="gke")
+    gke = load_profile("gke")
+    selector, tolerations = EXPECTED["gke"]
+    for role in ROLES:
+        names = [n for n in executors if role in n]
+        assert names, f"no {role} executor in {sorted(executors)}"
+        for n in names:
+            container = executors[n]["container"]
+            assert container["image"] == gke.image
+            assert container["resources"]["resourceMemoryLimit"] == gke.resources[role].memory_limit
+            assert {s["secretName"] for s in k8s[n]["secretAsEnv"]} == {SECRET_S3, SECRET_MLFLOW}
+            assert {c["configMapName"] for c in k8s[n]["configMapAsEnv"]} == {CONFIG_MAP}
+            if role in ("train", "evaluate"):
+                assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+                assert k8s[n]["nodeSelector"]["labels"] == selector
+                assert k8s[n]["tolerations"] == tolerations
+            else:
+                assert "accelerator" not in container["resources"]
+                assert "nodeSelector" not in k8s[n]
+    for value in FAKE_SECRETS.values():
+        assert value not in text
+
+
+def test_real_pipeline_image_override_survives_apply_platform(tmp_path: Path) -> None:
+    _, executors, _ = compile_factory(
+        tmp_path, profile="eks", image="registry.example/genpipe:dev-1"
+    )
+    assert {e["container"]["image"] for e in executors.values()} == {
+        "registry.example/genpipe:dev-1"
+    }
