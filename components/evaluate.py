@@ -37,7 +37,9 @@ def run(
     figures = model.report_images(x_test[:64].astype("float32") / 255.0, seed=0)
 
     c = tracking.client()
-    champ_value, champ_version, champ_note = _score_champion(c, registered_name, mlflow_run_id, meta, data, cls)
+    champ_value, champ_version, champ_note = _score_champion(
+        c, registered_name, mlflow_run_id, meta, data, cls
+    )
     blessing = decide(
         metrics,
         parse_thresholds(thresholds, cls.default_thresholds),
@@ -61,7 +63,10 @@ def run(
             registration.TAG_PRIMARY: f"{cls.primary_metric}={blessing.value:.6g}",
         }
     )
-    pngs = {name: images.grid_png(arr, cols=16 if name != "samples" else None) for name, arr in figures.items()}
+    pngs = {
+        name: images.grid_png(arr, cols=16 if name != "samples" else None)
+        for name, arr in figures.items()
+    }
     for name, png in pngs.items():
         logger.bytes(png, f"evaluation/{name}.png")
     report = render_report(meta["model"], metrics, blessing.to_dict(), pngs)
@@ -86,21 +91,28 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
     with tempfile.TemporaryDirectory(prefix="genpipe-champion-") as tmp:
         champ_dir = registration.download_model_dir(c, name, champ.version, Path(tmp) / "model")
         champ_model, champ_meta = load_model(champ_dir)
-    if champ_meta["model"] != meta["model"] or champ_meta["data_spec"]["shape"] != meta["data_spec"]["shape"]:
+    if (
+        champ_meta["model"] != meta["model"]
+        or champ_meta["data_spec"]["shape"] != meta["data_spec"]["shape"]
+    ):
         return (
             None,
             champ.version,
             f"champion v{champ.version} ({champ_meta['model']}, shape {champ_meta['data_spec']['shape']}) "
             "is not comparable: decided on thresholds alone",
         )
-    value = {f"test_{k}": v for k, v in evaluate_split(champ_model, data, "test").items()}[cls.primary_metric]
+    value = {f"test_{k}": v for k, v in evaluate_split(champ_model, data, "test").items()}[
+        cls.primary_metric
+    ]
     return value, champ.version, ""
 
 
 def render_report(model: str, metrics: dict, blessing: dict, pngs: dict) -> str:
     """A self-contained HTML report (images inline) for the KFP UI and MLflow."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items()))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items())
+    )
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in blessing["reasons"])
     figs = "".join(
         f"<h3>{html.escape(n)}</h3><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
@@ -126,7 +138,12 @@ def evaluate(
     report: Output[HTML],
 ) -> NamedTuple(
     "EvaluateOutputs",
-    [("blessed", bool), ("better_than_champion", bool), ("champion_version", str), ("primary_value", float)],
+    [
+        ("blessed", bool),
+        ("better_than_champion", bool),
+        ("champion_version", str),
+        ("primary_value", float),
+    ],
 ):
     """KFP interface of evaluate (imports inside: KFP runs this function's source alone)."""
     from collections import namedtuple
@@ -136,11 +153,19 @@ def evaluate(
 
     ds = read_dataset_artifact(dataset.path)
     out = run(
-        ds["manifest_uri"], trained_model.path, mlflow_run_id, registered_name, thresholds, champion_tolerance, report.path
+        ds["manifest_uri"],
+        trained_model.path,
+        mlflow_run_id,
+        registered_name,
+        thresholds,
+        champion_tolerance,
+        report.path,
     )
     for k, v in out["metrics"].items():
         metrics.log_metric(k, float(v))
     b = out["blessing"]
     print("blessing:", "; ".join(b["reasons"]))
-    outputs = namedtuple("EvaluateOutputs", ["blessed", "better_than_champion", "champion_version", "primary_value"])
+    outputs = namedtuple(
+        "EvaluateOutputs", ["blessed", "better_than_champion", "champion_version", "primary_value"]
+    )
     return outputs(b["blessed"], b["better_than_champion"], b["champion_version"], b["value"])

@@ -35,7 +35,9 @@ def run(
     validate(raw)
     kind = "text" if isinstance(raw, RawText) else "image"
     if kind != family:
-        raise DataError(f"source {source!r} holds {kind} data but model {model!r} trains on {family} data")
+        raise DataError(
+            f"source {source!r} holds {kind} data but model {model!r} trains on {family} data"
+        )
     manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
 
     c = tracking.client()
@@ -53,9 +55,18 @@ def run(
     )
     logger.json(manifest, "dataset/manifest.json")
     with mlflow.start_run(run_id=run_id):
-        ds = MetaDataset(source=_source_for_mlflow(manifest["uri"]), name=source, digest=manifest["fingerprint"][:20])
+        ds = MetaDataset(
+            source=_source_for_mlflow(manifest["uri"]),
+            name=source,
+            digest=manifest["fingerprint"][:20],
+        )
         mlflow.log_input(ds, context="training")
-    return {"manifest_uri": manifest["uri"], "fingerprint": manifest["fingerprint"], "mlflow_run_id": run_id, "manifest": manifest}
+    return {
+        "manifest_uri": manifest["uri"],
+        "fingerprint": manifest["fingerprint"],
+        "mlflow_run_id": run_id,
+        "manifest": manifest,
+    }
 
 
 def _source_for_mlflow(uri: str) -> Any:
@@ -86,5 +97,6 @@ def ingest(
     dataset.metadata.update(
         {"fingerprint": out["fingerprint"], "manifest_uri": out["manifest_uri"], "source": source}
     )
-    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id"])(out["fingerprint"], out["mlflow_run_id"])
-
+    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id"])(
+        out["fingerprint"], out["mlflow_run_id"]
+    )

@@ -54,6 +54,10 @@ def register(
 
     from components.register import run
 
-    out = run(registered_name, mlflow_run_id, better_than_champion, champion_version, pipeline_run_id)
+    out = run(
+        registered_name, mlflow_run_id, better_than_champion, champion_version, pipeline_run_id
+    )
     print(f"registered {out['name']} v{out['version']} aliases={out['aliases']}: {out['reason']}")
-    return namedtuple("RegisterOutputs", ["version", "aliases"])(out["version"], ",".join(out["aliases"]))
+    return namedtuple("RegisterOutputs", ["version", "aliases"])(
+        out["version"], ",".join(out["aliases"])
+    )

@@ -53,7 +53,9 @@ def run(
         out = Path(output_dir)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(result.model_dir, out)
-    logger.metrics({"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s})
+    logger.metrics(
+        {"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s}
+    )
     model_uri = log_model(c, mlflow_run_id, out)
     return {
         "model_uri": model_uri,
@@ -82,6 +84,13 @@ def train(
     ds = read_dataset_artifact(dataset.path)
     out = run(model, ds["manifest_uri"], mlflow_run_id, trained_model.path, preset, overrides)
     trained_model.metadata.update(
-        {"model": model, "mlflow_model_uri": out["model_uri"], "fingerprint": ds["fingerprint"], "steps": out["steps"]}
+        {
+            "model": model,
+            "mlflow_model_uri": out["model_uri"],
+            "fingerprint": ds["fingerprint"],
+            "steps": out["steps"],
+        }
     )
-    return namedtuple("TrainOutputs", ["model_uri", "train_wall_s"])(out["model_uri"], out["wall_s"])
+    return namedtuple("TrainOutputs", ["model_uri", "train_wall_s"])(
+        out["model_uri"], out["wall_s"]
+    )

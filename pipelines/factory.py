@@ -6,7 +6,7 @@ Platform config (image, GPU, node selectors, tolerations, resources, secrets) is
 one place, `pipelines.platform.apply_platform`, from a cluster profile.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
 
 from typing import Any
 
@@ -25,7 +25,10 @@ _FUNCS = {"ingest": ingest, "train": train, "evaluate": evaluate, "register": re
 
 def components(image: str) -> dict[str, Any]:
     """The four KFP components for one container image (the image already has kfp and genpipe)."""
-    return {name: dsl.component(fn, base_image=image, install_kfp_package=False) for name, fn in _FUNCS.items()}
+    return {
+        name: dsl.component(fn, base_image=image, install_kfp_package=False)
+        for name, fn in _FUNCS.items()
+    }
 
 
 def build_pipeline(
@@ -36,7 +39,9 @@ def build_pipeline(
 ) -> Any:
     """The KFP pipeline for `model_name` (a registry name), configured for a cluster profile."""
     if model_name not in REGISTRY:
-        raise ConfigError(f"unknown model {model_name!r}; registered models: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(
+            f"unknown model {model_name!r}; registered models: {', '.join(sorted(REGISTRY))}"
+        )
     if retries < 0:
         raise ConfigError(f"retries={retries} must be >= 0")
     prof = load_profile(profile) if isinstance(profile, str) else profile
@@ -114,9 +119,17 @@ def build_pipeline(
     return pipeline
 
 
-def compile_pipeline(model_name: str, output: str, profile: Profile | str = "cpu", image: str | None = None) -> str:
+def compile_pipeline(
+    model_name: str,
+    output: str,
+    profile: Profile | str = "cpu",
+    image: str | None = None,
+    retries: int = 2,
+) -> str:
     """Compile the model's pipeline to KFP IR YAML at `output`."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(model_name, profile, image), package_path=output)
+    compiler.Compiler().compile(
+        build_pipeline(model_name, profile, image, retries), package_path=output
+    )
     return output

@@ -37,18 +37,26 @@ def parse_thresholds(text: str, defaults: Thresholds, where: str = "thresholds")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: {text!r} is not JSON ({e.msg}); expected e.g. {{\"test_neg_elbo\": {{\"max\": 200}}}}") from None
+        raise ConfigError(
+            f'{where}: {text!r} is not JSON ({e.msg}); expected e.g. {{"test_neg_elbo": {{"max": 200}}}}'
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a JSON object of metric -> {{max|min: value}}, got {text!r}")
+        raise ConfigError(
+            f"{where}: expected a JSON object of metric -> {{max|min: value}}, got {text!r}"
+        )
     out = dict(defaults)
     for metric, spec in raw.items():
         if spec is None:  # explicitly disable a default threshold
             out.pop(metric, None)
             continue
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("max", "min")):
-            raise ConfigError(f"{where}: {metric}={spec!r} must be {{\"max\": v}} or {{\"min\": v}}")
+            raise ConfigError(f'{where}: {metric}={spec!r} must be {{"max": v}} or {{"min": v}}')
         op, value = next(iter(spec.items()))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise ConfigError(f"{where}: {metric}.{op}={value!r} is not a finite number")
         out[metric] = (op, float(value))
     return out
@@ -65,7 +73,9 @@ def decide(
 ) -> Blessing:
     """Apply absolute thresholds, then the champion comparison with a relative tolerance."""
     if tolerance < 0:
-        raise ConfigError(f"champion_tolerance={tolerance} must be >= 0 (a fraction, e.g. 0.01 = 1%)")
+        raise ConfigError(
+            f"champion_tolerance={tolerance} must be >= 0 (a fraction, e.g. 0.01 = 1%)"
+        )
     reasons: list[str] = []
     ok = True
     for metric, (op, bound) in sorted(thresholds.items()):
@@ -76,7 +86,9 @@ def decide(
         v = metrics[metric]
         passed = math.isfinite(v) and (v <= bound if op == "max" else v >= bound)
         ok &= passed
-        reasons.append(f"{metric}={v:.4g} {'<=' if op == 'max' else '>='} {bound:g}: {'pass' if passed else 'FAIL'}")
+        reasons.append(
+            f"{metric}={v:.4g} {'<=' if op == 'max' else '>='} {bound:g}: {'pass' if passed else 'FAIL'}"
+        )
     value = metrics.get(primary, float("nan"))
     if not math.isfinite(value):
         ok = False

@@ -32,9 +32,10 @@ def _main(
 
 
 def _register_commands() -> None:
-    from zoo import cli_stack
+    from zoo import cli_pipeline, cli_stack
 
     cli_stack.register(app)
+    cli_pipeline.register(app)
 
 
 _register_commands()

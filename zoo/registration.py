@@ -7,6 +7,7 @@ since (a compare-and-set on the alias, so two pipelines cannot both promote over
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata as md
 import shutil
@@ -77,10 +78,14 @@ def download_model_dir(c: MlflowClient, name: str, ref: str, dest: Path) -> Path
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(prefix="genpipe-pull-"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp))
+        )
         found = [p.parent for p in local.rglob("model.keras")]
         if not found:
-            raise GenpipeError(f"model {name} version {version.version} has no model.keras under {version.source}")
+            raise GenpipeError(
+                f"model {name} version {version.version} has no model.keras under {version.source}"
+            )
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(found[0], dest)
     finally:
@@ -95,7 +100,9 @@ def resolve_version(c: MlflowClient, name: str, ref: str) -> Any:
             return c.get_model_version(name, ref)
         return c.get_model_version_by_alias(name, ref)
     except MlflowException as e:
-        raise GenpipeError(f"registered model {name!r} has no {'version' if ref.isdigit() else 'alias'} {ref!r}: {e.message}") from None
+        raise GenpipeError(
+            f"registered model {name!r} has no {'version' if ref.isdigit() else 'alias'} {ref!r}: {e.message}"
+        ) from None
 
 
 def register(
@@ -111,14 +118,17 @@ def register(
     run = c.get_run(run_id)
     model_uri = run.data.tags.get(TAG_MODEL_URI)
     if not model_uri:
-        raise GenpipeError(f"MLflow run {run_id} has no logged model (tag {TAG_MODEL_URI}); did training finish?")
+        raise GenpipeError(
+            f"MLflow run {run_id} has no logged model (tag {TAG_MODEL_URI}); did training finish?"
+        )
     try:
         c.get_registered_model(name)
     except MlflowException:
-        try:
-            c.create_registered_model(name, description=f"genpipe {run.data.tags.get('genpipe.model', '')} models")
-        except MlflowException:
-            pass  # created concurrently by another pipeline
+        # Suppressed: another pipeline may create it concurrently.
+        with contextlib.suppress(MlflowException):
+            c.create_registered_model(
+                name, description=f"genpipe {run.data.tags.get('genpipe.model', '')} models"
+            )
     # A retried register task must not create a second version for the same run.
     existing = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == run_id]
     if existing:
@@ -143,11 +153,17 @@ def register(
         c.set_registered_model_alias(name, ALIAS_CHAMPION, mv.version)
         aliases.append(ALIAS_CHAMPION)
         promoted = True
-        reason = f"better than champion v{expected_champion}" if expected_champion else "first champion"
-    return RegisterResult(name=name, version=str(mv.version), aliases=aliases, promoted=promoted, reason=reason)
+        reason = (
+            f"better than champion v{expected_champion}" if expected_champion else "first champion"
+        )
+    return RegisterResult(
+        name=name, version=str(mv.version), aliases=aliases, promoted=promoted, reason=reason
+    )
 
 
-def standard_tags(manifest_fingerprint: str, pipeline_run_id: str, git: str, primary: str, value: float) -> dict[str, str]:
+def standard_tags(
+    manifest_fingerprint: str, pipeline_run_id: str, git: str, primary: str, value: float
+) -> dict[str, str]:
     return {
         TAG_DATASET: manifest_fingerprint,
         TAG_PIPELINE_RUN: pipeline_run_id,

@@ -28,7 +28,9 @@ def _request_dict(model_input: Any) -> dict[str, Any]:
     if isinstance(model_input, list) and len(model_input) == 1:
         model_input = model_input[0]
     if not isinstance(model_input, dict):
-        raise ConfigError(f"expected a request like {{'n': 16, 'seed': 0}}, got {type(model_input).__name__}")
+        raise ConfigError(
+            f"expected a request like {{'n': 16, 'seed': 0}}, got {type(model_input).__name__}"
+        )
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in model_input.items()}
 
 
@@ -59,5 +61,7 @@ class GenerativePyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.meta = load_model(Path(context.artifacts["model_dir"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(
+        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         return generate_from_request(self.model, {**_request_dict(model_input), **(params or {})})

@@ -79,7 +79,9 @@ class ObjectStore:
                 if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
-    def put_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, uri: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         bucket, key = parse_s3_uri(uri)
         self._call(
             f"put {uri}",
@@ -139,7 +141,8 @@ class ObjectStore:
         """Yield the URIs of the objects under a prefix."""
         bucket, prefix = parse_s3_uri(uri)
         for obj in self._call(
-            f"list {uri}", lambda: list(self.client.list_objects(bucket, prefix, recursive=recursive))
+            f"list {uri}",
+            lambda: list(self.client.list_objects(bucket, prefix, recursive=recursive)),
         ):
             yield f"s3://{bucket}/{obj.object_name}"
 

@@ -56,7 +56,11 @@ def git_commit() -> str:
 
 
 def get_or_create_run(
-    c: MlflowClient, experiment: str, pipeline_run_id: str, model_name: str, run_name: str | None = None
+    c: MlflowClient,
+    experiment: str,
+    pipeline_run_id: str,
+    model_name: str,
+    run_name: str | None = None,
 ) -> str:
     """The MLflow run id for this pipeline run: found by tag, or created once."""
     exp = c.get_experiment_by_name(experiment)

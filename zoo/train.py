@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from zoo import __version__
+from zoo import __version__, models
 from zoo import config as cfgmod
-from zoo import models
 from zoo.errors import DataError, TrainingDiverged
 from zoo.models.base import GenerativeModel, TrainConfig
 from zoo.storage import ObjectStore
@@ -64,7 +63,9 @@ def data_spec_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 class Checkpointer:
     """Local tf.train checkpoints mirrored to an object-store prefix, published by `latest.json`."""
 
-    def __init__(self, ckpt: tf.train.Checkpoint, local_dir: Path, uri: str | None, store: ObjectStore | None):
+    def __init__(
+        self, ckpt: tf.train.Checkpoint, local_dir: Path, uri: str | None, store: ObjectStore | None
+    ):
         self.ckpt = ckpt
         self.local_dir = local_dir
         self.uri = uri.rstrip("/") if uri else None
@@ -157,7 +158,9 @@ class Trainer:
             for opt in optimizers.values():
                 opt.build(model.trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        ckpt = tf.train.Checkpoint(model=model, step=step_var, **{f"opt_{k}": v for k, v in optimizers.items()})
+        ckpt = tf.train.Checkpoint(
+            model=model, step=step_var, **{f"opt_{k}": v for k, v in optimizers.items()}
+        )
         checkpointer = Checkpointer(ckpt, self.workdir / "ckpt", self.checkpoint_uri, self.store)
         latest = checkpointer.restore_latest()
         resumed_from = int(step_var.numpy()) if latest else 0
@@ -169,11 +172,16 @@ class Trainer:
                 model.train_step_replica, args=(batch, optimizers, global_bs, step_var)
             )
             step_var.assign_add(1)
-            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+            return {
+                k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()
+            }
 
         if self.logger and not latest:
             self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
-            self.logger.params({"steps_per_epoch": steps_per_epoch, "replicas": strategy.num_replicas_in_sync})
+            self.logger.params(
+                {"steps_per_epoch": steps_per_epoch, "replicas": strategy.num_replicas_in_sync}
+            )
 
         t0 = time.perf_counter()
         trained_samples = 0
@@ -185,7 +193,9 @@ class Trainer:
             sums: dict[str, float] = {}
             count = 0
             t_epoch = time.perf_counter()
-            dist = strategy.experimental_distribute_dataset(self._epoch_dataset(epoch, skip, steps_per_epoch))
+            dist = strategy.experimental_distribute_dataset(
+                self._epoch_dataset(epoch, skip, steps_per_epoch)
+            )
             for batch in dist:
                 out = {k: float(v) for k, v in train_step(batch).items()}
                 step = int(step_var.numpy())
@@ -205,6 +215,12 @@ class Trainer:
                 self.logger.image(model.generate(64, seed=0), f"samples/epoch_{epoch + 1:03d}.png")
             if self.on_epoch:
                 self.on_epoch(epoch + 1, epoch_metrics)
+            # One parseable line per epoch: `genpipe run` turns it into a progress bar.
+            print(
+                f"genpipe-progress epoch={epoch + 1} epochs={cfg.epochs} loss={epoch_metrics.get('train_loss', float('nan')):.4f} "
+                f"samples_per_s={epoch_metrics['train_samples_per_s']:.1f}",
+                flush=True,
+            )
 
         model_dir = self.save_model(model)
         wall = time.perf_counter() - t0
@@ -244,7 +260,11 @@ class Trainer:
 
 
 def write_model_config(
-    out: Path, model_name: str, cfg: TrainConfig, data_spec: dict[str, Any], manifest: dict[str, Any]
+    out: Path,
+    model_name: str,
+    cfg: TrainConfig,
+    data_spec: dict[str, Any],
+    manifest: dict[str, Any],
 ) -> None:
     (out / "config.json").write_text(
         json.dumps(
@@ -272,7 +292,9 @@ def load_model(model_dir: str | Path) -> tuple[GenerativeModel, dict[str, Any]]:
     return model, meta
 
 
-def evaluate_split(model: GenerativeModel, data: Any, split: str, batch_size: int = 256) -> dict[str, float]:
+def evaluate_split(
+    model: GenerativeModel, data: Any, split: str, batch_size: int = 256
+) -> dict[str, float]:
     """Exact means of the model's per-example held-out metrics over a whole split."""
     from zoo.data import image_dataset
 

@@ -27,7 +27,9 @@ def get(name: str) -> type[GenerativeModel]:
     try:
         target = REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(names())}") from None
+        raise ConfigError(
+            f"unknown model {name!r}; registered models: {', '.join(names())}"
+        ) from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -35,7 +37,9 @@ def get(name: str) -> type[GenerativeModel]:
 PRESETS = ("default", "tiny")
 
 
-def resolve_config(name: str, preset: str = "default", overrides: dict | None = None, where: str = "--set"):
+def resolve_config(
+    name: str, preset: str = "default", overrides: dict | None = None, where: str = "--set"
+):
     """The model's config: a preset (`default` or `tiny`) with typed overrides applied."""
     from zoo import config as cfgmod
 

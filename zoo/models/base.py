@@ -67,7 +67,9 @@ class GenerativeModel(keras.Model):
     #: default absolute blessing thresholds: metric -> ("max" | "min", value)
     default_thresholds: ClassVar[dict[str, tuple[str, float]]] = {}
 
-    def __init__(self, config: dict[str, Any] | TrainConfig, data_spec: dict[str, Any], **kwargs: Any):
+    def __init__(
+        self, config: dict[str, Any] | TrainConfig, data_spec: dict[str, Any], **kwargs: Any
+    ):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = cfgmod.from_dict(self.config_cls, config, f"{self.name_in_registry} config")
@@ -94,7 +96,11 @@ class GenerativeModel(keras.Model):
         return {"main": keras.optimizers.Adam(self.cfg.learning_rate)}
 
     def train_step_replica(
-        self, batch: dict[str, tf.Tensor], optimizers: dict[str, Any], global_batch_size: int, step: tf.Tensor
+        self,
+        batch: dict[str, tf.Tensor],
+        optimizers: dict[str, Any],
+        global_batch_size: int,
+        step: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
         """One optimizer step on one replica's share of a global batch.
 

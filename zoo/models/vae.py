@@ -51,15 +51,20 @@ class VAEConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        cfgmod.require(self.latent_dim >= 1, f"VAEConfig: latent_dim={self.latent_dim} must be >= 1")
+        cfgmod.require(
+            self.latent_dim >= 1, f"VAEConfig: latent_dim={self.latent_dim} must be >= 1"
+        )
         cfgmod.require(
             len(self.filters) >= 1 and all(f >= 1 for f in self.filters),
             f"VAEConfig: filters={self.filters} must be one or more positive integers",
         )
-        cfgmod.require(self.hidden_dim >= 1, f"VAEConfig: hidden_dim={self.hidden_dim} must be >= 1")
+        cfgmod.require(
+            self.hidden_dim >= 1, f"VAEConfig: hidden_dim={self.hidden_dim} must be >= 1"
+        )
         cfgmod.require(self.kl_weight >= 0, f"VAEConfig: kl_weight={self.kl_weight} must be >= 0")
         cfgmod.require(
-            self.kl_warmup_steps >= 0, f"VAEConfig: kl_warmup_steps={self.kl_warmup_steps} must be >= 0"
+            self.kl_warmup_steps >= 0,
+            f"VAEConfig: kl_warmup_steps={self.kl_warmup_steps} must be >= 0",
         )
 
 
@@ -75,7 +80,9 @@ class VAE(GenerativeModel):
     # An untrained VAE scores ~550 nats on MNIST; a useful one is well below 150.
     default_thresholds = {"test_neg_elbo": ("max", 250.0)}
 
-    def __init__(self, config: dict[str, Any] | VAEConfig, data_spec: dict[str, Any], **kwargs: Any):
+    def __init__(
+        self, config: dict[str, Any] | VAEConfig, data_spec: dict[str, Any], **kwargs: Any
+    ):
         super().__init__(config, data_spec, **kwargs)
         cfg: VAEConfig = self.cfg  # type: ignore[assignment]
         h, w, c = (int(v) for v in data_spec["shape"])
@@ -84,7 +91,10 @@ class VAE(GenerativeModel):
         # The decoder upsamples a (ceil(h/down), ceil(w/down)) map and crops, so any size works.
         self._h0, self._w0 = math.ceil(h / down), math.ceil(w / down)
         self.encoder = keras.Sequential(
-            [keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu") for f in cfg.filters]
+            [
+                keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu")
+                for f in cfg.filters
+            ]
             + [keras.layers.Flatten(), keras.layers.Dense(cfg.hidden_dim, activation="relu")],
             name="encoder",
         )
@@ -123,7 +133,9 @@ class VAE(GenerativeModel):
         h, w, _ = self.image_shape
         return self.decoder(z, training=training)[:, :h, :w, :]
 
-    def _per_example_terms(self, x: tf.Tensor, seed: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _per_example_terms(
+        self, x: tf.Tensor, seed: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         mean, logvar = self.encode(x, training=training)
         # Stateless noise keyed by (step, replica): reproducible, resumable, and safe under
         # tf.distribute (a stateful generator would need a synchronized variable).
@@ -136,7 +148,11 @@ class VAE(GenerativeModel):
         return recon, kl
 
     def train_step_replica(
-        self, batch: dict[str, tf.Tensor], optimizers: dict[str, Any], global_batch_size: int, step: tf.Tensor
+        self,
+        batch: dict[str, tf.Tensor],
+        optimizers: dict[str, Any],
+        global_batch_size: int,
+        step: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
         cfg: VAEConfig = self.cfg  # type: ignore[assignment]
         ctx = tf.distribute.get_replica_context()

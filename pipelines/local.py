@@ -1,0 +1,190 @@
+"""Embedded mode: run a model's pipeline on this machine with kfp.local, against the embedded stack.
+
+The pipeline is the same one `genpipe compile` produces for a cluster; kfp.local's
+SubprocessRunner runs each component as a subprocess of this Python (no containers) and
+ignores the Kubernetes platform config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import GenpipeError
+from zoo.settings import Settings, state_dir
+
+
+@dataclass
+class LocalRunResult:
+    model: str
+    mlflow_run_id: str
+    run_url: str
+    wall_s: float
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def blessed(self) -> bool:
+        return self.tags.get("genpipe.blessed") == "true"
+
+    @property
+    def registered_version(self) -> str | None:
+        return self.tags.get("genpipe.registered_version")
+
+    @property
+    def aliases(self) -> list[str]:
+        return [a for a in self.tags.get("genpipe.aliases", "").split(",") if a]
+
+
+def run_local(
+    model: str,
+    source: str = "digits",
+    preset: str = "default",
+    overrides: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    registered_name: str | None = None,
+    thresholds: str = "",
+    champion_tolerance: float = 0.0,
+    test_fraction: float = 0.1,
+    retries: int = 0,
+    start_stack: bool = True,
+    on_event: Callable[[str, dict[str, str]], None] | None = None,
+) -> LocalRunResult:
+    """Run `model`'s pipeline locally, starting the embedded stack if needed.
+
+    kfp.local's own output (task logs, executor JSON) goes to a log file under the state dir;
+    `on_event(kind, fields)` receives task starts/ends and training progress for display.
+    A failed task raises GenpipeError with the task's own error line and the log path.
+    """
+    import kfp.local
+
+    from pipelines.factory import build_pipeline
+    from zoo import stack
+
+    if start_stack:
+        os.environ.update(stack.ensure_up())
+    settings = Settings.from_env()
+    root = state_dir() / "kfp-local"
+    root.mkdir(parents=True, exist_ok=True)
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+    )
+    pipeline = build_pipeline(model, "cpu", retries=retries)
+    log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        stream = _EventStream(log, on_event)
+        try:
+            with contextlib.redirect_stdout(stream):
+                task = pipeline(
+                    source=source,
+                    preset=preset,
+                    overrides=json.dumps(overrides or {}),
+                    experiment=experiment or f"genpipe-{model}",
+                    registered_name=registered_name or model,
+                    thresholds=thresholds,
+                    champion_tolerance=champion_tolerance,
+                    test_fraction=test_fraction,
+                )
+        except RuntimeError as e:
+            raise GenpipeError(
+                stream.failure_message(log_path) or f"{e} (log: {log_path})"
+            ) from None
+    wall = time.perf_counter() - t0
+    return summarize(settings, model, task.output, wall)
+
+
+_TASK_START = re.compile(r"Executing task .*?'(?P<task>[\w-]+)'")
+_TASK_END = re.compile(
+    r"Task .*?'(?P<task>[\w-]+)'.* finished with status .*?(?P<status>SUCCESS|FAILURE)"
+)
+_PROGRESS = re.compile(r"genpipe-progress (?P<body>.*)")
+_ERROR = re.compile(
+    r"^\s*(?:zoo\.errors\.|[\w.]*)(?P<kind>\w*Error|TrainingDiverged): (?P<msg>.+)$"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _EventStream(io.TextIOBase):
+    """stdout replacement: writes everything to the log, turns known lines into events."""
+
+    def __init__(self, log: Any, on_event: Callable[[str, dict[str, str]], None] | None) -> None:
+        self.log = log
+        self.on_event = on_event
+        self.buf = ""
+        self.task = ""
+        self.errors: list[tuple[str, str]] = []  # (task, error line)
+
+    def write(self, s: str) -> int:
+        self.log.write(s)
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self._line(_ANSI.sub("", line))
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _emit(self, kind: str, fields: dict[str, str]) -> None:
+        if self.on_event:
+            self.on_event(kind, fields)
+
+    def _line(self, line: str) -> None:
+        if m := _TASK_START.search(line):
+            self.task = m["task"]
+            self._emit("task_start", {"task": self.task})
+        elif m := _TASK_END.search(line):
+            self._emit("task_end", {"task": m["task"], "status": m["status"]})
+        elif m := _PROGRESS.search(line):
+            fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
+            self._emit("progress", {"task": self.task, **fields})
+        elif m := _ERROR.match(line):
+            self.errors.append((self.task, f"{m['kind']}: {m['msg']}" if m["kind"] else m["msg"]))
+
+    def failure_message(self, log_path: Path) -> str | None:
+        if not self.errors:
+            return None
+        task, err = self.errors[-1]
+        # GenpipeError subclasses carry a message meant for the user: show it alone.
+        for prefix in (
+            "DataError: ",
+            "ConfigError: ",
+            "GenpipeError: ",
+            "StackError: ",
+            "TrainingDiverged: ",
+        ):
+            if err.startswith(prefix):
+                err = err[len(prefix) :]
+                break
+        return f"task {task} failed: {err} (full log: {log_path})"
+
+
+def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float) -> LocalRunResult:
+    """Read back what the pipeline recorded in MLflow."""
+    from zoo import tracking
+
+    c = tracking.client(settings)
+    run = c.get_run(mlflow_run_id)
+    arts = [a.path for a in c.list_artifacts(mlflow_run_id, "evaluation")]
+    return LocalRunResult(
+        model=model,
+        mlflow_run_id=mlflow_run_id,
+        run_url=tracking.run_url(settings, mlflow_run_id, run.info.experiment_id),
+        wall_s=wall_s,
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        artifacts=arts,
+    )

@@ -1,0 +1,167 @@
+"""CLI commands that build and run pipelines: `models`, `run`, `compile`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from zoo.errors import ConfigError
+
+out = Console()
+
+
+def _parse_sets(sets: list[str]) -> dict[str, str]:
+    from zoo.config import parse_overrides
+
+    return parse_overrides(sets)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
+    """A rich progress display fed by pipeline events (task start/end, training epochs)."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        bars: dict[str, TaskID] = {}
+
+        def on_event(kind: str, f: dict[str, str]) -> None:
+            name = f.get("task", "")
+            if kind == "task_start":
+                bars[name] = progress.add_task(name, total=None, info="")
+            elif kind == "task_end" and name in bars:
+                ok = f["status"] == "SUCCESS"
+                progress.update(
+                    bars[name], total=1, completed=1, info="done" if ok else "[red]failed[/red]"
+                )
+            elif kind == "progress" and name in bars:
+                progress.update(
+                    bars[name],
+                    total=int(f.get("epochs", 1)),
+                    completed=int(f.get("epoch", 0)),
+                    info=f"epoch {f.get('epoch')}/{f.get('epochs')} loss {f.get('loss')} ({f.get('samples_per_s')} samples/s)",
+                )
+
+        yield on_event
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    def models_cmd() -> None:
+        """List the registered models."""
+        from zoo import models
+
+        table = Table("model", "family", "primary metric", "config")
+        for name in models.names():
+            cls = models.get(name)
+            table.add_row(name, cls.family, cls.primary_metric, cls.config_cls.__name__)
+        out.print(table)
+
+    @app.command("run")
+    def run_cmd(
+        model: str = typer.Argument(..., help="Registered model name (see `genpipe models`)."),
+        data: str = typer.Option(
+            "digits",
+            "--data",
+            "-d",
+            help="Data source: digits | idx:PATH | npz:PATH | text:PATH | s3://bucket/prefix.",
+        ),
+        sets: list[str] = typer.Option(
+            [], "--set", "-s", help="Config override key=value (repeatable), e.g. --set epochs=5."
+        ),
+        preset: str = typer.Option(
+            "default", help="Config preset: default or tiny (seconds, for smoke tests)."
+        ),
+        experiment: str = typer.Option("", help="MLflow experiment (default genpipe-MODEL)."),
+        name: str = typer.Option(
+            "", "--name", help="Registered model name in MLflow (default MODEL)."
+        ),
+        thresholds: str = typer.Option(
+            "",
+            help='Blessing thresholds as JSON over the defaults, e.g. \'{"test_neg_elbo": {"max": 150}}\'.',
+        ),
+        tolerance: float = typer.Option(
+            0.0, help="Bless when no worse than the champion by this fraction (0.01 = 1%)."
+        ),
+        test_fraction: float = typer.Option(
+            0.1, help="Fraction of the data held out for evaluation."
+        ),
+        retries: int = typer.Option(0, help="Retries per task (cluster pipelines default to 2)."),
+    ) -> None:
+        """Run MODEL's pipeline (ingest -> train -> evaluate -> register) locally with kfp.local.
+
+        Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
+        """
+        from pipelines.local import run_local
+        from zoo import models
+
+        overrides = _parse_sets(sets)
+        # Type-check the config here so a bad --set fails in a second, before anything runs.
+        cfg = models.resolve_config(model, preset, overrides)
+        if not 0.0 < test_fraction < 1.0:
+            raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+        from zoo.blessing import parse_thresholds
+
+        parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
+        out.print(
+            f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={cfg.epochs})"
+        )
+        with _progress() as on_event:
+            res = run_local(
+                model,
+                source=data,
+                preset=preset,
+                overrides=overrides,
+                experiment=experiment or None,
+                registered_name=name or None,
+                thresholds=thresholds,
+                champion_tolerance=tolerance,
+                test_fraction=test_fraction,
+                retries=retries,
+                on_event=on_event,
+            )
+        table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
+        for k in sorted(res.metrics):
+            if k.startswith(("test_", "champion_", "train_wall", "train_samples_per_s_overall")):
+                table.add_row(k, f"{res.metrics[k]:.4f}")
+        out.print(table)
+        out.print(f"MLflow run:   {res.run_url}")
+        for a in res.artifacts:
+            if a.endswith(".png"):
+                out.print(f"figure:       mlflow-artifacts {a}  (run {res.mlflow_run_id})")
+        if res.blessed and res.registered_version:
+            out.print(
+                f"registered:   {name or model} v{res.registered_version} aliases={','.join(res.aliases)}"
+            )
+        else:
+            out.print("registered:   no (not blessed; see evaluation/report.html)")
+        out.print(f"wall time:    {res.wall_s:.1f} s")
+
+    @app.command("compile")
+    def compile_cmd(
+        model: str = typer.Argument(..., help="Registered model name."),
+        output: Path = typer.Option(..., "--output", "-o", help="Where to write the KFP IR YAML."),
+        profile: str = typer.Option(
+            "cpu",
+            help="Cluster profile: gke | eks | aks | generic-nvidia | cpu, or a profile YAML path.",
+        ),
+        image: str = typer.Option(
+            "", help="Component image (default: the profile's, tagged with this version)."
+        ),
+        retries: int = typer.Option(2, help="Retries per task."),
+    ) -> None:
+        """Compile MODEL's pipeline to KFP IR YAML with the profile's GPU, scheduling and secrets."""
+        from pipelines.factory import compile_pipeline
+
+        compile_pipeline(model, str(output), profile, image or None, retries=retries)
+        out.print(f"wrote {output} ({model}, profile {profile})")
