@@ -6,6 +6,8 @@ traceback. Heavy imports (TensorFlow, kfp, mlflow) happen inside commands so `--
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
 
 import typer
@@ -41,12 +43,31 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error base class: vendored by newer typer, plain click in older ones."""
+    found: list[type[Exception]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(importlib.import_module(module).ClickException)
+    return tuple(found)
+
+
 def main() -> None:
     """Entry point with one-line errors (no traceback unless --debug)."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False lets GenpipeError reach us; click then returns typer.Exit's
+        # code instead of exiting, and raises usage errors and Abort instead of printing them.
+        rc = app(standalone_mode=False)
     except GenpipeError as e:
         if _state["debug"]:
             raise
         console.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(1)
+    except typer.Abort:  # Ctrl-C or a declined prompt
+        console.print("Aborted.")
+        sys.exit(1)
+    except _click_errors() as e:  # bad option, unknown command: click's usage message
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+        sys.exit(rc)

@@ -1,0 +1,129 @@
+"""`genpipe up | down | status | env`: the embedded stack (SeaweedFS S3 + MLflow) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zoo.errors import StackError
+from zoo.stack import GRPC_OFFSET
+
+out = Console()  # stdout: tables, and `env` lines meant for eval
+err = Console(stderr=True)  # progress and hints, so `eval $(genpipe env)` sees only exports
+
+STATE_DIR_HELP = (
+    "Directory holding the stack's data, logs, ports and S3 credentials "
+    "(default: $GENPIPE_HOME, else ~/.genpipe)."
+)
+
+
+def _state_opt() -> Path | None:
+    return typer.Option(None, "--state-dir", help=STATE_DIR_HELP, show_default=False)
+
+
+def _port_opt(flag: str, what: str, default: int, grpc: bool = True) -> int | None:
+    extra = f"; SeaweedFS also binds PORT+{GRPC_OFFSET} for gRPC" if grpc else ""
+    return typer.Option(
+        None,
+        flag,
+        help=f"Port of the {what}{extra} (default: the last `up`'s, else {default}).",
+        show_default=False,
+        min=1024,
+        max=65535,
+    )
+
+
+def _table(info) -> Table:  # info: zoo.stack.StackInfo
+    table = Table(title=f"genpipe stack in {info.state_dir}", title_justify="left")
+    for col in ("service", "pid", "url", "healthy", "log"):
+        table.add_column(col)
+    for s in info.services:
+        health = "[green]yes[/green]" if s.healthy else "[red]no[/red]"
+        table.add_row(s.name, str(s.pid or "-"), s.url, health, str(s.log))
+    return table
+
+
+def up(
+    state_dir: Path | None = _state_opt(),
+    s3_port: int | None = _port_opt("--s3-port", "S3 API (what clients use)", 8333),
+    mlflow_port: int | None = _port_opt("--mlflow-port", "MLflow tracking server", 5050, False),
+    master_port: int | None = _port_opt("--master-port", "SeaweedFS master", 9333),
+    volume_port: int | None = _port_opt("--volume-port", "SeaweedFS volume server", 9334),
+    filer_port: int | None = _port_opt("--filer-port", "SeaweedFS filer", 8888),
+    timeout: float = typer.Option(
+        90.0, "--timeout", help="Seconds to wait for each server to become ready.", min=1
+    ),
+) -> None:
+    """Start SeaweedFS (S3) and MLflow on 127.0.0.1; does nothing if they already run."""
+    from zoo import stack
+
+    base = stack.load_ports(state_dir) or stack.Ports()
+    overrides = {
+        "s3": s3_port,
+        "mlflow": mlflow_port,
+        "master": master_port,
+        "volume": volume_port,
+        "filer": filer_port,
+    }
+    ports = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if not stack.status(state_dir).healthy:
+        err.print("Starting SeaweedFS and MLflow (about 15 s) ...", highlight=False)
+    info = stack.up(state_dir, ports=ports, timeout=timeout)
+    out.print(_table(info))
+    err.print("Point clients at it with: [bold]eval $(genpipe env)[/bold]")
+
+
+def down(
+    state_dir: Path | None = _state_opt(),
+    timeout: float = typer.Option(
+        20.0,
+        "--timeout",
+        help="Seconds to wait for a clean shutdown before SIGKILL (SeaweedFS drains for ~15 s).",
+        min=0,
+    ),
+) -> None:
+    """Stop the embedded stack; data and credentials stay in the state dir."""
+    from zoo import stack
+
+    stopped = stack.down(state_dir, timeout=timeout)
+    err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def status(state_dir: Path | None = _state_opt()) -> None:
+    """Show each server's pid, URL and health; exits 1 unless all are healthy."""
+    from zoo import stack
+
+    info = stack.status(state_dir)
+    out.print(_table(info))
+    if not info.healthy:
+        sick = [s.name for s in info.services if not s.healthy]
+        hint = "run `genpipe up`" if not any(s.pid for s in info.services) else "see the logs"
+        raise StackError(f"not healthy: {', '.join(sick)} ({hint})")
+
+
+def env(state_dir: Path | None = _state_opt()) -> None:
+    """Print `export` lines for the stack's client settings: use `eval $(genpipe env)`.
+
+    This prints the S3 secret key (that is its purpose); keep the output out of logs.
+    """
+    from zoo import stack
+
+    values = stack.env(state_dir)
+    if not stack.status(state_dir).healthy:
+        err.print("[yellow]warning:[/yellow] the stack is not running: run `genpipe up`")
+    for key, value in values.items():
+        # print() not rich: no markup, wrapping or colour codes inside values.
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the embedded-stack commands to the `genpipe` app."""
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+    app.command("env")(env)
