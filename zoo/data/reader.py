@@ -51,8 +51,9 @@ def image_dataset(
     """Batches of {"image": float32 [B, H, W, C] in [0, 1], "label": int64 [B]} (-1 = no label).
 
     Shards are read in parallel and the decoded uint8 records cached in memory (datasets are
-    small); the shuffle order depends only on `seed` (and differs between epochs). With
-    shuffle=False the records come in their original order.
+    small). The shuffle order depends only on `seed`: a new pipeline with the same seed
+    replays the same stream, while iterating one pipeline again (or repeat=True) reshuffles
+    for each pass. With shuffle=False the records come in their original order.
     """
     import tensorflow as tf
 
