@@ -61,7 +61,7 @@ def main() -> None:
     except GenpipeError as e:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Abort:  # Ctrl-C or a declined prompt
         console.print("Aborted.")

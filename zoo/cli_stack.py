@@ -39,12 +39,13 @@ def _port_opt(flag: str, what: str, default: int, grpc: bool = True) -> int | No
 
 
 def _table(info) -> Table:  # info: zoo.stack.StackInfo
-    table = Table(title=f"genpipe stack in {info.state_dir}", title_justify="left")
-    for col in ("service", "pid", "url", "healthy", "log"):
-        table.add_column(col)
+    logs = info.services[0].log.parent
+    table = Table(title=f"genpipe stack in {info.state_dir} (logs: {logs})", title_justify="left")
+    for col in ("service", "pid", "url", "healthy"):
+        table.add_column(col, no_wrap=True)
     for s in info.services:
         health = "[green]yes[/green]" if s.healthy else "[red]no[/red]"
-        table.add_row(s.name, str(s.pid or "-"), s.url, health, str(s.log))
+        table.add_row(s.name, str(s.pid or "-"), s.url, health)
     return table
 
 
@@ -81,15 +82,17 @@ def up(
 def down(
     state_dir: Path | None = _state_opt(),
     timeout: float = typer.Option(
-        20.0,
+        30.0,
         "--timeout",
-        help="Seconds to wait for a clean shutdown before SIGKILL (SeaweedFS drains for ~15 s).",
+        help="Seconds to wait for a clean shutdown before SIGKILL (SeaweedFS drains for ~18 s).",
         min=0,
     ),
 ) -> None:
     """Stop the embedded stack; data and credentials stay in the state dir."""
     from zoo import stack
 
+    if any(s.pid for s in stack.status(state_dir).services):
+        err.print("Stopping (SeaweedFS drains its connections for up to ~18 s) ...")
     stopped = stack.down(state_dir, timeout=timeout)
     err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 

@@ -683,7 +683,7 @@ def up(
         return status(state)
 
 
-def down(state_dir: str | os.PathLike[str] | None = None, timeout: float = 20.0) -> list[str]:
+def down(state_dir: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> list[str]:
     """Stop the stack's servers (SIGTERM, SIGKILL after `timeout`); returns what was stopped."""
     state = _state(state_dir)
     if not state.exists():
