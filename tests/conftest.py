@@ -41,9 +41,11 @@ def start_stack(state_dir: Path, attempts: int = 3) -> zstack.StackInfo:
     for attempt in range(attempts):
         try:
             return zstack.up(state_dir, ports=zstack.free_ports())
-        except zstack.PortInUseError:
+        except StackError as e:
             zstack.down(state_dir, timeout=3)
-            if attempt == attempts - 1:
+            # Another process may take a port between our check and the server's bind.
+            raced = isinstance(e, zstack.PortInUseError) or "address already in use" in str(e)
+            if not raced or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
