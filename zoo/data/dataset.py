@@ -5,7 +5,20 @@ A published dataset lives under `datasets/<fingerprint>/` in the default bucket:
     train-00000-of-00004.tfrecord ...   image splits: tf.train.Example {"image": raw uint8 bytes,
     test-00000-of-00001.tfrecord        "label": int64 (-1 when unlabelled)}, shape in the manifest
     train.txt, val.txt                  text splits: one UTF-8 object each
-    manifest.json                       written LAST (see MANIFEST_FORMAT below)
+    manifest.json                       written LAST
+
+The manifest (JSON, keys sorted):
+
+    format "genpipe.dataset/v1", kind "image"|"text", fingerprint, source (of the first
+    publisher), uri (the manifest's own s3:// URI), shape [H, W, C] (null for text),
+    dtype "uint8" (images) | "utf-8" (text), num_classes (null when unlabelled or text),
+    classes (folder class names or null),
+    splits {name: {count, shards: [{key (s3:// URI), sha256, count, bytes}]}}   count = records
+        (images) or characters (text),
+    stats  images: {split: "train", mean, std, min, max (pixels, 0..255 units, over train),
+                    label_histogram: {split: [count per class]} or null}
+           text:   {chars, distinct_chars, lines, vocab (sorted distinct characters, all splits)},
+    created (ISO 8601 UTC), genpipe_version.
 
 The fingerprint is a sha256 of the content, so publishing is idempotent (same data -> same
 prefix; an existing valid manifest means there is nothing to do) and a reader that finds a
