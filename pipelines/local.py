@@ -70,6 +70,7 @@ def run_local(
     from pipelines.factory import build_pipeline
     from zoo import stack
 
+    _patch_kfp_local_conditions()
     if start_stack:
         os.environ.update(stack.ensure_up())
     settings = Settings.from_env()
@@ -125,7 +126,7 @@ class _EventStream(io.TextIOBase):
         self.on_event = on_event
         self.buf = ""
         self.task = ""
-        self.errors: list[tuple[str, str]] = []  # (task, error line)
+        self.failures: list[tuple[str, str]] = []  # (task, error line)
 
     def write(self, s: str) -> int:
         self.log.write(s)
@@ -152,12 +153,12 @@ class _EventStream(io.TextIOBase):
             fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
             self._emit("progress", {"task": self.task, **fields})
         elif m := _ERROR.match(line):
-            self.errors.append((self.task, f"{m['kind']}: {m['msg']}" if m["kind"] else m["msg"]))
+            self.failures.append((self.task, f"{m['kind']}: {m['msg']}" if m["kind"] else m["msg"]))
 
     def failure_message(self, log_path: Path) -> str | None:
-        if not self.errors:
+        if not self.failures:
             return None
-        task, err = self.errors[-1]
+        task, err = self.failures[-1]
         # GenpipeError subclasses carry a message meant for the user: show it alone.
         for prefix in (
             "DataError: ",
@@ -170,6 +171,37 @@ class _EventStream(io.TextIOBase):
                 err = err[len(prefix) :]
                 break
         return f"task {task} failed: {err} (full log: {log_path})"
+
+
+def _patch_kfp_local_conditions() -> None:
+    """Make kfp.local (2.17) evaluate `dsl.If(task.outputs[...] == ...)` conditions.
+
+    Its ConditionEvaluator reads a condition's channel `pipelinechannel--<task>-<output>` as a
+    parent input, never as the task output it is, so every such condition is False and the
+    register step would never run locally. We resolve the channel against task outputs first
+    (trying each '-' as the task/output boundary, as task names may contain '-'), and fall
+    back to kfp's own resolution. The cluster backend is unaffected: it reads the compiled IR.
+    """
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as edo
+
+    evaluator = edo.ConditionEvaluator
+    if getattr(evaluator, "_genpipe_patched", False):
+        return
+    original = evaluator._resolve_pipeline_channel
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        ref = channel_ref.removeprefix("pipelinechannel--")
+        for i, ch in enumerate(ref):
+            if ch != "-":
+                continue
+            try:
+                return io_store.get_task_output(ref[:i], ref[i + 1 :])
+            except (ValueError, KeyError):
+                continue
+        return original(channel_ref, io_store)
+
+    evaluator._resolve_pipeline_channel = staticmethod(resolve)
+    evaluator._genpipe_patched = True
 
 
 def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float) -> LocalRunResult:

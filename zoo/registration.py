@@ -134,7 +134,12 @@ def register(
     if existing:
         mv = existing[0]
     else:
-        mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+        # MLflow 3: a version points at the LoggedModel (model_id) and its storage location.
+        model_id = model_uri.removeprefix("models:/")
+        logged = c.get_logged_model(model_id)
+        mv = c.create_model_version(
+            name, source=logged.artifact_location, run_id=run_id, tags=tags, model_id=model_id
+        )
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, v)
     c.set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)

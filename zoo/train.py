@@ -134,7 +134,26 @@ class Trainer:
             seed=self.cfg.seed * 100_003 + epoch,  # deterministic per epoch: resume skips exactly
             drop_remainder=True,
         )
-        return ds.skip(skip).take(steps - skip)
+        ds = ds.skip(skip).take(steps - skip)
+        if (os.cpu_count() or 1) <= 4:
+            # On a small CPU machine tf.data's own threads preempt the train step's compute
+            # threads; one input thread is plenty for in-memory data (+12% on 2 cores).
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = 1
+            ds = ds.with_options(options)
+        return ds
+
+    def _distribute(self, strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> Any:
+        """Split batches across replicas; a single device takes the dataset as it is.
+
+        `experimental_distribute_dataset` under OneDeviceStrategy adds a device-prefetch
+        stage that halved CPU training throughput (435 vs 1105 samples/s for the VAE).
+        """
+        if strategy.num_replicas_in_sync == 1 and isinstance(
+            strategy, tf.distribute.OneDeviceStrategy
+        ):
+            return ds
+        return strategy.experimental_distribute_dataset(ds)
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -180,7 +199,10 @@ class Trainer:
         if self.logger and not latest:
             self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
             self.logger.params(
-                {"steps_per_epoch": steps_per_epoch, "replicas": strategy.num_replicas_in_sync}
+                {
+                    "resolved_steps_per_epoch": steps_per_epoch,
+                    "replicas": strategy.num_replicas_in_sync,
+                }
             )
 
         t0 = time.perf_counter()
@@ -193,9 +215,7 @@ class Trainer:
             sums: dict[str, float] = {}
             count = 0
             t_epoch = time.perf_counter()
-            dist = strategy.experimental_distribute_dataset(
-                self._epoch_dataset(epoch, skip, steps_per_epoch)
-            )
+            dist = self._distribute(strategy, self._epoch_dataset(epoch, skip, steps_per_epoch))
             for batch in dist:
                 out = {k: float(v) for k, v in train_step(batch).items()}
                 step = int(step_var.numpy())

@@ -43,8 +43,9 @@ class VAEConfig(TrainConfig):
             epochs=1,
             batch_size=32,
             latent_dim=4,
-            filters=(4, 8),
-            hidden_dim=16,
+            filters=(8, 16),
+            hidden_dim=32,
+            learning_rate=3e-3,
             kl_warmup_steps=2,
             steps_per_epoch=3,
         )
@@ -165,7 +166,7 @@ class VAE(GenerativeModel):
             loss = tf.reduce_sum(recon + beta * kl) / global_batch_size
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
-        optimizers["main"].apply_gradients(zip(grads, variables))
+        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
         n = float(ctx.num_replicas_in_sync)
         return {
             "loss": loss,

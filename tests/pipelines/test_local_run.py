@@ -1,0 +1,86 @@
+"""The VAE pipeline end to end through kfp.local against the real embedded stack.
+
+ingest -> train -> evaluate -> register on the offline digits data with a tiny config:
+the first blessed run becomes champion; a worse run is not blessed and not promoted; a bad
+source fails in ingest with a one-line error and registers nothing.
+"""
+
+import uuid
+
+import pytest
+
+from pipelines.local import run_local
+from zoo import tracking
+from zoo.errors import GenpipeError
+
+LOOSE = '{"test_neg_elbo": {"max": 1000}}'  # tiny models are far from the production threshold
+
+
+@pytest.fixture
+def home(stack, monkeypatch):
+    monkeypatch.setenv("GENPIPE_HOME", str(stack.state_dir))
+    return stack.state_dir
+
+
+def test_vae_pipeline_registers_champion_and_keeps_it_against_worse_run(home):
+    name = f"vae-e2e-{uuid.uuid4().hex[:8]}"
+    events = []
+    good = run_local(
+        "vae",
+        "digits",
+        preset="tiny",
+        overrides={"epochs": 2, "steps_per_epoch": 25},
+        experiment="genpipe-test-e2e",
+        registered_name=name,
+        thresholds=LOOSE,
+        start_stack=False,
+        on_event=lambda kind, f: events.append((kind, f.get("task"))),
+    )
+    assert good.blessed and good.registered_version == "1"
+    assert set(good.aliases) == {"candidate", "champion"}
+    # Trained: far below the ~544 nats of an untrained tiny VAE.
+    assert good.metrics["test_neg_elbo"] < 400
+    assert {
+        "evaluation/report.html",
+        "evaluation/samples.png",
+        "evaluation/interpolation.png",
+    } <= set(good.artifacts)
+    assert ("task_start", "register") in events and ("progress", "train") in events
+
+    c = tracking.client()
+    version = c.get_model_version_by_alias(name, "champion")
+    assert version.run_id == good.mlflow_run_id
+    assert version.tags["genpipe.dataset_fingerprint"] == good.tags["genpipe.dataset_fingerprint"]
+    assert version.tags["genpipe.pipeline_run_id"] == good.tags["genpipe.pipeline_run_id"]
+    assert "genpipe.git_commit" in version.tags
+    run = c.get_run(good.mlflow_run_id)
+    assert run.data.params["latent_dim"] == "4" and run.data.params["dataset.source"] == "digits"
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs]  # dataset logged as MLflow input
+
+    worse = run_local(
+        "vae",
+        "digits",
+        preset="tiny",
+        overrides={"epochs": 1, "steps_per_epoch": 2, "learning_rate": 1e-6},
+        experiment="genpipe-test-e2e",
+        registered_name=name,
+        thresholds=LOOSE,
+        start_stack=False,
+    )
+    assert not worse.blessed and worse.registered_version is None
+    assert worse.metrics["champion_test_neg_elbo"] == pytest.approx(
+        good.metrics["test_neg_elbo"], rel=1e-3
+    )
+    assert c.get_model_version_by_alias(name, "champion").version == "1"
+    assert len(c.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_bad_source_fails_in_ingest_with_one_line_error(home, tmp_path):
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    name = f"vae-bad-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(GenpipeError) as e:
+        run_local("vae", f"idx:{tmp_path}", preset="tiny", registered_name=name, start_stack=False)
+    msg = str(e.value)
+    assert msg.startswith("task ingest failed:") and str(bad.name) in msg and "\n" not in msg
+    assert not tracking.client().search_model_versions(f"name='{name}'")

@@ -1,0 +1,103 @@
+"""Registration against the real MLflow server: versions, aliases, idempotency, pyfunc serving."""
+
+import uuid
+
+import mlflow
+import numpy as np
+import pytest
+
+from zoo import models, registration, tracking
+from zoo.errors import ConfigError, GenpipeError
+from zoo.train import load_model, write_model_config
+
+SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    cls = models.get("vae")
+    model = cls(cls.tiny_config(), SPEC)
+    model.build_model()
+    out = tmp_path / "model"
+    out.mkdir()
+    model.save(out / "model.keras")
+    write_model_config(
+        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
+    )
+    return out
+
+
+def _logged_run(c, model_dir, experiment):
+    run_id = tracking.get_or_create_run(c, experiment, uuid.uuid4().hex, "vae")
+    registration.log_model(c, run_id, model_dir)
+    return run_id
+
+
+def test_get_or_create_run_is_idempotent(stack):
+    c = tracking.client()
+    pid = uuid.uuid4().hex
+    first = tracking.get_or_create_run(c, "genpipe-test-idem", pid, "vae")
+    assert tracking.get_or_create_run(c, "genpipe-test-idem", pid, "vae") == first
+    assert tracking.get_or_create_run(c, "genpipe-test-idem", uuid.uuid4().hex, "vae") != first
+
+
+def test_aliases_move_only_when_better_and_champion_unchanged(stack, model_dir):
+    c = tracking.client()
+    name = f"vae-reg-{uuid.uuid4().hex[:8]}"
+    r1, r2, r3 = (_logged_run(c, model_dir, "genpipe-test-reg") for _ in range(3))
+
+    first = registration.register(
+        c, name, r1, better_than_champion=True, expected_champion="", tags={"k": "v"}
+    )
+    assert (first.version, first.promoted) == ("1", True)
+    assert c.get_model_version_by_alias(name, "champion").version == "1"
+    assert c.get_model_version(name, "1").tags["k"] == "v"
+
+    worse = registration.register(
+        c, name, r2, better_than_champion=False, expected_champion="1", tags={}
+    )
+    assert (worse.version, worse.promoted, worse.aliases) == ("2", False, ["candidate"])
+    assert c.get_model_version_by_alias(name, "candidate").version == "2"
+    assert c.get_model_version_by_alias(name, "champion").version == "1"
+
+    # Evaluated against "no champion", but v1 became champion meanwhile: compare-and-set refuses.
+    stale = registration.register(
+        c, name, r3, better_than_champion=True, expected_champion="", tags={}
+    )
+    assert not stale.promoted and "champion moved" in stale.reason
+    assert c.get_model_version_by_alias(name, "champion").version == "1"
+
+    # A retried register task for the same run creates no second version.
+    again = registration.register(
+        c, name, r2, better_than_champion=False, expected_champion="1", tags={}
+    )
+    assert again.version == "2"
+    assert len(c.search_model_versions(f"name='{name}'")) == 3
+    # Stages are deprecated: nothing here may use them.
+    assert all(v.current_stage in ("None", None) for v in c.search_model_versions(f"name='{name}'"))
+
+
+def test_pyfunc_generates_from_request_and_bounds_it(stack, model_dir):
+    c = tracking.client()
+    name = f"vae-serve-{uuid.uuid4().hex[:8]}"
+    run_id = _logged_run(c, model_dir, "genpipe-test-serve")
+    registration.register(c, name, run_id, better_than_champion=True, expected_champion="", tags={})
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = pyfunc.predict({"n": 4, "seed": 0})
+    assert out.shape == (4, 28, 28, 1) and out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out, pyfunc.predict({"n": 4, "seed": 0}))
+    with pytest.raises(ConfigError, match=r"n=100000 is out of range \[1, 256\]"):
+        pyfunc.predict({"n": 100000, "seed": 0})
+
+
+def test_download_model_dir_by_alias_and_version(stack, model_dir, tmp_path):
+    c = tracking.client()
+    name = f"vae-pull-{uuid.uuid4().hex[:8]}"
+    run_id = _logged_run(c, model_dir, "genpipe-test-pull")
+    registration.register(c, name, run_id, better_than_champion=True, expected_champion="", tags={})
+    for ref in ("champion", "1"):
+        dest = registration.download_model_dir(c, name, ref, tmp_path / ref)
+        model, meta = load_model(dest)
+        assert meta["model"] == "vae" and model.generate(2, seed=0).shape == (2, 28, 28, 1)
+    with pytest.raises(GenpipeError, match="has no alias 'nope'"):
+        registration.download_model_dir(c, name, "nope", tmp_path / "x")
