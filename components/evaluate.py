@@ -26,15 +26,14 @@ def run(
     from components.common import fetch_dataset
     from zoo import images, models, registration, tracking
     from zoo.blessing import decide, parse_thresholds
-    from zoo.data import load_split_arrays
-    from zoo.train import evaluate_split, load_model
+    from zoo.evaluation import evaluate
+    from zoo.train import load_model
 
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
-    metrics = {f"test_{k}": v for k, v in evaluate_split(model, data, "test").items()}
-    x_test, _ = load_split_arrays(data, "test")
-    figures = model.report_images(x_test[:64].astype("float32") / 255.0, seed=0)
+    result = evaluate(model, data, seed=0)
+    metrics = result.metrics
 
     c = tracking.client()
     champ_value, champ_version, champ_note = _score_champion(
@@ -65,11 +64,13 @@ def run(
     )
     pngs = {
         name: images.grid_png(arr, cols=16 if name != "samples" else None)
-        for name, arr in figures.items()
+        for name, arr in result.images.items()
     }
     for name, png in pngs.items():
         logger.bytes(png, f"evaluation/{name}.png")
-    report = render_report(meta["model"], metrics, blessing.to_dict(), pngs)
+    for name, text in result.texts.items():
+        logger.text(text, f"evaluation/{name}.txt")
+    report = render_report(meta["model"], metrics, blessing.to_dict(), pngs, result.texts)
     logger.text(report, "evaluation/report.html")
     if report_path:
         Path(report_path).write_text(report)
@@ -81,7 +82,8 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
     import tempfile
 
     from zoo import registration
-    from zoo.train import evaluate_split, load_model
+    from zoo.evaluation import evaluate
+    from zoo.train import load_model
 
     champ = registration.champion(c, name)
     if champ is None:
@@ -101,13 +103,14 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
             f"champion v{champ.version} ({champ_meta['model']}, shape {champ_meta['data_spec']['shape']}) "
             "is not comparable: decided on thresholds alone",
         )
-    value = {f"test_{k}": v for k, v in evaluate_split(champ_model, data, "test").items()}[
-        cls.primary_metric
-    ]
+    value = evaluate(champ_model, data, seed=0).metrics[cls.primary_metric]
+
     return value, champ.version, ""
 
 
-def render_report(model: str, metrics: dict, blessing: dict, pngs: dict) -> str:
+def render_report(
+    model: str, metrics: dict, blessing: dict, pngs: dict, texts: dict | None = None
+) -> str:
     """A self-contained HTML report (images inline) for the KFP UI and MLflow."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
     rows = "".join(
@@ -118,12 +121,16 @@ def render_report(model: str, metrics: dict, blessing: dict, pngs: dict) -> str:
         f"<h3>{html.escape(n)}</h3><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
         for n, p in pngs.items()
     )
+    figs += "".join(
+        f"<h3>{html.escape(n)}</h3><pre style='white-space:pre-wrap'>{html.escape(t)}</pre>"
+        for n, t in (texts or {}).items()
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(model)} evaluation</title></head>"
         f"<body style='font-family:sans-serif'><h1>{html.escape(model)}: {verdict}</h1>"
         f"<table border='1' cellpadding='4'><tr><th>metric</th><th>value</th></tr>{rows}</table>"
-        f"<p>Units: nats per image (or per the model's documented convention); lower is better "
-        f"for losses.</p><h2>Blessing</h2><ul>{reasons}</ul>{figs}</body></html>"
+        f"<p>Units: as documented by the model (the VAE: nats per image); lower is better "
+        f"for losses and likelihood bounds.</p><h2>Blessing</h2><ul>{reasons}</ul>{figs}</body></html>"
     )
 
 

@@ -123,10 +123,10 @@ class Trainer:
         self.store = store
         self.on_epoch = on_epoch
 
-    def _epoch_dataset(self, epoch: int, skip: int, steps: int) -> tf.data.Dataset:
-        from zoo.data import image_dataset
-
-        ds = image_dataset(
+    def _epoch_dataset(
+        self, model: GenerativeModel, epoch: int, skip: int, steps: int
+    ) -> tf.data.Dataset:
+        ds = model.make_dataset(
             self.data,
             "train",
             self.cfg.batch_size,
@@ -215,7 +215,9 @@ class Trainer:
             sums: dict[str, float] = {}
             count = 0
             t_epoch = time.perf_counter()
-            dist = self._distribute(strategy, self._epoch_dataset(epoch, skip, steps_per_epoch))
+            dist = self._distribute(
+                strategy, self._epoch_dataset(model, epoch, skip, steps_per_epoch)
+            )
             for batch in dist:
                 out = {k: float(v) for k, v in train_step(batch).items()}
                 step = int(step_var.numpy())
@@ -316,9 +318,7 @@ def evaluate_split(
     model: GenerativeModel, data: Any, split: str, batch_size: int = 256
 ) -> dict[str, float]:
     """Exact means of the model's per-example held-out metrics over a whole split."""
-    from zoo.data import image_dataset
-
-    ds = image_dataset(data, split, batch_size, shuffle=False)
+    ds = model.make_dataset(data, split, batch_size, shuffle=False)
     step = tf.function(model.eval_batch)
     sums: dict[str, float] = {}
     n = 0
@@ -326,7 +326,7 @@ def evaluate_split(
         out = step(batch)
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(v.numpy(), dtype="float64"))
-        n += int(batch["image"].shape[0])
+        n += int(next(iter(out.values())).shape[0])
     if n == 0:
         raise DataError(f"dataset {data.manifest['fingerprint'][:12]}: split {split!r} is empty")
     return {k: v / n for k, v in sums.items()}

@@ -66,6 +66,8 @@ class GenerativeModel(keras.Model):
     lower_is_better: ClassVar[bool] = True
     #: default absolute blessing thresholds: metric -> ("max" | "min", value)
     default_thresholds: ClassVar[dict[str, tuple[str, float]]] = {}
+    #: the held-out split evaluation uses ("test" for images, "val" for text)
+    heldout_split: ClassVar[str] = "test"
 
     def __init__(
         self, config: dict[str, Any] | TrainConfig, data_spec: dict[str, Any], **kwargs: Any
@@ -113,6 +115,30 @@ class GenerativeModel(keras.Model):
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per-example values ([batch] tensors) of held-out metrics; the evaluator averages them."""
         raise NotImplementedError
+
+    def make_dataset(
+        self,
+        data: Any,
+        split: str,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_remainder: bool = False,
+    ) -> tf.data.Dataset:
+        """Batches of one split of a fetched dataset (zoo.data.LocalDataset) for this model.
+
+        Image models get {"image": float32 [B,H,W,C] in [0,1], "label": int64 [B]}; text
+        models override this to yield token windows.
+        """
+        from zoo.data import image_dataset
+
+        return image_dataset(
+            data, split, batch_size, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder
+        )
+
+    def report_images(self, x: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+        """Figures for the evaluation report (default: a grid of 64 samples)."""
+        return {"samples": self.generate(64, seed=seed)}
 
     def generate(self, n: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
         """n samples as numpy; images are float32 in [0, 1] with shape [n, H, W, C]."""
