@@ -1,0 +1,5 @@
+"""`python -m zoo` is the `genpipe` command."""
+
+from zoo.cli import main
+
+main()
