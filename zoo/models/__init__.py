@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "vae": "zoo.models.vae:VAE",
+    "dcgan": "zoo.models.dcgan:DCGAN",
+    "wgan_gp": "zoo.models.wgan_gp:WGANGP",
+    "cgan": "zoo.models.cgan:CGAN",
+    "ddpm": "zoo.models.ddpm:DDPM",
+    "realnvp": "zoo.models.realnvp:RealNVP",
+    "pixelcnn": "zoo.models.pixelcnn:PixelCNN",
 }
 
 

@@ -1,0 +1,284 @@
+"""DDPM (Ho et al., 2020): a small U-Net with a sinusoidal time embedding predicts the noise.
+
+Training: x0 in [0, 1] is mapped to [-1, 1]; t ~ U{0..T-1}, eps ~ N(0, I),
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   loss = mean ||eps - eps_theta(x_t, t)||^2
+with a linear beta schedule. After every optimizer step an exponential moving average (EMA)
+of the weights is updated; the EMA network is a non-trainable sub-network (so it is in the
+checkpoints and the .keras file) and is what `generate` samples with.
+
+Sampling: `generate(n, seed, steps=..., sampler="ddim"|"ddpm")`. DDPM is ancestral sampling
+over all T steps (sigma_t^2 = beta_t); DDIM (Song et al., 2021, eta = 0) is deterministic
+given the initial noise and uses `steps` evenly spaced timesteps (default `sample_steps`).
+Held-out metric of `eval_batch`: the denoising MSE at fixed random (t, eps) per example;
+blessing is on FID (zoo.evaluation.image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo import config as cfgmod
+from zoo.errors import ConfigError
+from zoo.models.base import GenerativeModel, TrainConfig
+
+
+@dataclasses.dataclass
+class DDPMConfig(TrainConfig):
+    """DDPM settings (training settings are inherited from TrainConfig)."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    timesteps: int = 400
+    beta_start: float = 1e-4
+    beta_end: float = 0.05
+    # U-Net widths at 1x, 1/2x, 1/4x resolution
+    filters: tuple[int, ...] = (32, 64, 64)
+    time_dim: int = 64
+    ema_decay: float = 0.995
+    sampler: str = "ddim"
+    sample_steps: int = 40
+
+    @classmethod
+    def tiny(cls) -> DDPMConfig:
+        return cls(
+            epochs=1,
+            batch_size=16,
+            timesteps=20,
+            filters=(4, 8),
+            time_dim=8,
+            steps_per_epoch=3,
+            sample_steps=4,
+        )
+
+    def validate(self) -> None:
+        super().validate()
+        r = cfgmod.require
+        r(self.timesteps >= 2, f"DDPMConfig: timesteps={self.timesteps} must be >= 2")
+        r(
+            0 < self.beta_start < self.beta_end < 1,
+            f"DDPMConfig: need 0 < beta_start ({self.beta_start}) < beta_end ({self.beta_end}) < 1",
+        )
+        r(
+            len(self.filters) >= 1 and all(f >= 1 for f in self.filters),
+            f"DDPMConfig: filters={self.filters} must be one or more positive integers",
+        )
+        r(
+            self.time_dim >= 2 and self.time_dim % 2 == 0,
+            f"DDPMConfig: time_dim={self.time_dim} must be even >= 2",
+        )
+        r(0 <= self.ema_decay < 1, f"DDPMConfig: ema_decay={self.ema_decay} must be in [0, 1)")
+        r(
+            self.sampler in ("ddim", "ddpm"),
+            f"DDPMConfig: sampler={self.sampler!r} is not ddim or ddpm",
+        )
+        r(
+            1 <= self.sample_steps <= self.timesteps,
+            f"DDPMConfig: sample_steps={self.sample_steps} must be in [1, timesteps={self.timesteps}]",
+        )
+
+
+def timestep_embedding(t: tf.Tensor, dim: int) -> tf.Tensor:
+    """Sinusoidal embedding [B, dim] of integer timesteps (Transformer positional encoding)."""
+    half = dim // 2
+    freqs = tf.exp(-math.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
+    args = tf.cast(t, tf.float32)[:, None] * freqs[None, :]
+    return tf.concat([tf.sin(args), tf.cos(args)], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="genpipe")
+class UNet(keras.layers.Layer):
+    """A small U-Net: conv blocks with the time embedding added, skip connections by concat."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...], time_dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.channels, self.filters, self.time_dim = channels, tuple(filters), time_dim
+        self.t_mlp = keras.Sequential(
+            [keras.layers.Dense(time_dim, activation="swish"), keras.layers.Dense(time_dim)]
+        )
+        self.stem = keras.layers.Conv2D(filters[0], 3, padding="same")
+        self.down = []
+        for i, f in enumerate(filters):
+            self.down.append(self._block(f, f"down{i}"))
+        self.t_proj = [keras.layers.Dense(f) for f in filters]
+        self.pool = keras.layers.AveragePooling2D(2, padding="same")
+        self.mid = self._block(filters[-1], "mid")
+        self.up = [self._block(f, f"up{i}") for i, f in enumerate(filters)]
+        self.t_proj_up = [keras.layers.Dense(f) for f in filters]
+        self.out = keras.layers.Conv2D(channels, 3, padding="same")
+
+    @staticmethod
+    def _block(f: int, name: str) -> keras.Sequential:
+        return keras.Sequential(
+            [
+                keras.layers.Conv2D(f, 3, padding="same", activation="swish"),
+                keras.layers.Conv2D(f, 3, padding="same", activation="swish"),
+            ],
+            name=name,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "filters": list(self.filters),
+            "time_dim": self.time_dim,
+        }
+
+    def call(self, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        temb = self.t_mlp(timestep_embedding(t, self.time_dim))
+        h = self.stem(x)
+        skips, shapes = [], []
+        for i, block in enumerate(self.down):
+            h = block(h) + self.t_proj[i](temb)[:, None, None, :]
+            skips.append(h)
+            shapes.append(tf.shape(h))
+            if i < len(self.down) - 1:
+                h = self.pool(h)
+        h = self.mid(h)
+        for i in reversed(range(len(self.up))):
+            if i < len(self.down) - 1:
+                h = tf.image.resize(h, shapes[i][1:3], method="nearest")
+            h = tf.concat([h, skips[i]], axis=-1)
+            h = self.up[i](h) + self.t_proj_up[i](temb)[:, None, None, :]
+        return self.out(h)
+
+
+@keras.saving.register_keras_serializable(package="genpipe")
+class DDPM(GenerativeModel):
+    """Denoising diffusion model; samples with the EMA weights."""
+
+    name_in_registry = "ddpm"
+    family = "image"
+    config_cls = DDPMConfig
+    primary_metric = "test_fid"
+    lower_is_better = True
+    default_thresholds = {"test_fid": ("max", 60.0)}
+
+    def __init__(
+        self, config: dict[str, Any] | DDPMConfig, data_spec: dict[str, Any], **kwargs: Any
+    ):
+        super().__init__(config, data_spec, **kwargs)
+        cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
+        h, w, c = (int(v) for v in data_spec["shape"])
+        self.image_shape = (h, w, c)
+        self.net = UNet(c, cfg.filters, cfg.time_dim, name="unet")
+        self.ema_net = UNet(c, cfg.filters, cfg.time_dim, name="ema_unet")
+        self.ema_net.trainable = False  # updated by EMA only, never by the optimizer
+        betas = np.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype="float64")
+        self.betas = betas
+        self.alpha_bar = np.cumprod(1.0 - betas)
+
+    def build_model(self) -> None:
+        x = tf.zeros((1, *self.image_shape))
+        t = tf.zeros((1,), tf.int32)
+        self.net(x, t)
+        self.ema_net(x, t)
+        for e, w in zip(self.ema_net.weights, self.net.weights, strict=True):
+            e.assign(w)
+        self.built = True
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.net(x, tf.zeros(tf.shape(x)[:1], tf.int32))
+
+    def _noisy(self, x0: tf.Tensor, t: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        ab = tf.gather(tf.constant(self.alpha_bar, tf.float32), t)[:, None, None, None]
+        return tf.sqrt(ab) * x0 + tf.sqrt(1.0 - ab) * eps
+
+    def _per_example_mse(self, x: tf.Tensor, seed: tf.Tensor, net: UNet) -> tf.Tensor:
+        x0 = x * 2.0 - 1.0
+        b = tf.shape(x0)[0]
+        t = tf.random.stateless_uniform([b], seed=seed, maxval=self.cfg.timesteps, dtype=tf.int32)
+        eps = tf.random.stateless_normal(tf.shape(x0), seed=seed + 1)
+        pred = net(self._noisy(x0, t, eps), t)
+        return tf.reduce_mean(tf.square(eps - pred), axis=[1, 2, 3])
+
+    def train_step_replica(
+        self,
+        batch: dict[str, tf.Tensor],
+        optimizers: dict[str, Any],
+        global_batch_size: int,
+        step: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
+        ctx = tf.distribute.get_replica_context()
+        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx else tf.constant(0)
+        seed = tf.stack([tf.cast(step, tf.int32) * 2, rid])
+        variables = self.net.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(self._per_example_mse(batch["image"], seed, self.net))
+            loss = loss / global_batch_size
+        grads = tape.gradient(loss, variables)
+        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
+        # EMA with warm-up: early on the average follows the weights closely (Keras/TF recipe).
+        s = tf.cast(step, tf.float32)
+        decay = tf.minimum(cfg.ema_decay, (1.0 + s) / (10.0 + s))
+        for e, w in zip(self.ema_net.weights, self.net.weights, strict=True):
+            e.assign(decay * e + (1.0 - decay) * w)
+        n = float(ctx.num_replicas_in_sync) if ctx else 1.0
+        return {"loss": loss, "ema_decay": decay / n, "grad_norm": tf.linalg.global_norm(grads) / n}
+
+    def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {
+            "denoise_mse": self._per_example_mse(
+                batch["image"], tf.constant([4321, 0]), self.ema_net
+            )
+        }
+
+    def generate(self, n: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
+        cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
+        sampler = kwargs.pop("sampler", cfg.sampler)
+        steps = int(kwargs.pop("steps", cfg.sample_steps if sampler == "ddim" else cfg.timesteps))
+        if kwargs:
+            raise TypeError(f"DDPM.generate got unexpected arguments {sorted(kwargs)}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"sampler={sampler!r} is not one of ddim, ddpm")
+        if sampler == "ddpm" and steps != cfg.timesteps:
+            raise ConfigError(
+                f"the ddpm sampler runs all timesteps={cfg.timesteps}, got steps={steps}"
+            )
+        if not 1 <= steps <= cfg.timesteps:
+            raise ConfigError(f"steps={steps} must be in [1, {cfg.timesteps}]")
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in range(0, n, 500):
+            m = min(500, n - i)
+            x = rng.standard_normal((m, *self.image_shape)).astype("float32")
+            x = self._sample(tf.constant(x), rng, sampler, steps)
+            out.append(((x.numpy() + 1.0) / 2.0).clip(0.0, 1.0))
+        return np.concatenate(out).astype("float32")
+
+    def _sample(
+        self, x: tf.Tensor, rng: np.random.Generator, sampler: str, steps: int
+    ) -> tf.Tensor:
+        cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
+        ab = self.alpha_bar
+        eps_fn = tf.function(lambda x, t: self.ema_net(x, t), reduce_retracing=True)
+        m = int(x.shape[0])
+        if sampler == "ddpm":
+            for t in reversed(range(cfg.timesteps)):
+                eps = eps_fn(x, tf.fill([m], t))
+                beta, a = self.betas[t], 1.0 - self.betas[t]
+                x = (x - beta / math.sqrt(1.0 - ab[t]) * eps) / math.sqrt(a)
+                if t > 0:
+                    z = rng.standard_normal(x.shape).astype("float32")
+                    x = x + math.sqrt(beta) * z
+            return tf.clip_by_value(x, -1.0, 1.0)
+        ts = np.linspace(cfg.timesteps - 1, 0, steps).round().astype(int)
+        for k, t in enumerate(ts):
+            eps = eps_fn(x, tf.fill([m], int(t)))
+            x0 = (x - math.sqrt(1.0 - ab[t]) * eps) / math.sqrt(ab[t])
+            x0 = tf.clip_by_value(x0, -1.0, 1.0)
+            if k == len(ts) - 1:
+                return x0
+            prev = ab[ts[k + 1]]
+            # eta = 0: deterministic; re-derive eps from the clipped x0 for consistency.
+            eps = (x - math.sqrt(ab[t]) * x0) / math.sqrt(1.0 - ab[t])
+            x = math.sqrt(prev) * x0 + math.sqrt(1.0 - prev) * eps
+        return x
