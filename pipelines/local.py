@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ class LocalRunResult:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: list[str] = field(default_factory=list)
+    #: local copies of the evaluation artifacts (report.html, samples.png, ...)
+    local_dir: Path | None = None
 
     @property
     def blessed(self) -> bool:
@@ -82,6 +85,10 @@ def run_local(
         raise_on_error=True,
     )
     pipeline = build_pipeline(model, "cpu", retries=retries)
+    # Expected in embedded mode (the platform config is for the cluster; components run in
+    # this Python, not in the image): kfp.local's warnings about both are noise here.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -211,6 +218,10 @@ def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float)
     c = tracking.client(settings)
     run = c.get_run(mlflow_run_id)
     arts = [a.path for a in c.list_artifacts(mlflow_run_id, "evaluation")]
+    # Local copies of the report and figures, so the CLI can print paths one can open.
+    local_dir = state_dir() / "runs" / mlflow_run_id
+    if arts:
+        c.download_artifacts(mlflow_run_id, "evaluation", str(local_dir))
     return LocalRunResult(
         model=model,
         mlflow_run_id=mlflow_run_id,
@@ -219,4 +230,5 @@ def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float)
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
         artifacts=arts,
+        local_dir=local_dir / "evaluation" if arts else None,
     )

@@ -132,13 +132,16 @@ def register(app: typer.Typer) -> None:
             )
         table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
         for k in sorted(res.metrics):
-            if k.startswith(("test_", "champion_", "train_wall", "train_samples_per_s_overall")):
+            if k.startswith(
+                ("test_", "val_", "champion_", "train_wall", "train_samples_per_s_overall")
+            ):
                 table.add_row(k, f"{res.metrics[k]:.4f}")
         out.print(table)
         out.print(f"MLflow run:   {res.run_url}")
-        for a in res.artifacts:
-            if a.endswith(".png"):
-                out.print(f"figure:       mlflow-artifacts {a}  (run {res.mlflow_run_id})")
+        if res.local_dir:
+            for name in ("report.html", "samples.png"):
+                if (res.local_dir / name).exists():
+                    out.print(f"{name + ':':13} {res.local_dir / name}")
         if res.blessed and res.registered_version:
             out.print(
                 f"registered:   {name or model} v{res.registered_version} aliases={','.join(res.aliases)}"
