@@ -1,0 +1,556 @@
+"""Cluster commands: submit, schedule, schedules, pull, serve, deploy, images.
+
+`submit`/`schedule` compile MODEL's pipeline for a cluster profile, upload it to KFP once per
+content (version named by hash) and start a run / a recurring run. `pull`, `serve` and
+`deploy` resolve a registered model `NAME@alias` (or `NAME/version`) in MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+import zoo
+from zoo.errors import ConfigError, GenpipeError
+
+out = Console(soft_wrap=True)  # long URLs and ids stay on one line
+err = Console(stderr=True, soft_wrap=True)
+
+IMAGE_VARIANTS = ("cpu", "gpu")
+DEFAULT_REPOSITORY = "ghcr.io/genpipe/genpipe"
+PROFILE_HELP = "Cluster profile: cpu | gke | eks | aks | generic-nvidia, or a profile YAML path."
+
+
+def check_image(image: str) -> str:
+    """An image reference with a pinned tag or digest (never the implicit or explicit latest)."""
+    ref = image.rsplit("/", 1)[-1]
+    if not image or ("@" not in ref and ":" not in ref):
+        raise ConfigError(
+            f"--image {image!r} has no tag: pin a version, e.g. {image}:{zoo.__version__}-cpu"
+        )
+    if ref.endswith(":latest"):
+        raise ConfigError(
+            f"--image {image!r}: `latest` moves; pin a version so runs are reproducible"
+        )
+    return image
+
+
+def image_tag(repository: str, variant: str, version: str = "") -> str:
+    if variant not in IMAGE_VARIANTS:
+        raise ConfigError(f"image variant {variant!r} is not one of {', '.join(IMAGE_VARIANTS)}")
+    version = version or zoo.__version__
+    if version == "latest":
+        raise ConfigError("--version latest: pin a version so runs are reproducible")
+    return check_image(f"{repository}:{version}-{variant}")
+
+
+def pipeline_params(
+    model: str,
+    data: str,
+    preset: str,
+    sets: list[str],
+    experiment: str,
+    name: str,
+    thresholds: str,
+    tolerance: float,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """The pipeline's runtime parameters, checked locally so a typo fails before any upload."""
+    from zoo import models
+    from zoo.blessing import parse_thresholds
+    from zoo.config import parse_overrides
+
+    overrides = parse_overrides(sets)
+    models.resolve_config(model, preset, overrides)
+    parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+    return {
+        "source": data,
+        "preset": preset,
+        "overrides": json.dumps(overrides, sort_keys=True),
+        "experiment": experiment or f"genpipe-{model}",
+        "registered_name": name or model,
+        "thresholds": thresholds,
+        "champion_tolerance": tolerance,
+        "test_fraction": test_fraction,
+    }
+
+
+def _compile(model: str, profile: str, image: str, retries: int, where: Path) -> Path:
+    from pipelines.factory import compile_pipeline
+
+    path = where / f"{model}.yaml"
+    compile_pipeline(model, str(path), profile, check_image(image) if image else None, retries)
+    return path
+
+
+def _connect(host: str, token: str, cookie: str, namespace: str) -> Any:
+    from zoo.kfp_client import Kfp, resolve_auth, resolve_host
+
+    return Kfp(resolve_host(host), resolve_auth(token, cookie), namespace)
+
+
+def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
+    """(client, name, selector, ModelVersion) for NAME@alias | NAME/version | NAME."""
+    from zoo import registration, tracking
+    from zoo.kserve import parse_model_ref
+
+    name, sel = parse_model_ref(ref)
+    c = tracking.client()
+    return c, name, sel, registration.resolve_version(c, name, sel)
+
+
+def load_registered(ref: str, dest: Path) -> tuple[Any, dict[str, str]]:
+    """Download and load NAME@alias into `dest`; (model, info for /healthz)."""
+    from zoo import registration
+    from zoo.train import load_model
+
+    c, name, sel, version = _mlflow_version(ref)
+    registration.download_model_dir(c, name, str(version.version), dest)
+    model, meta = load_model(dest)
+    info = {
+        "model": name,
+        "version": str(version.version),
+        "ref": sel,
+        "family": str(getattr(model, "family", meta.get("family", ""))),
+        "architecture": str(meta.get("model", "")),
+    }
+    return model, info
+
+
+def _docker() -> Any:
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        return docker.from_env()
+    except DockerException as e:
+        raise GenpipeError(
+            f"cannot reach a Docker engine (DOCKER_HOST or /var/run/docker.sock): {e}"
+        ) from None
+
+
+def source_root() -> Path:
+    """The source checkout holding images/ (the Docker build context)."""
+    root = Path(zoo.__file__).resolve().parent.parent
+    if not (root / "images" / "Dockerfile.cpu").is_file():
+        raise GenpipeError(
+            f"{root} has no images/Dockerfile.cpu: build from a genpipe source checkout"
+        )
+    return root
+
+
+def build(tag: str, variant: str, version: str, on_log: Any = print) -> str:
+    """Build images/Dockerfile.VARIANT from the source root as `tag`; returns the image id."""
+    from docker.errors import APIError, DockerException
+
+    from zoo.tracking import git_commit
+
+    client = _docker()
+    image_id = ""
+    try:
+        stream = client.api.build(
+            path=str(source_root()),
+            dockerfile=f"images/Dockerfile.{variant}",
+            tag=tag,
+            buildargs={"GENPIPE_VERSION": version, "GIT_COMMIT": git_commit()},
+            rm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise GenpipeError(f"docker build {tag} failed: {chunk['error'].strip()}")
+            if chunk.get("stream", "").strip():
+                on_log(chunk["stream"].rstrip())
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+    except (APIError, DockerException) as e:
+        raise GenpipeError(f"docker build {tag} failed: {e}") from None
+    if not image_id:
+        raise GenpipeError(f"docker build {tag} reported no image id")
+    return image_id
+
+
+def push_image(tag: str) -> None:
+    """Push `tag`; a registry error in the progress stream becomes a GenpipeError."""
+    from docker.errors import APIError, DockerException
+
+    repository, _, version = tag.rpartition(":")
+    try:
+        for chunk in _docker().api.push(repository, tag=version, stream=True, decode=True):
+            if "error" in chunk:
+                raise GenpipeError(f"docker push {tag} failed: {chunk['error'].strip()}")
+    except (APIError, DockerException) as e:
+        raise GenpipeError(f"docker push {tag} failed: {e}") from None
+
+
+def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
+    host_opt = typer.Option("", "--host", help="KFP API URL (env GENPIPE_KFP_HOST).")
+    token_opt = typer.Option(
+        "", "--token", help="Bearer token (env GENPIPE_KFP_TOKEN).", show_default=False
+    )
+    cookie_opt = typer.Option(
+        "",
+        "--cookie",
+        help="Cookie header, e.g. authservice_session=... (env GENPIPE_KFP_COOKIE).",
+        show_default=False,
+    )
+    ns_opt = typer.Option(
+        "", "--namespace", "-n", help="KFP namespace (multi-user Kubeflow profile)."
+    )
+
+    @app.command("submit")
+    def submit_cmd(
+        model: str = typer.Argument(..., help="Model to train (see `genpipe models`)."),
+        host: str = host_opt,
+        token: str = token_opt,
+        cookie: str = cookie_opt,
+        namespace: str = ns_opt,
+        experiment: str = typer.Option(
+            "", help="KFP and MLflow experiment (default genpipe-MODEL)."
+        ),
+        data: str = typer.Option(
+            "digits",
+            "--data",
+            "-d",
+            help="Data source the cluster can read: digits | s3://bucket/prefix | ...",
+        ),
+        sets: list[str] = typer.Option(
+            [], "--set", "-s", help="Config override key=value (repeatable)."
+        ),
+        preset: str = typer.Option("default", help="Config preset: default or tiny."),
+        name: str = typer.Option(
+            "", "--name", help="Registered model name in MLflow (default MODEL)."
+        ),
+        thresholds: str = typer.Option("", help="Blessing thresholds as JSON over the defaults."),
+        tolerance: float = typer.Option(
+            0.0, help="Bless when no worse than the champion by this fraction."
+        ),
+        test_fraction: float = typer.Option(
+            0.1, help="Fraction of the data held out for evaluation."
+        ),
+        profile: str = typer.Option("cpu", help=PROFILE_HELP),
+        image: str = typer.Option(
+            "", help="Component image (default: the profile's, tagged with this version)."
+        ),
+        retries: int = typer.Option(2, help="Retries per task."),
+        service_account: str = typer.Option(
+            "", help="Kubernetes ServiceAccount the run's pods use."
+        ),
+        wait: bool = typer.Option(
+            False, "--wait", help="Stream run status until it ends; exit 1 unless it succeeded."
+        ),
+        timeout: float = typer.Option(
+            24 * 3600, help="With --wait: give up after this many seconds."
+        ),
+        poll: float = typer.Option(5.0, hidden=True),
+    ) -> None:
+        """Compile MODEL's pipeline, upload it (once per content) and start a run on KFP."""
+        params = pipeline_params(
+            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction
+        )
+        with tempfile.TemporaryDirectory(prefix="genpipe-submit-") as tmp:
+            # Compile first: a bad profile or image fails before any request to KFP.
+            package = _compile(model, profile, image, retries, Path(tmp))
+            kfp = _connect(host, token, cookie, namespace)
+            pid, vid, vname, uploaded = kfp.ensure_pipeline_version(package)
+        exp_id = kfp.experiment_id(params["experiment"])
+        run_name = f"{model}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+        run_id = kfp.create_run(exp_id, run_name, pid, vid, params, service_account)
+        out.print(f"pipeline version: {vname} ({'uploaded' if uploaded else 'unchanged, reused'})")
+        out.print(f"run:              {run_name} ({run_id})")
+        out.print(f"details:          {kfp.run_url(run_id)}")
+        if not wait:
+            return
+
+        def on_change(state: str, tasks: dict[str, str]) -> None:
+            detail = " ".join(f"{k}={v}" for k, v in sorted(tasks.items()))
+            err.print(f"{dt.datetime.now():%H:%M:%S} {state} {detail}".rstrip(), highlight=False)
+
+        final = kfp.wait(run_id, on_change, timeout=timeout, poll=poll)
+        if final != "SUCCEEDED":
+            raise GenpipeError(f"run {run_id} ended {final}: {kfp.run_url(run_id)}")
+        out.print(f"run {run_id} SUCCEEDED")
+
+    @app.command("schedule")
+    def schedule_cmd(
+        model: str = typer.Argument(..., help="Model to retrain on a schedule."),
+        cron: str = typer.Option(
+            "", help="KFP 6-field cron, seconds first: '0 0 3 * * *' = 03:00 daily."
+        ),
+        every: str = typer.Option("", help="Interval instead of cron: 24h, 90m, 1d12h."),
+        schedule_name: str = typer.Option(
+            "",
+            "--schedule-name",
+            help="Recurring run name (default genpipe-MODEL-retrain); re-using it replaces the schedule.",
+        ),
+        host: str = host_opt,
+        token: str = token_opt,
+        cookie: str = cookie_opt,
+        namespace: str = ns_opt,
+        experiment: str = typer.Option(
+            "", help="KFP and MLflow experiment (default genpipe-MODEL)."
+        ),
+        data: str = typer.Option(
+            "digits", "--data", "-d", help="Data source the cluster can read."
+        ),
+        sets: list[str] = typer.Option(
+            [], "--set", "-s", help="Config override key=value (repeatable)."
+        ),
+        preset: str = typer.Option("default", help="Config preset: default or tiny."),
+        name: str = typer.Option(
+            "", "--name", help="Registered model name in MLflow (default MODEL)."
+        ),
+        thresholds: str = typer.Option("", help="Blessing thresholds as JSON over the defaults."),
+        tolerance: float = typer.Option(
+            0.0, help="Bless when no worse than the champion by this fraction."
+        ),
+        test_fraction: float = typer.Option(
+            0.1, help="Fraction of the data held out for evaluation."
+        ),
+        profile: str = typer.Option("cpu", help=PROFILE_HELP),
+        image: str = typer.Option("", help="Component image (default: the profile's)."),
+        retries: int = typer.Option(2, help="Retries per task."),
+        service_account: str = typer.Option(
+            "", help="Kubernetes ServiceAccount the runs' pods use."
+        ),
+    ) -> None:
+        """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one."""
+        from zoo.kfp_client import cron_expression, interval_seconds
+
+        if bool(cron) == bool(every):
+            raise ConfigError("give exactly one of --cron '0 0 3 * * *' or --every 24h")
+        cron_expr = cron_expression(cron) if cron else ""
+        seconds = interval_seconds(every) if every else 0
+        params = pipeline_params(
+            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction
+        )
+        with tempfile.TemporaryDirectory(prefix="genpipe-schedule-") as tmp:
+            # Compile first: a bad profile or image fails before any request to KFP.
+            package = _compile(model, profile, image, retries, Path(tmp))
+            kfp = _connect(host, token, cookie, namespace)
+            pid, vid, vname, uploaded = kfp.ensure_pipeline_version(package)
+        exp_id = kfp.experiment_id(params["experiment"])
+        sname = schedule_name or f"genpipe-{model}-retrain"
+        rid, replaced = kfp.schedule(
+            sname, exp_id, pid, vid, params, cron_expr, seconds, service_account
+        )
+        when = f"cron '{cron_expr}'" if cron_expr else f"every {seconds}s"
+        out.print(f"pipeline version: {vname} ({'uploaded' if uploaded else 'unchanged, reused'})")
+        out.print(
+            f"scheduled {sname} ({rid}) {when}"
+            + (f"; replaced {replaced} previous" if replaced else "")
+        )
+
+    schedules = typer.Typer(
+        help="List, pause, resume or delete recurring runs.", no_args_is_help=True
+    )
+    app.add_typer(schedules, name="schedules")
+
+    @schedules.command("list")
+    def schedules_list(
+        host: str = host_opt,
+        token: str = token_opt,
+        cookie: str = cookie_opt,
+        namespace: str = ns_opt,
+    ) -> None:
+        """List recurring runs."""
+        from zoo.kfp_client import describe_trigger
+
+        kfp = _connect(host, token, cookie, namespace)
+        table = Table("name", "id", "trigger", "status", "created")
+        for r in sorted(kfp.recurring_runs(), key=lambda r: r.display_name or ""):
+            table.add_row(
+                r.display_name,
+                r.recurring_run_id,
+                describe_trigger(r),
+                str(r.status or r.mode or ""),
+                str(r.created_at or ""),
+            )
+        out.print(table)
+
+    def _by_name(verb: str, done: str) -> None:
+        @schedules.command(verb)
+        def cmd(
+            schedule_name: str = typer.Argument(..., help="Recurring run name."),
+            host: str = host_opt,
+            token: str = token_opt,
+            cookie: str = cookie_opt,
+            namespace: str = ns_opt,
+        ) -> None:
+            kfp = _connect(host, token, cookie, namespace)
+            n = getattr(kfp, verb)(schedule_name)
+            out.print(f"{done} {schedule_name} ({n} recurring run{'s' if n > 1 else ''})")
+
+        cmd.__doc__ = f"{verb.capitalize()} the recurring run(s) named SCHEDULE_NAME."
+
+    _by_name("pause", "paused")
+    _by_name("resume", "resumed")
+    _by_name("delete", "deleted")
+
+    @app.command("pull")
+    def pull_cmd(
+        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
+        output: Path = typer.Option(
+            ..., "--output", "-o", help="Directory to write model.keras + config.json."
+        ),
+        artifacts_destination: str = typer.Option(
+            "",
+            help="MLflow server's --artifacts-destination (env GENPIPE_MLFLOW_ARTIFACTS_DESTINATION).",
+        ),
+    ) -> None:
+        """Download a registered model (model.keras + config.json) from MLflow."""
+        from zoo import registration
+        from zoo.kserve import artifacts_destination as dest_of
+        from zoo.kserve import storage_uri
+
+        c, name, sel, version = _mlflow_version(ref)
+        registration.download_model_dir(c, name, str(version.version), output)
+        out.print(f"pulled {name} v{version.version} ({sel}) -> {output}")
+        out.print(f"mlflow source: {version.source}")
+        out.print(
+            f"storage URI:   {storage_uri(version.source, dest_of(artifacts_destination), c)}"
+        )
+
+    @app.command("serve")
+    def serve_cmd(
+        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
+        port: int = typer.Option(8080, help="Port to listen on."),
+        bind: str = typer.Option(
+            "127.0.0.1", "--bind", help="Address to bind (0.0.0.0 exposes it to the network)."
+        ),
+    ) -> None:
+        """Serve a registered model over HTTP: GET /healthz, POST /v1/generate."""
+        from zoo.server import serve
+
+        tmp = Path(tempfile.mkdtemp(prefix="genpipe-serve-"))
+        try:
+            model, info = load_registered(ref, tmp / "model")
+            server = serve(model, info, bind, port)
+            out.print(f"serving {info['model']} v{info['version']} on {server.url} (Ctrl-C stops)")
+            out.print(
+                f"  curl -s {server.url}/healthz\n"
+                f"  curl -s -X POST {server.url}/v1/generate -H 'Content-Type: application/json' "
+                '-d \'{"n": 16, "seed": 0}\' -o samples.png'
+            )
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.server_close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @app.command("deploy")
+    def deploy_cmd(
+        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
+        namespace: str = typer.Option(
+            "kubeflow", "--namespace", "-n", help="Namespace of the InferenceService (with KServe)."
+        ),
+        service_name: str = typer.Option(
+            "", "--service-name", help="InferenceService name (default from NAME)."
+        ),
+        service_account: str = typer.Option(
+            "genpipe-kserve", help="ServiceAccount with the S3 credentials Secret."
+        ),
+        profile: str = typer.Option(
+            "cpu", help=PROFILE_HELP + " GPU profiles add GPU, node selector, tolerations."
+        ),
+        runtime: str = typer.Option(
+            "", help="KServe ServingRuntime name (default: KServe picks the mlflow runtime)."
+        ),
+        artifacts_destination: str = typer.Option(
+            "",
+            help="MLflow server's --artifacts-destination (env GENPIPE_MLFLOW_ARTIFACTS_DESTINATION).",
+        ),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="Write YAML here (default stdout)."
+        ),
+    ) -> None:
+        """Render the KServe InferenceService for a registered model (pipe into kubectl apply -f -)."""
+        from pipelines.platform import load_profile
+        from zoo.kserve import artifacts_destination as dest_of
+        from zoo.kserve import render_inference_service, storage_uri
+        from zoo.kserve import service_name as svc_name
+
+        c, name, sel, version = _mlflow_version(ref)
+        isvc = render_inference_service(
+            service_name or svc_name(name),
+            storage_uri(version.source, dest_of(artifacts_destination), c),
+            namespace=namespace,
+            registered_name=name,
+            version=str(version.version),
+            alias=sel,
+            source=version.source,
+            service_account=service_account,
+            profile=load_profile(profile),
+            runtime=runtime,
+        )
+        text = yaml.safe_dump(isvc, sort_keys=False)
+        if output:
+            output.write_text(text)
+            err.print(
+                f"wrote {output}: {name} v{version.version} -> {isvc['spec']['predictor']['model']['storageUri']}"
+            )
+        else:
+            print(text, end="")
+
+    images = typer.Typer(
+        help="Build or push the component images (Docker engine).", no_args_is_help=True
+    )
+    app.add_typer(images, name="images")
+
+    def _variants(variant: str) -> list[str]:
+        if variant == "all":
+            return list(IMAGE_VARIANTS)
+        if variant not in IMAGE_VARIANTS:
+            raise ConfigError(f"--variant {variant!r} is not one of cpu, gpu, all")
+        return [variant]
+
+    @images.command("build")
+    def images_build(
+        variant: str = typer.Option("all", help="cpu, gpu or all."),
+        repository: str = typer.Option(
+            DEFAULT_REPOSITORY, help="Image repository (registry/name)."
+        ),
+        version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
+        push: bool = typer.Option(False, "--push", help="Push after building."),
+    ) -> None:
+        """Build images/Dockerfile.{cpu,gpu} as REPOSITORY:VERSION-VARIANT."""
+        for v in _variants(variant):
+            tag = image_tag(repository, v, version)
+            image_id = build(
+                tag,
+                v,
+                version or zoo.__version__,
+                on_log=lambda line: err.print(line, highlight=False, markup=False),
+            )
+            out.print(f"built {tag} ({image_id})")
+            if push:
+                push_image(tag)
+                out.print(f"pushed {tag}")
+
+    @images.command("push")
+    def images_push(
+        variant: str = typer.Option("all", help="cpu, gpu or all."),
+        repository: str = typer.Option(
+            DEFAULT_REPOSITORY, help="Image repository (registry/name)."
+        ),
+        version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
+    ) -> None:
+        """Push REPOSITORY:VERSION-VARIANT (log in with `docker login` first)."""
+        for v in _variants(variant):
+            tag = image_tag(repository, v, version)
+            push_image(tag)
+            out.print(f"pushed {tag}")

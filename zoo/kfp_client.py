@@ -1,0 +1,377 @@
+"""Talking to a Kubeflow Pipelines API server (v2beta1) through the real `kfp.Client`.
+
+Auth, in order: a bearer token (`--token` / GENPIPE_KFP_TOKEN), a session cookie (`--cookie` /
+GENPIPE_KFP_COOKIE, e.g. `authservice_session=...` behind Kubeflow's oauth2-proxy/Dex), else the
+in-cluster projected ServiceAccount token at KF_PIPELINES_SA_TOKEN_PATH (default
+/var/run/secrets/kubeflow/pipelines/token, audience pipelines.kubeflow.org) when that file
+exists, else no auth (a port-forwarded standalone KFP).
+
+Pipelines are uploaded once per content: the version is named by the SHA-256 of the compiled
+YAML, so submitting an unchanged pipeline reuses the existing version. Recurring runs cannot
+be edited in place, so (re)scheduling a name deletes the recurring runs with that display name
+and creates a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.errors import ConfigError, GenpipeError
+
+ENV_HOST = "GENPIPE_KFP_HOST"
+ENV_TOKEN = "GENPIPE_KFP_TOKEN"
+ENV_COOKIE = "GENPIPE_KFP_COOKIE"
+ENV_SA_TOKEN_PATH = "KF_PIPELINES_SA_TOKEN_PATH"  # the name kfp itself reads
+DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+_EVERY_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class KfpError(GenpipeError):
+    """The KFP API server refused a request or cannot be reached."""
+
+
+@dataclass(frozen=True)
+class KfpAuth:
+    """How to authenticate to KFP: at most one of token, cookie, token_path."""
+
+    token: str = ""
+    cookie: str = ""
+    token_path: str = ""
+
+    @property
+    def kind(self) -> str:
+        if self.token:
+            return "bearer token"
+        if self.cookie:
+            return "cookie"
+        if self.token_path:
+            return f"service-account token {self.token_path}"
+        return "none"
+
+    def __repr__(self) -> str:  # never print a credential
+        return f"KfpAuth({self.kind})"
+
+
+def resolve_auth(token: str = "", cookie: str = "", env: dict[str, str] | None = None) -> KfpAuth:
+    """Flags first, then environment, then the in-cluster SA token file if it exists."""
+    env = dict(os.environ if env is None else env)
+    token = token or env.get(ENV_TOKEN, "")
+    cookie = cookie or env.get(ENV_COOKIE, "")
+    if token and cookie:
+        raise ConfigError("give a KFP bearer token or a cookie, not both")
+    if token or cookie:
+        return KfpAuth(token=token.strip(), cookie=cookie.strip())
+    path = env.get(ENV_SA_TOKEN_PATH, DEFAULT_SA_TOKEN_PATH)
+    return KfpAuth(token_path=path) if Path(path).is_file() else KfpAuth()
+
+
+def resolve_host(host: str = "", env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ if env is None else env)
+    host = host or env.get(ENV_HOST, "") or env.get("KF_PIPELINES_ENDPOINT", "")
+    if not host:
+        raise ConfigError(
+            f"no KFP host: pass --host URL or set {ENV_HOST} (in-cluster: "
+            "http://ml-pipeline.kubeflow.svc.cluster.local:8888; from a laptop: "
+            "`kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80` and http://localhost:8080)"
+        )
+    if not host.startswith(("http://", "https://")):
+        raise ConfigError(f"--host {host!r} is not a URL: expected http(s)://host[:port]")
+    return host.rstrip("/")
+
+
+def cron_expression(cron: str) -> str:
+    """Check a KFP cron: 6 fields, seconds first (robfig/cron), e.g. '0 0 3 * * *'."""
+    fields = cron.split()
+    if len(fields) != 6:
+        hint = f" (did you mean '0 {cron.strip()}'?)" if len(fields) == 5 else ""
+        raise ConfigError(
+            f"--cron {cron!r} has {len(fields)} fields; KFP cron has 6, seconds first, "
+            f"e.g. '0 0 3 * * *' for 03:00 every day{hint}"
+        )
+    return " ".join(fields)
+
+
+def interval_seconds(every: str) -> int:
+    """'24h', '90m', '1d12h', '3600s' -> seconds (at least one minute)."""
+    m = _EVERY_RE.match(every.strip())
+    if not every.strip() or not m or not any(m.groups()):
+        raise ConfigError(f"--every {every!r} is not a duration: use e.g. 24h, 90m, 1d12h or 3600s")
+    d, h, mi, s = (int(g or 0) for g in m.groups())
+    seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+    if seconds < 60:
+        raise ConfigError(f"--every {every!r} is {seconds}s: the minimum interval is 60s")
+    return seconds
+
+
+def content_version_name(package: Path) -> str:
+    """Pipeline version name from the compiled YAML's content (identical YAML, same name)."""
+    return "sha256-" + hashlib.sha256(Path(package).read_bytes()).hexdigest()[:16]
+
+
+def pipeline_name_of(package: Path) -> str:
+    # The pipeline spec, then (with Kubernetes settings) a platform spec document.
+    doc = next(yaml.safe_load_all(Path(package).read_text("utf-8")))
+    return doc["pipelineInfo"]["name"]
+
+
+@contextlib.contextmanager
+def _api(what: str) -> Iterator[None]:
+    """Turn kfp_server_api / urllib3 failures into one-line KfpErrors."""
+    import kfp_server_api
+    import urllib3
+
+    try:
+        # kfp prints "Run details: <link>" to stdout; callers print their own summary.
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except kfp_server_api.ApiException as e:
+        detail = ""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            body = json.loads(e.body)
+            detail = body.get("message") or body.get("error") or ""
+        if not detail and isinstance(e.body, str):
+            detail = e.body.strip()[:300]
+        hint = " (check --token/--cookie)" if e.status in (401, 403) else ""
+        raise KfpError(f"KFP {what} failed: HTTP {e.status} {e.reason}{hint}: {detail}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KfpError(f"KFP {what} failed: cannot reach the API server: {e}") from None
+
+
+class Kfp:
+    """The few KFP operations genpipe needs, on a real `kfp.Client`."""
+
+    def __init__(self, host: str, auth: KfpAuth, namespace: str = "") -> None:
+        import kfp
+
+        self.host = host
+        self.namespace = namespace or None
+        kwargs: dict[str, Any] = {"host": host}
+        if auth.token:
+            kwargs["existing_token"] = auth.token
+        elif auth.cookie:
+            kwargs["cookies"] = auth.cookie
+        elif auth.token_path:
+            from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(path=auth.token_path)
+        if namespace:
+            # kfp only skips its multi-user probe (and ~/.config/kfp/context.json) when told.
+            kwargs["namespace"] = namespace
+        with _api("connect"), warnings.catch_warnings():
+            # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": noise.
+            warnings.simplefilter("ignore", FutureWarning)
+            self.client = kfp.Client(**kwargs)
+
+    # --- pipelines ------------------------------------------------------------------------
+
+    def _find_pipeline(self, name: str) -> str | None:
+        flt = json.dumps(
+            {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+        )
+        with _api("list pipelines"):
+            res = self.client.list_pipelines(filter=flt, page_size=100, namespace=self.namespace)
+        matches = [p for p in res.pipelines or [] if p.display_name == name]
+        return matches[0].pipeline_id if matches else None
+
+    def _find_version(self, pipeline_id: str, version_name: str) -> str | None:
+        flt = json.dumps(
+            {
+                "predicates": [
+                    {"operation": "EQUALS", "key": "display_name", "stringValue": version_name}
+                ]
+            }
+        )
+        with _api("list pipeline versions"):
+            res = self.client.list_pipeline_versions(pipeline_id, filter=flt, page_size=100)
+        matches = [v for v in res.pipeline_versions or [] if v.display_name == version_name]
+        return matches[0].pipeline_version_id if matches else None
+
+    def ensure_pipeline_version(self, package: Path) -> tuple[str, str, str, bool]:
+        """(pipeline_id, version_id, version_name, uploaded) for a compiled package."""
+        name = pipeline_name_of(package)
+        version_name = content_version_name(package)
+        pipeline_id = self._find_pipeline(name)
+        if pipeline_id is None:
+            with _api("upload pipeline"):
+                pipeline_id = self.client.upload_pipeline(
+                    str(package),
+                    pipeline_name=name,
+                    description="genpipe pipeline; versions are named by content hash",
+                    namespace=self.namespace,
+                ).pipeline_id
+        else:
+            existing = self._find_version(pipeline_id, version_name)
+            if existing:
+                return pipeline_id, existing, version_name, False
+        # A new pipeline gets a default version named after the pipeline; the hash-named
+        # version is still uploaded so later submits find it by content.
+        with _api("upload pipeline version"):
+            version = self.client.upload_pipeline_version(
+                str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
+            )
+        return pipeline_id, version.pipeline_version_id, version_name, True
+
+    # --- experiments and runs -----------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        with _api("get/create experiment"):
+            return self.client.create_experiment(name, namespace=self.namespace).experiment_id
+
+    def create_run(
+        self,
+        experiment_id: str,
+        run_name: str,
+        pipeline_id: str,
+        version_id: str,
+        params: dict[str, Any],
+        service_account: str = "",
+    ) -> str:
+        with _api("create run"):
+            run = self.client.run_pipeline(
+                experiment_id=experiment_id,
+                job_name=run_name,
+                params=params,
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+                service_account=service_account or None,
+            )
+        return run.run_id
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.host}/#/runs/details/{run_id}"
+
+    def wait(
+        self,
+        run_id: str,
+        on_change: Callable[[str, dict[str, str]], None],
+        timeout: float = 24 * 3600,
+        poll: float = 5.0,
+    ) -> str:
+        """Poll the run until a final state; report run and task state changes; return it."""
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            with _api("get run"):
+                run = self.client.get_run(run_id)
+            tasks = {}
+            for t in getattr(run.run_details, "task_details", None) or []:
+                if t.display_name and t.state:
+                    tasks[t.display_name] = str(t.state)
+            state = str(run.state or "PENDING")
+            if seen.get("") != state or any(seen.get(k) != v for k, v in tasks.items()):
+                on_change(state, tasks)
+                seen = {"": state, **tasks}
+            if state in FINAL_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise KfpError(f"run {run_id} still {state} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    # --- recurring runs -----------------------------------------------------------------
+
+    def recurring_runs(self) -> list[Any]:
+        """All recurring runs (every page) visible in the namespace."""
+        out: list[Any] = []
+        token = ""
+        while True:
+            with _api("list recurring runs"):
+                res = self.client.list_recurring_runs(
+                    page_token=token, page_size=100, namespace=self.namespace
+                )
+            out.extend(res.recurring_runs or [])
+            token = res.next_page_token or ""
+            if not token:
+                return out
+
+    def recurring_runs_named(self, name: str) -> list[Any]:
+        # Filtered here, not with a server-side filter, so it works on every KFP version.
+        return [r for r in self.recurring_runs() if r.display_name == name]
+
+    def schedule(
+        self,
+        name: str,
+        experiment_id: str,
+        pipeline_id: str,
+        version_id: str,
+        params: dict[str, Any],
+        cron: str = "",
+        every_seconds: int = 0,
+        service_account: str = "",
+    ) -> tuple[str, int]:
+        """Create recurring run `name`, replacing any with that name; (id, replaced count)."""
+        if bool(cron) == bool(every_seconds):
+            raise ConfigError("give exactly one of --cron or --every")
+        old = self.recurring_runs_named(name)
+        for r in old:
+            with _api(f"delete recurring run {r.recurring_run_id}"):
+                self.client.delete_recurring_run(r.recurring_run_id)
+        with _api("create recurring run"):
+            created = self.client.create_recurring_run(
+                experiment_id=experiment_id,
+                job_name=name,
+                description="genpipe scheduled retraining",
+                cron_expression=cron or None,
+                interval_second=every_seconds or None,
+                max_concurrency=1,
+                # A paused schedule resumed later runs once, not once per missed interval.
+                no_catchup=True,
+                params=params,
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+                enabled=True,
+                service_account=service_account or None,
+            )
+        return created.recurring_run_id, len(old)
+
+    def _ids(self, name: str) -> list[str]:
+        runs = self.recurring_runs_named(name)
+        if not runs:
+            names = sorted({r.display_name for r in self.recurring_runs()})
+            raise ConfigError(
+                f"no recurring run named {name!r}; existing: {', '.join(names) or 'none'}"
+            )
+        return [r.recurring_run_id for r in runs]
+
+    def pause(self, name: str) -> int:
+        ids = self._ids(name)
+        for i in ids:
+            with _api("disable recurring run"):
+                self.client.disable_recurring_run(i)
+        return len(ids)
+
+    def resume(self, name: str) -> int:
+        ids = self._ids(name)
+        for i in ids:
+            with _api("enable recurring run"):
+                self.client.enable_recurring_run(i)
+        return len(ids)
+
+    def delete(self, name: str) -> int:
+        ids = self._ids(name)
+        for i in ids:
+            with _api("delete recurring run"):
+                self.client.delete_recurring_run(i)
+        return len(ids)
+
+
+def describe_trigger(r: Any) -> str:
+    trig = r.trigger
+    if trig and trig.cron_schedule and trig.cron_schedule.cron:
+        return f"cron {trig.cron_schedule.cron}"
+    if trig and trig.periodic_schedule and trig.periodic_schedule.interval_second:
+        return f"every {int(trig.periodic_schedule.interval_second)}s"
+    return "?"
