@@ -5,6 +5,7 @@ the first blessed run becomes champion; a worse run is not blessed and not promo
 source fails in ingest with a one-line error and registers nothing.
 """
 
+import os
 import uuid
 
 import pytest
@@ -73,6 +74,21 @@ def test_vae_pipeline_registers_champion_and_keeps_it_against_worse_run(home):
     )
     assert c.get_model_version_by_alias(name, "champion").version == "1"
     assert len(c.search_model_versions(f"name='{name}'")) == 1
+    _assert_no_credential_leaked(home, [good.mlflow_run_id, worse.mlflow_run_id])
+
+
+def _assert_no_credential_leaked(home, run_ids):
+    """Credentials reach components through the environment only, never their outputs."""
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    c = tracking.client()
+    for run_id in run_ids:
+        run = c.get_run(run_id)
+        blob = repr(run.data.params) + repr(run.data.tags) + repr(run.data.metrics)
+        assert secret not in blob, f"secret in MLflow run {run_id}"
+    logs = list((home / "logs").glob("run-*.log"))
+    assert logs
+    for log in logs:
+        assert secret not in log.read_text(errors="replace"), f"secret in {log}"
 
 
 def test_bad_source_fails_in_ingest_with_one_line_error(home, tmp_path):
@@ -83,4 +99,25 @@ def test_bad_source_fails_in_ingest_with_one_line_error(home, tmp_path):
         run_local("vae", f"idx:{tmp_path}", preset="tiny", registered_name=name, start_stack=False)
     msg = str(e.value)
     assert msg.startswith("task ingest failed:") and str(bad.name) in msg and "\n" not in msg
+    assert not tracking.client().search_model_versions(f"name='{name}'")
+
+
+def test_exploding_gradients_stop_training_and_register_nothing(home):
+    name = f"vae-div-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(GenpipeError) as e:
+        run_local(
+            "vae",
+            "digits",
+            preset="tiny",
+            overrides={"max_grad_norm": 1e-3},
+            registered_name=name,
+            thresholds=LOOSE,
+            start_stack=False,
+        )
+    msg = str(e.value)
+    assert (
+        msg.startswith("task train failed:")
+        and "training diverged" in msg
+        and "max_grad_norm" in msg
+    )
     assert not tracking.client().search_model_versions(f"name='{name}'")
