@@ -598,7 +598,8 @@ def test_docker_build_and_push_requests(capsys, monkeypatch):
     import io
     import tarfile
 
-    names = tarfile.open(fileobj=io.BytesIO(build[3])).getnames()
+    with tarfile.open(fileobj=io.BytesIO(build[3])) as tar:
+        names = tar.getnames()
     assert "images/Dockerfile.cpu" in names and "pyproject.toml" in names and "zoo/cli.py" in names
     assert not any(n.startswith((".git/", "tests/")) or n == ".git" for n in names)  # .dockerignore
     (push,) = [s for s in seen if s[1].endswith("/push")]

@@ -1,0 +1,337 @@
+"""k8s/: every overlay builds with `kubectl kustomize`, every object validates against the
+Kubernetes schemas (kubernetes-validate, strict), and the security and wiring rules hold:
+pod security, pinned images, no credentials, references that resolve, GPU conventions equal
+to pipelines/profiles.yaml, and the KServe InferenceService that `genpipe deploy` renders.
+"""
+
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipelines.platform import CONFIG_MAP, SECRET_MLFLOW, SECRET_S3, load_profile
+from zoo.kfp_client import DEFAULT_SA_TOKEN_PATH
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.30.0"  # oldest minor still supported by the big three clouds
+OVERLAYS = ["cpu", "gke", "eks", "aks", "generic-nvidia", "kubeflow-minio"]
+GPU_OVERLAYS = ["gke", "eks", "aks", "generic-nvidia"]
+FAKE = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEKEYSHOULDNOTLEAK",
+    "AWS_SECRET_ACCESS_KEY": "fake-secret-should-not-leak",
+    "POSTGRES_PASSWORD": "fake-pg-password-should-not-leak",
+}
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    res = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, f"kubectl kustomize {path} failed:\n{res.stderr}"
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+@cache
+def overlay(name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(kustomize(K8S / "overlays" / name))
+
+
+@cache
+def secrets(tmp: str) -> tuple[dict[str, Any], ...]:
+    """k8s/secrets built from its .env.example templates filled with fake values."""
+    work = Path(tmp) / "secrets"
+    shutil.copytree(K8S / "secrets", work)
+    for example in work.glob("*.env.example"):
+        lines = [
+            f"{k}={FAKE[k]}" if (k := line.split("=", 1)[0]) in FAKE else line
+            for line in example.read_text().splitlines()
+        ]
+        (work / example.name.removesuffix(".example")).write_text("\n".join(lines) + "\n")
+    return tuple(kustomize(work))
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
+def find(objs, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    hits = [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and o["metadata"]["name"] == name
+        and namespace in (None, o["metadata"].get("namespace"))
+    ]
+    assert len(hits) == 1, (kind, name, namespace, len(hits))
+    return hits[0]
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlay_builds_and_every_object_validates(name):
+    objs = overlay(name)
+    assert objs
+    for obj in objs:
+        # strict: unknown fields (typos such as `securitycontext`) are errors too.
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "genpipe"
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace"), obj["metadata"]["name"]
+
+
+def test_validation_is_real():
+    """The validator rejects a typo, so passing it means something."""
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x"},
+        "dta": {"a": "b"},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_pod_security_resources_and_pinned_images(name):
+    workloads = [o for o in overlay(name) if o["kind"] in WORKLOADS]
+    assert workloads
+    for obj in workloads:
+        spec, where = pod_spec(obj), f"{obj['kind']}/{obj['metadata']['name']}"
+        sc = spec["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0, where
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["serviceAccountName"] != "default", where
+        for c in spec["containers"] + spec.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, where
+            assert csc["capabilities"] == {"drop": ["ALL"]}, where
+            assert csc["readOnlyRootFilesystem"] is True, where
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][part]), (where, part)
+            ref = c["image"].rsplit("/", 1)[-1]
+            assert ":" in ref and not ref.endswith(":latest"), (where, c["image"])
+            # Credentials only by reference: no env var that looks secret has a literal value.
+            for e in c.get("env", []):
+                if re.search(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY", e["name"]):
+                    assert "valueFrom" in e, (where, e["name"])
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_no_secret_objects_or_values_in_overlays(name, tmp_path_factory):
+    objs = overlay(name)
+    assert not [o for o in objs if o["kind"] == "Secret"]  # secrets come from k8s/secrets only
+    text = yaml.safe_dump_all(objs)
+    for value in FAKE.values():
+        assert value not in text
+    # The committed templates hold placeholders, not credentials.
+    for example in (K8S / "secrets").glob("*.env.example"):
+        for line in example.read_text().splitlines():
+            if line and not line.startswith("#"):
+                assert "CHANGE-ME" in line.split("=", 1)[1], (example.name, line)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(K8S / "secrets" / "s3.env")], cwd=ROOT
+    )
+    assert ignored.returncode == 0, "k8s/secrets/*.env must be git-ignored"
+
+
+def test_secrets_cover_every_reference(tmp_path_factory):
+    generated = secrets(str(tmp_path_factory.mktemp("k8s")))
+    for obj in generated:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    have = {(s["metadata"]["namespace"], s["metadata"]["name"]): set(s["data"]) for s in generated}
+    kserve = have[("kubeflow", "genpipe-kserve-s3")]
+    assert kserve == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    ann = find(generated, "Secret", "genpipe-kserve-s3")["metadata"]["annotations"]
+    assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"} <= set(ann)
+    # The pipeline steps' Secret in the pipeline namespace has the keys platform.py maps.
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= have[("kubeflow", SECRET_S3)]
+    for name in OVERLAYS:
+        objs = overlay(name)
+        configmaps = {
+            (o["metadata"]["namespace"], o["metadata"]["name"]): set(o["data"])
+            for o in objs
+            if o["kind"] == "ConfigMap"
+        }
+        for obj in (o for o in objs if o["kind"] in WORKLOADS):
+            ns = obj["metadata"]["namespace"]
+            for c in pod_spec(obj)["containers"]:
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {})
+                    if "secretKeyRef" in ref:
+                        r = ref["secretKeyRef"]
+                        assert r["key"] in have[(ns, r["name"])], (name, c["name"], r)
+                    if "configMapKeyRef" in ref:
+                        r = ref["configMapKeyRef"]
+                        assert r["key"] in configmaps[(ns, r["name"])], (name, c["name"], r)
+                for src in c.get("envFrom", []):
+                    if "secretRef" in src:
+                        assert (ns, src["secretRef"]["name"]) in have
+                    if "configMapRef" in src:
+                        assert (ns, src["configMapRef"]["name"]) in configmaps
+        # The pipeline namespace has what every compiled pipeline step references.
+        assert {"GENPIPE_S3_ENDPOINT", "MLFLOW_TRACKING_URI"} <= configmaps[
+            ("kubeflow", CONFIG_MAP)
+        ]
+        sa = find(objs, "ServiceAccount", "genpipe-kserve", "kubeflow")
+        assert sa["secrets"] == [{"name": "genpipe-kserve-s3"}]
+    assert SECRET_MLFLOW not in {n for _, n in have}  # optional: MLflow without auth
+
+
+def test_mlflow_server_postgres_backend_and_proxied_s3_artifacts():
+    objs = overlay("cpu")
+    mlflow = pod_spec(find(objs, "Deployment", "mlflow"))["containers"][0]
+    args = mlflow["args"]
+    assert mlflow["command"] == ["mlflow", "server"]
+    assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    assert "--serve-artifacts" in args
+    assert "--artifacts-destination=$(GENPIPE_MLFLOW_ARTIFACTS_DESTINATION)" in args
+    env = {e["name"] for e in mlflow["env"]}
+    assert {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
+    cm = find(objs, "ConfigMap", "genpipe-config", "genpipe")["data"]
+    assert cm["GENPIPE_MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://genpipe-mlflow/")
+    for kind in ("StatefulSet",):
+        for name in ("postgres", "minio"):
+            sts = find(objs, kind, name)
+            assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == [
+                "ReadWriteOnce"
+            ]
+    svc = find(objs, "Service", "mlflow")
+    assert svc["spec"]["ports"][0]["port"] == 5000
+    # Clients resolve the Service names in the ConfigMaps.
+    assert cm["MLFLOW_TRACKING_URI"] == "http://mlflow.genpipe.svc.cluster.local:5000"
+    assert cm["GENPIPE_S3_ENDPOINT"] == "http://minio.genpipe.svc.cluster.local:9000"
+
+
+def test_network_policies_default_deny_and_narrow_ingress():
+    objs = overlay("cpu")
+    pols = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
+    assert pols["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    pg = pols["postgres-from-mlflow"]["ingress"]
+    assert pg == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}],
+            "ports": [{"protocol": "TCP", "port": 5432}],
+        }
+    ]
+    for name in ("minio-from-clients", "mlflow-from-clients"):
+        sources = pols[name]["ingress"][0]["from"]
+        assert {"namespaceSelector": {"matchLabels": {"genpipe.io/access": "true"}}} in sources
+    ns = find(objs, "Namespace", "genpipe")["metadata"]["labels"]
+    assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_rbac_is_least_privilege():
+    objs = overlay("cpu")
+    role = find(objs, "Role", "genpipe-kfp-submitter", "kubeflow")
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == ["pipelines.kubeflow.org"]
+    assert set(rule["verbs"]) == {"get", "list", "create"}  # nothing destructive, no wildcards
+    assert "*" not in rule["resources"]
+    binding = find(objs, "RoleBinding", "genpipe-retrain-submits-pipelines", "kubeflow")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "genpipe-retrain", "namespace": "genpipe"}
+    ]
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_retrain_cronjob_submits_with_projected_kfp_token():
+    objs = overlay("cpu")
+    cron = find(objs, "CronJob", "genpipe-retrain")
+    assert cron["spec"]["suspend"] is True and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(cron["spec"]["schedule"].split()) == 5
+    spec = pod_spec(cron)
+    (c,) = spec["containers"]
+    assert c["command"] == ["genpipe"] and c["args"][:2] == ["submit", "$(GENPIPE_MODEL)"]
+    assert "--profile=$(GENPIPE_PROFILE)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == DEFAULT_SA_TOKEN_PATH
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "kfp-token")
+    assert f"{mount['mountPath']}/token" == DEFAULT_SA_TOKEN_PATH
+    vol = next(v for v in spec["volumes"] if v["name"] == "kfp-token")
+    (src,) = vol["projected"]["sources"]
+    assert src["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    retrain = find(objs, "ConfigMap", "genpipe-retrain")["data"]
+    assert retrain["GENPIPE_PROFILE"] == "cpu"
+    assert {"GENPIPE_MODEL", "GENPIPE_PRESET", "GENPIPE_DATA", "GENPIPE_KFP_NAMESPACE"} <= set(
+        retrain
+    )
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_overlays_follow_profile_conventions(name):
+    objs = overlay(name)
+    profile = load_profile(name)
+    assert find(objs, "ConfigMap", "genpipe-retrain")["data"]["GENPIPE_PROFILE"] == name
+    spec = pod_spec(find(objs, "Job", "genpipe-gpu-check"))
+    assert spec["nodeSelector"] == profile.node_selector
+    assert spec["tolerations"] == profile.tolerations
+    (c,) = spec["containers"]
+    assert c["resources"]["limits"][profile.accelerator_type] == str(profile.accelerator_limit)
+    assert c["image"].endswith("-gpu")
+    assert "gpu-check" not in yaml.safe_dump_all(overlay("cpu"))
+
+
+def test_kubeflow_minio_overlay_reuses_kubeflows_store():
+    objs = overlay("kubeflow-minio")
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert ("StatefulSet", "minio") not in names and ("Service", "minio") not in names
+    assert ("StatefulSet", "postgres") in names and ("Deployment", "mlflow") in names
+    for ns in ("genpipe", "kubeflow"):
+        cm = find(objs, "ConfigMap", "genpipe-config", ns)["data"]
+        assert cm["GENPIPE_S3_ENDPOINT"] == "http://minio-service.kubeflow.svc.cluster.local:9000"
+    assert "minio.genpipe.svc" not in yaml.safe_dump_all(objs)
+
+
+def test_rendered_inference_service(tmp_path):
+    """`genpipe deploy`'s object: KServe CRD shape, and its pod fields valid for Kubernetes."""
+    from zoo.kserve import render_inference_service, storage_uri
+
+    uri = storage_uri("mlflow-artifacts:/3/models/m-abc/artifacts", "s3://genpipe-mlflow/artifacts")
+    assert uri == "s3://genpipe-mlflow/artifacts/3/models/m-abc/artifacts"
+    for profile in ("cpu", "gke"):
+        isvc = render_inference_service(
+            "vae",
+            uri,
+            namespace="kubeflow",
+            registered_name="vae",
+            version="3",
+            alias="champion",
+            source="mlflow-artifacts:/3/models/m-abc/artifacts",
+            profile=load_profile(profile),
+        )
+        assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+        pred = isvc["spec"]["predictor"]
+        model = pred["model"]
+        assert model["modelFormat"] == {"name": "mlflow"} and model["protocolVersion"] == "v2"
+        assert model["storageUri"] == uri and pred["serviceAccountName"] == "genpipe-kserve"
+        # KServe's predictor is a PodSpec plus a container: validate those parts as a Pod.
+        container = {
+            "name": "kserve-container",
+            "image": "kserve/mlserver:1.6.1",
+            **{k: model[k] for k in ("resources", "securityContext")},
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": isvc["metadata"],
+            "spec": {
+                "serviceAccountName": pred["serviceAccountName"],
+                "containers": [container],
+                **{k: pred[k] for k in ("nodeSelector", "tolerations") if k in pred},
+            },
+        }
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+        if profile == "gke":
+            assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            assert pred["nodeSelector"] == load_profile("gke").node_selector
+        else:
+            assert "nvidia.com/gpu" not in model["resources"]["limits"]
