@@ -32,15 +32,15 @@ from zoo.models.base import GenerativeModel, TrainConfig
 class DDPMConfig(TrainConfig):
     """DDPM settings (training settings are inherited from TrainConfig)."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
     timesteps: int = 400
     beta_start: float = 1e-4
     beta_end: float = 0.05
     # U-Net widths at 1x, 1/2x, 1/4x resolution
-    filters: tuple[int, ...] = (32, 64, 64)
-    time_dim: int = 64
+    filters: tuple[int, ...] = (16, 32, 32)
+    time_dim: int = 32
     ema_decay: float = 0.995
     sampler: str = "ddim"
     sample_steps: int = 40

@@ -91,7 +91,7 @@ class PixelCNN(GenerativeModel):
     default_thresholds = {"test_bits_per_dim": ("max", 2.5)}
     likelihood = True
     #: sequential sampling costs H*W network passes: evaluate FID on fewer samples
-    eval_samples = 250
+    eval_samples = 200
 
     def __init__(
         self, config: dict[str, Any] | PixelCNNConfig, data_spec: dict[str, Any], **kwargs: Any

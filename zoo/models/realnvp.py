@@ -36,7 +36,7 @@ class RealNVPConfig(TrainConfig):
     batch_size: int = 64
     learning_rate: float = 1e-3
     couplings: int = 6
-    hidden: int = 32
+    hidden: int = 16
     alpha: float = 0.05
     # sampling temperature of the base Gaussian (1.0 = the model's own distribution)
     temperature: float = 1.0
