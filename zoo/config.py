@@ -85,7 +85,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     unknown = sorted(set(data) - set(types_))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"{where}: unknown setting(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
             f"valid: {', '.join(sorted(types_))}"
         )
     kwargs = {k: _coerce(k, v, types_[k], where) for k, v in data.items()}

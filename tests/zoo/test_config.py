@@ -27,7 +27,7 @@ def test_tiny_preset_differs_from_default():
         ({"epochs": "0"}, "epochs=0 must be >= 1"),
         ({"learning_rate": "nan"}, "is not a finite number"),
         ({"learning_rate": "-1"}, "learning_rate=-1.0 must be in (0, 10)"),
-        ({"epoch": "3"}, "unknown setting(s) epoch"),
+        ({"epoch": "3"}, "unknown setting(s) 'epoch'"),
         ({"distribution": "tpu"}, "distribution='tpu' is not one of"),
         ({"filters": "a,b"}, "filters='a' is not an integer"),
     ],
