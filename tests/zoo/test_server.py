@@ -1,0 +1,238 @@
+"""`genpipe serve` / `pull` / `deploy`: the HTTP generation server on a real tiny model, and
+end to end against the embedded stack (real MLflow registry, real SeaweedFS artifacts).
+"""
+
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from minio import Minio
+from PIL import Image
+
+from zoo import cli, models, registration, tracking
+from zoo.server import MAX_BODY_BYTES, render, serve
+from zoo.settings import Settings
+from zoo.stack import MLFLOW_BUCKET
+from zoo.train import load_model, write_model_config
+
+SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+
+
+def tiny_vae_dir(tmp_path: Path) -> Path:
+    cls = models.get("vae")
+    model = cls(cls.tiny_config(), SPEC)
+    model.build_model()
+    out = tmp_path / "model"
+    out.mkdir()
+    model.save(out / "model.keras")
+    write_model_config(
+        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model, _ = load_model(tiny_vae_dir(tmp_path_factory.mktemp("srv")))
+    srv = serve(model, {"model": "vae-test", "version": "7"}, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None):
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+def test_health_and_png_and_json(server):
+    assert server.server_address[0] == "127.0.0.1"  # not exposed unless asked
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as r:
+        assert json.loads(r.read()) == {"status": "ok", "model": "vae-test", "version": "7"}
+    status, ctype, body = post(f"{server.url}/v1/generate", b'{"n": 4, "seed": 1}')
+    assert (status, ctype) == (200, "image/png")
+    img = Image.open(io.BytesIO(body))
+    img.load()
+    # 4 samples -> a 2x2 grid of 28x28 tiles with 1-px padding, upscaled 2x.
+    assert img.size == ((2 * 29 + 1) * 2, (2 * 29 + 1) * 2)
+    status, ctype, again = post(f"{server.url}/v1/generate", b'{"n": 4, "seed": 1}')
+    assert again == body  # seeded: same request, same samples
+    status, ctype, body = post(
+        f"{server.url}/v1/generate", b'{"n": 3, "seed": 0, "format": "json"}'
+    )
+    assert (status, ctype) == (200, "application/json")
+    data = json.loads(body)
+    arr = np.asarray(data["samples"])
+    assert data["shape"] == [3, 28, 28, 1] and arr.shape == (3, 28, 28, 1)
+    assert arr.min() >= 0.0 and arr.max() <= 1.0
+
+
+def test_bad_requests_are_4xx_with_a_message(server):
+    url = f"{server.url}/v1/generate"
+    cases = [
+        (b"not json", 400, "not JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"n": 100000}', 400, "out of range [1, 256]"),
+        (b'{"n": 2, "format": "gif"}', 400, "format='gif'"),
+        (b'{"n": 2, "bogus": 1}', 400, "bad request"),
+    ]
+    for body, status, needle in cases:
+        got, ctype, text = post(url, body)
+        assert (got, ctype) == (status, "application/json"), body
+        assert needle in json.loads(text)["error"], (body, text)
+    got, _, text = post(f"{server.url}/v2/nope", b"{}")
+    assert got == 404 and "/v1/generate" in json.loads(text)["error"]
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as r:
+        assert r.status == 200  # still healthy after errors
+
+
+def test_body_limits(server):
+    host, port = server.server_address[:2]
+    # Announced too large: refused from the header, without reading the body.
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.putrequest("POST", "/v1/generate")
+    conn.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and "limit" in json.loads(r.read())["error"]
+    conn.close()
+    # No Content-Length at all.
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(200).startswith(b"HTTP/1.1 411")
+
+
+def test_render_text_and_non_image_arrays():
+    assert render("once upon a time", "png") == ("text/plain; charset=utf-8", b"once upon a time")
+    assert render(["a", "b"], "json")[1] == b"a\nb"
+    ctype, body = render(np.zeros((2, 3)), "json")
+    assert ctype == "application/json" and json.loads(body)["shape"] == [2, 3]
+    from zoo.errors import GenpipeError
+
+    with pytest.raises(GenpipeError, match="not images"):
+        render(np.zeros((2, 3)), "png")
+
+
+def run_cli(args, capsys):
+    capsys.readouterr()
+    old, sys.argv = sys.argv, ["genpipe", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    o = capsys.readouterr()
+    return code, o.out, o.err
+
+
+@pytest.fixture
+def registered(stack, tmp_path):
+    """A tiny VAE registered in the stack's MLflow as NAME v1 @champion (no training)."""
+    c = tracking.client()
+    name = f"vae-srv-{uuid.uuid4().hex[:8]}"
+    run_id = tracking.get_or_create_run(c, "genpipe-test-server", uuid.uuid4().hex, "vae")
+    registration.log_model(c, run_id, tiny_vae_dir(tmp_path))
+    registration.register(c, name, run_id, better_than_champion=True, expected_champion="", tags={})
+    return name
+
+
+def test_pull_deploy_resolve_to_the_objects_in_s3(stack, registered, tmp_path, capsys):
+    code, out, err = run_cli(["pull", f"{registered}@champion", "-o", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    model, meta = load_model(tmp_path / "m")
+    assert meta["model"] == "vae" and model.generate(2, seed=0).shape == (2, 28, 28, 1)
+    uri = next(line.split()[-1] for line in out.splitlines() if line.startswith("storage URI"))
+    assert uri.startswith(f"s3://{MLFLOW_BUCKET}/artifacts/")
+
+    # The mapping is right: the MLflow model (MLmodel file) really is at that S3 location.
+    s = Settings.from_env()
+    s3 = Minio(s.s3_host, access_key=s.access_key, secret_key=s.secret_key, secure=s.s3_secure)
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    keys = {o.object_name for o in s3.list_objects(bucket, prefix=prefix + "/", recursive=True)}
+    assert f"{prefix}/MLmodel" in keys
+    assert any(k.endswith("model.keras") for k in keys)
+
+    code, out, err = run_cli(
+        ["deploy", f"{registered}/1", "-n", "team-a", "--profile", "gke"], capsys
+    )
+    assert code == 0, err
+    isvc = yaml.safe_load(out)
+    assert isvc["kind"] == "InferenceService" and isvc["metadata"]["namespace"] == "team-a"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == uri
+    assert isvc["metadata"]["annotations"]["genpipe.io/version"] == "1"
+    assert isvc["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    code, _, err = run_cli(["pull", f"{registered}@nope", "-o", str(tmp_path / "x")], capsys)
+    assert code == 1 and "has no alias 'nope'" in err
+    code, _, err = run_cli(["deploy", f"{registered}/x"], capsys)
+    assert code == 1 and "version number" in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_end_to_end(stack, registered, tmp_path):
+    """`genpipe serve NAME@champion` as a real process; a real HTTP request returns a PNG."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from zoo.cli import main; main()",
+            "serve",
+            f"{registered}@champion",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.5)
+        assert health["model"] == registered and health["version"] == "1"
+        status, ctype, body = post(f"http://127.0.0.1:{port}/v1/generate", b'{"n": 9, "seed": 3}')
+        assert (status, ctype) == (200, "image/png")
+        img = Image.open(io.BytesIO(body))
+        img.load()
+        assert img.size == ((3 * 29 + 1) * 2, (3 * 29 + 1) * 2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
