@@ -38,6 +38,7 @@ def _register_commands() -> None:
 
     cli_stack.register(app)
     cli_pipeline.register(app)
+    __import__("zoo.cli_generate").cli_generate.register(app)
     __import__("zoo.cli_cluster").cli_cluster.register(app)
 
 

@@ -43,8 +43,49 @@ def _int_field(req: dict[str, Any], key: str, default: int, lo: int, hi: int) ->
     return int(v)
 
 
-def generate_from_request(model: Any, request: dict[str, Any]) -> np.ndarray:
-    """Validate a request and generate (the one place serving paths share)."""
+#: bounds of a text request: generated characters and prompt length (the model's own
+#: context limit applies too and is usually smaller)
+MAX_NEW_TOKENS = 2000
+MAX_PROMPT_CHARS = 4096
+TEXT_FIELDS = ("prompt", "max_new_tokens", "temperature", "top_k", "seed")
+
+
+def _text_request(model: Any, request: dict[str, Any]) -> str:
+    """Validate a text request {"prompt", "max_new_tokens", "temperature", "top_k", "seed"}."""
+    unknown = sorted(set(request) - set(TEXT_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown request field(s) {', '.join(unknown)}; text models take {', '.join(TEXT_FIELDS)}"
+        )
+    prompt = request.get("prompt", "\n")
+    if not isinstance(prompt, str):
+        raise ConfigError(f"request field prompt must be a string, got {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"request field prompt has {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}"
+        )
+    temperature = request.get("temperature", 0.8)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConfigError(f"request field temperature={temperature!r} is not a number")
+    if not 0.0 <= float(temperature) <= 10.0:
+        raise ConfigError(f"request field temperature={temperature} is out of range [0, 10]")
+    return model.generate(
+        prompt=prompt,
+        max_new_tokens=_int_field(request, "max_new_tokens", 200, 0, MAX_NEW_TOKENS),
+        temperature=float(temperature),
+        top_k=_int_field(request, "top_k", 0, 0, model.codec.size),
+        seed=_int_field(request, "seed", 0, 0, 2**31 - 1),
+    )
+
+
+def generate_from_request(model: Any, request: dict[str, Any]) -> np.ndarray | str:
+    """Validate a request and generate (the one place serving paths share).
+
+    Image models return [n, H, W, C] float images; text models return the prompt followed by
+    the generated text.
+    """
+    if getattr(model, "family", "image") == "text":
+        return _text_request(model, request)
     n = _int_field(request, "n", 16, 1, MAX_SAMPLES)
     seed = _int_field(request, "seed", 0, 0, 2**31 - 1)
     extra = {k: v for k, v in request.items() if k not in ("n", "seed")}
@@ -63,5 +104,7 @@ class GenerativePyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(
         self, context: Any, model_input: Any, params: dict[str, Any] | None = None
-    ) -> np.ndarray:
-        return generate_from_request(self.model, {**_request_dict(model_input), **(params or {})})
+    ) -> np.ndarray | list[str]:
+        out = generate_from_request(self.model, {**_request_dict(model_input), **(params or {})})
+        # A list of one string serializes as {"predictions": ["..."]} in `mlflow models serve`.
+        return [out] if isinstance(out, str) else out

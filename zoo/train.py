@@ -56,7 +56,17 @@ class TrainResult:
     resumed_from_step: int
 
 
-def data_spec_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[str, Any]:
+    """What a model needs to know about its data; text models get the vocabulary built on
+    the training split of the fetched dataset `data` (stored with the model)."""
+    if manifest.get("kind") == "text":
+        from zoo.data import text_split
+        from zoo.models.text_common import build_vocab
+
+        if data is None:
+            raise DataError("text models need the fetched dataset to build their vocabulary")
+        # "shape": None keeps the image-oriented champion comparison working for text.
+        return {"shape": None, "num_classes": None, "vocab": build_vocab(text_split(data, "train"))}
     return {"shape": list(manifest["shape"]), "num_classes": manifest.get("num_classes")}
 
 
@@ -171,7 +181,9 @@ class Trainer:
 
         strategy = make_strategy(cfg.distribution)
         with strategy.scope():
-            model: GenerativeModel = self.model_cls(cfg, data_spec_from_manifest(manifest))
+            model: GenerativeModel = self.model_cls(
+                cfg, data_spec_from_manifest(manifest, self.data)
+            )
             model.build_model()
             optimizers = model.make_optimizers()
             for opt in optimizers.values():
@@ -234,7 +246,7 @@ class Trainer:
             checkpointer.save(step, {"epoch": epoch + 1})
             if self.logger:
                 self.logger.metrics(epoch_metrics, step=epoch + 1)
-                self.logger.image(model.generate(64, seed=0), f"samples/epoch_{epoch + 1:03d}.png")
+                model.log_epoch_sample(self.logger, f"samples/epoch_{epoch + 1:03d}")
             if self.on_epoch:
                 self.on_epoch(epoch + 1, epoch_metrics)
             # One parseable line per epoch: `genpipe run` turns it into a progress bar.

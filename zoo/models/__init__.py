@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "vae": "zoo.models.vae:VAE",
+    "char_rnn": "zoo.models.char_rnn:CharRNN",
+    "gpt": "zoo.models.gpt:GPT",
     "dcgan": "zoo.models.dcgan:DCGAN",
     "wgan_gp": "zoo.models.wgan_gp:WGANGP",
     "cgan": "zoo.models.cgan:CGAN",

@@ -140,6 +140,10 @@ class GenerativeModel(keras.Model):
         """Figures for the evaluation report (default: a grid of 64 samples)."""
         return {"samples": self.generate(64, seed=seed)}
 
+    def log_epoch_sample(self, logger: Any, stem: str) -> None:
+        """Log a sample after each training epoch (images: a grid of 64 as `stem`.png)."""
+        logger.image(self.generate(64, seed=0), f"{stem}.png")
+
     def generate(self, n: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
         """n samples as numpy; images are float32 in [0, 1] with shape [n, H, W, C]."""
         raise NotImplementedError

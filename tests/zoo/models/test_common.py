@@ -13,6 +13,13 @@ import tensorflow as tf
 from zoo import models
 
 IMAGE_SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+# Text models: <unk> + a small character vocabulary, built as the trainer builds it.
+TEXT_SPEC = {
+    "shape": None,
+    "num_classes": None,
+    "vocab": ["<unk>", *"\n !,.:;?ABCDEFabcdefghijklmnop"],
+}
+SPECS = {"image": IMAGE_SPEC, "text": TEXT_SPEC}
 
 
 def _batch(family: str, n: int = 8) -> dict:
@@ -22,13 +29,15 @@ def _batch(family: str, n: int = 8) -> dict:
             "image": tf.constant(rng.random((n, 28, 28, 1), dtype=np.float32)),
             "label": tf.constant(rng.integers(0, 10, n), tf.int64),
         }
+    if family == "text":
+        ids = rng.integers(1, len(TEXT_SPEC["vocab"]), (n, 17))
+        return {"x": tf.constant(ids[:, :-1], tf.int32), "y": tf.constant(ids[:, 1:], tf.int32)}
     raise AssertionError(f"no test batch for family {family!r}: add one here")
 
 
 def _build(name: str):
     cls = models.get(name)
-    assert cls.family == "image", "text families get their own spec in this test"
-    model = cls(cls.tiny_config(), IMAGE_SPEC)
+    model = cls(cls.tiny_config(), SPECS[cls.family])
     model.build_model()
     return cls, model
 
@@ -58,7 +67,14 @@ def test_one_train_step_is_finite_and_updates_weights(name):
 
 @pytest.mark.parametrize("name", models.names())
 def test_generate_shape_range_and_seed(name):
-    _, model = _build(name)
+    cls, model = _build(name)
+    if cls.family == "text":
+        text = model.generate("ab", max_new_tokens=40, temperature=1.0, seed=7)
+        assert isinstance(text, str) and len(text) == 42 and text.startswith("ab")
+        assert set(text) <= set(TEXT_SPEC["vocab"][1:])
+        assert text == model.generate("ab", max_new_tokens=40, temperature=1.0, seed=7)
+        assert text != model.generate("ab", max_new_tokens=40, temperature=1.0, seed=8)
+        return
     x = model.generate(5, seed=7)
     assert x.shape == (5, 28, 28, 1) and x.dtype == np.float32
     assert x.min() >= 0.0 and x.max() <= 1.0
@@ -77,10 +93,14 @@ def test_eval_batch_is_per_example(name):
 
 @pytest.mark.parametrize("name", models.names())
 def test_save_load_round_trip_safe_mode(name, tmp_path):
-    _, model = _build(name)
+    cls, model = _build(name)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True, compile=False)
     assert type(loaded) is type(model)
     assert loaded.cfg == model.cfg
+    if cls.family == "text":
+        assert loaded.data_spec["vocab"] == TEXT_SPEC["vocab"]
+        assert loaded.generate("ab", 30, 0.8, seed=1) == model.generate("ab", 30, 0.8, seed=1)
+        return
     np.testing.assert_allclose(loaded.generate(4, seed=1), model.generate(4, seed=1), atol=1e-6)
