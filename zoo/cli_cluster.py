@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,11 +103,25 @@ def _connect(host: str, token: str, cookie: str, namespace: str) -> Any:
 
 def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
     """(client, name, selector, ModelVersion) for NAME@alias | NAME/version | NAME."""
-    from zoo import registration, tracking
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from zoo import registration
     from zoo.kserve import parse_model_ref
+    from zoo.settings import ENV_MLFLOW_URI
 
     name, sel = parse_model_ref(ref)
-    c = tracking.client()
+    # Only the tracking URI: artifacts come through the MLflow proxy, so pull/serve/deploy
+    # need no S3 credentials on the user's machine.
+    uri = os.environ.get(ENV_MLFLOW_URI, "")
+    if not uri:
+        raise ConfigError(
+            f"{ENV_MLFLOW_URI} is not set: `eval $(genpipe env)` for the embedded stack, or "
+            "`kubectl -n genpipe port-forward svc/mlflow 5000:5000` and "
+            f"export {ENV_MLFLOW_URI}=http://localhost:5000"
+        )
+    mlflow.set_tracking_uri(uri)
+    c = MlflowClient(uri)
     return c, name, sel, registration.resolve_version(c, name, sel)
 
 

@@ -159,7 +159,10 @@ def registered(stack, tmp_path):
     return name
 
 
-def test_pull_deploy_resolve_to_the_objects_in_s3(stack, registered, tmp_path, capsys):
+def test_pull_deploy_resolve_to_the_objects_in_s3(stack, registered, tmp_path, capsys, monkeypatch):
+    # A user's laptop has only the tracking URI: artifacts come through the MLflow proxy.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GENPIPE_S3_ENDPOINT"):
+        monkeypatch.delenv(key)
     code, out, err = run_cli(["pull", f"{registered}@champion", "-o", str(tmp_path / "m")], capsys)
     assert code == 0, err
     model, meta = load_model(tmp_path / "m")
@@ -168,7 +171,7 @@ def test_pull_deploy_resolve_to_the_objects_in_s3(stack, registered, tmp_path, c
     assert uri.startswith(f"s3://{MLFLOW_BUCKET}/artifacts/")
 
     # The mapping is right: the MLflow model (MLmodel file) really is at that S3 location.
-    s = Settings.from_env()
+    s = Settings.from_env(stack.env)
     s3 = Minio(s.s3_host, access_key=s.access_key, secret_key=s.secret_key, secure=s.s3_secure)
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     keys = {o.object_name for o in s3.list_objects(bucket, prefix=prefix + "/", recursive=True)}
