@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations` here: KFP reads the component signature's real types.
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +36,9 @@ def run(
     except json.JSONDecodeError as e:
         raise ConfigError(f"overrides {overrides!r} is not a JSON object: {e.msg}") from None
     cfg = models.resolve_config(model, preset, override_dict, where="overrides")
+    if cfg.distribution == "multi_worker" and os.environ.get("GENPIPE_TFJOB_WORKERS"):
+        # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
+        return _run_tfjob(model, manifest_uri, mlflow_run_id, output_dir, preset, overrides)
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
     c = tracking.client()
@@ -64,6 +68,40 @@ def run(
         "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,
         "metrics": result.metrics,
+    }
+
+
+def _run_tfjob(
+    model: str,
+    manifest_uri: str,
+    mlflow_run_id: str,
+    output_dir: str,
+    preset: str,
+    overrides: str,
+) -> dict[str, Any]:
+    """Train in a TFJob (zoo.distributed), then register the model its chief uploaded."""
+    import time
+
+    from zoo import distributed, tracking
+    from zoo.registration import log_model
+    from zoo.storage import ObjectStore
+
+    t0 = time.perf_counter()
+    model_uri = distributed.launch_from_component(
+        model, manifest_uri, mlflow_run_id, preset, overrides or "{}"
+    )
+    out = Path(output_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    ObjectStore.from_env().download_prefix(model_uri, out)
+    c = tracking.client()
+    metrics = dict(c.get_run(mlflow_run_id).data.metrics)
+    return {
+        "model_uri": log_model(c, mlflow_run_id, out),
+        "wall_s": metrics.get("train_wall_s", time.perf_counter() - t0),
+        "samples_per_s": metrics.get("train_samples_per_s_overall", 0.0),
+        "steps": 0,  # counted by the workers; see the MLflow run
+        "resumed_from_step": 0,
+        "metrics": {k: v for k, v in metrics.items() if k.startswith("train_")},
     }
 
 

@@ -70,6 +70,12 @@ def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[
     return {"shape": list(manifest["shape"]), "num_classes": manifest.get("num_classes")}
 
 
+def _is_chief() -> bool:
+    from zoo.distributed import cluster_info
+
+    return cluster_info().is_chief
+
+
 class Checkpointer:
     """Local tf.train checkpoints mirrored to an object-store prefix, published by `latest.json`."""
 
@@ -84,7 +90,9 @@ class Checkpointer:
 
     def save(self, step: int, info: dict[str, Any]) -> str:
         path = self.manager.save(checkpoint_number=step)
-        if self.uri and self.store:
+        # Every multi-worker process saves (the strategy needs all of them), but only the
+        # chief publishes: concurrent writers of one prefix could mix files of two workers.
+        if self.uri and self.store and _is_chief():
             name = Path(path).name
             files = sorted(p for p in Path(path).parent.glob(f"{name}.*"))
             for f in files:
@@ -163,6 +171,14 @@ class Trainer:
             strategy, tf.distribute.OneDeviceStrategy
         ):
             return ds
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # The default (FILE) auto-shard gives workers different shard files and so maybe
+            # different step counts, which deadlocks the all-reduce; DATA keeps them in step.
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA
+            )
+            ds = ds.with_options(options)
         return strategy.experimental_distribute_dataset(ds)
 
     def run(self) -> TrainResult:
@@ -197,7 +213,9 @@ class Trainer:
         resumed_from = int(step_var.numpy()) if latest else 0
         global_bs = cfg.batch_size
 
-        @tf.function
+        single = isinstance(strategy, tf.distribute.OneDeviceStrategy)
+
+        @tf.function(jit_compile=bool(getattr(cfg, "jit_compile", False)) and single)
         def train_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             per_replica = strategy.run(
                 model.train_step_replica, args=(batch, optimizers, global_bs, step_var)

@@ -36,6 +36,9 @@ class TrainConfig:
     # Training scale: "auto" (one device, or MirroredStrategy when >1 GPU), "single",
     # "mirrored", "multi_worker" (needs TF_CONFIG).
     distribution: str = "auto"
+    # Compile the train step with XLA (one device only: XLA has no CPU collectives). Off by
+    # default: on CPU it is slower or fails for some models (see bench/README.md).
+    jit_compile: bool = False
 
     def validate(self) -> None:
         name = type(self).__name__
