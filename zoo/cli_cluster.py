@@ -306,6 +306,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         every: str = typer.Option("", help="Interval instead of cron: 24h, 90m, 1d12h."),
         schedule_name: str = typer.Option(
             "",
+            "--name",
             "--schedule-name",
             help="Recurring run name (default genpipe-MODEL-retrain); re-using it replaces the schedule.",
         ),
@@ -324,7 +325,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         ),
         preset: str = typer.Option("default", help="Config preset: default or tiny."),
         name: str = typer.Option(
-            "", "--name", help="Registered model name in MLflow (default MODEL)."
+            "", "--registered-name", help="Registered model name in MLflow (default MODEL)."
         ),
         thresholds: str = typer.Option("", help="Blessing thresholds as JSON over the defaults."),
         tolerance: float = typer.Option(

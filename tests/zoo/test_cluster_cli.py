@@ -429,8 +429,10 @@ def test_schedule_cron_replaces_same_name_and_manage_schedules(kfp_server, capsy
             url,
             "--preset",
             "tiny",
-            "--schedule-name",
+            "--name",
             "nightly",
+            "--registered-name",
+            "vae-prod",
         ],
         capsys,
     )
@@ -442,6 +444,7 @@ def test_schedule_cron_replaces_same_name_and_manage_schedules(kfp_server, capsy
     # int64 fields: protojson on the server accepts a number or a string.
     assert (body["mode"], int(body["max_concurrency"]), body["no_catchup"]) == ("ENABLE", 1, True)
     assert body["runtime_config"]["parameters"]["preset"] == "tiny"
+    assert body["runtime_config"]["parameters"]["registered_name"] == "vae-prod"
     ref = body["pipeline_version_reference"]
     assert kfp_server.versions[ref["pipeline_version_id"]]["display_name"].startswith("sha256-")
     first_id = next(k for k, v in kfp_server.recurring.items() if v["display_name"] == "nightly")
