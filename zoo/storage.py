@@ -17,7 +17,8 @@ from typing import Any
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from zoo.errors import GenpipeError
 from zoo.settings import Settings
@@ -36,14 +37,18 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 class ObjectStore:
     """A thin, typed wrapper over `minio.Minio` with URI helpers and atomic publish."""
 
-    def __init__(self, settings: Settings, retries: int = 3) -> None:
+    def __init__(self, settings: Settings, retry_seconds: float | None = None) -> None:
         self.settings = settings
-        # Bounded retries with backoff on connection errors and 5xx from the server.
+        #: how long an operation keeps retrying through an outage before it fails
+        self.retry_seconds = (
+            float(os.environ.get("GENPIPE_RETRY_SECONDS", "120"))
+            if retry_seconds is None
+            else retry_seconds
+        )
+        # urllib3 retries once quickly; the outer, bounded retry with backoff is in `_call`.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
-            retries=urllib3.Retry(
-                total=retries, backoff_factor=0.5, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=urllib3.Retry(total=1, backoff_factor=0.2),
         )
         self.client = Minio(
             settings.s3_host,
@@ -61,14 +66,31 @@ class ObjectStore:
         return f"s3://{bucket or self.settings.bucket}/{key.lstrip('/')}"
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one S3 operation, retrying through outages (connection errors, 5xx) with
+        exponential backoff for up to `retry_seconds`, then failing with the endpoint named.
+
+        Every operation is idempotent (whole-object PUT/GET/HEAD/LIST/DELETE), so a retry
+        after a lost response is safe. Request bodies must be re-creatable: callers pass
+        factories, not consumed streams (see put_bytes).
+        """
+        retrying = Retrying(
+            retry=retry_if_exception_type((urllib3.exceptions.HTTPError, OSError, ServerError)),
+            stop=stop_after_delay(self.retry_seconds),
+            wait=wait_exponential_jitter(initial=0.5, max=10),
+            reraise=True,
+        )
         try:
-            return fn(*args, **kwargs)
+            for attempt in retrying:
+                with attempt:
+                    return fn(*args, **kwargs)
         except S3Error:
             raise
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise GenpipeError(
-                f"object store at {self.settings.s3_endpoint} unreachable during {what}: {e}"
+                f"object store at {self.settings.s3_endpoint} unreachable during {what} "
+                f"(retried for {self.retry_seconds:g} s): {e}"
             ) from e
+        raise AssertionError("unreachable")
 
     def ensure_bucket(self, bucket: str | None = None) -> None:
         bucket = bucket or self.settings.bucket
@@ -83,14 +105,12 @@ class ObjectStore:
         self, uri: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
         bucket, key = parse_s3_uri(uri)
+        # A fresh stream per attempt: a retried PUT must not send a half-consumed body.
         self._call(
             f"put {uri}",
-            self.client.put_object,
-            bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
+            lambda: self.client.put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            ),
         )
 
     def put_json(self, uri: str, obj: Any) -> None:
@@ -102,12 +122,16 @@ class ObjectStore:
 
     def get_bytes(self, uri: str) -> bytes:
         bucket, key = parse_s3_uri(uri)
-        resp = self._call(f"get {uri}", self.client.get_object, bucket, key)
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+
+        def read() -> bytes:  # GET and body read retried together
+            resp = self.client.get_object(bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"get {uri}", read)
 
     def get_json(self, uri: str) -> Any:
         return json.loads(self.get_bytes(uri))
