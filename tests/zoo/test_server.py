@@ -239,3 +239,26 @@ def test_serve_end_to_end(stack, registered, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_text_model_answers_plain_text(tmp_path):
+    """A real (untrained, tiny) GPT behind the server: JSON prompt in, text out."""
+    from zoo.models.text_common import build_vocab
+
+    spec = {"shape": None, "num_classes": None, "vocab": build_vocab("ROMEO: hello there\n")}
+    model = models.get("gpt")(models.resolve_config("gpt", "tiny"), spec)
+    model.build_model()
+    srv = serve(model, {"model": "gpt-test", "version": "1"}, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        req = {"prompt": "ROMEO:", "max_new_tokens": 20, "temperature": 0.8, "seed": 3}
+        status, ctype, body = post(f"{srv.url}/v1/generate", json.dumps(req).encode())
+        assert (status, ctype) == (200, "text/plain; charset=utf-8")
+        text = body.decode("utf-8")
+        assert text == model.generate("ROMEO:", 20, 0.8, seed=3)
+        assert text.startswith("ROMEO:") and len(text) == 26
+        status, _, body = post(f"{srv.url}/v1/generate", b'{"prompt": "RO", "n": 4}')
+        assert status == 400 and "unknown request field(s) n" in json.loads(body)["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
