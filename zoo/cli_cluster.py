@@ -75,6 +75,13 @@ def pipeline_params(
     parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+    kind, _, path = data.partition(":")
+    if kind in ("idx", "npz", "text") and path and Path(path).expanduser().exists():
+        # The pipeline's pods cannot see this machine's files.
+        raise ConfigError(
+            f"--data {data!r} is a file on this machine, which the cluster cannot read: "
+            "upload it to the object store and pass --data s3://BUCKET/PREFIX"
+        )
     return {
         "source": data,
         "preset": preset,

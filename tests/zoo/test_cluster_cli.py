@@ -358,9 +358,12 @@ def test_submit_wait_streams_states_and_fails_on_failed_run(kfp_server, capsys):
     assert "ended FAILED" in err and "/#/runs/details/" in err
 
 
-def test_submit_rejects_bad_input_before_any_request(kfp_server, capsys):
+def test_submit_rejects_bad_input_before_any_request(kfp_server, capsys, tmp_path):
     url = kfp_server.url
+    local = tmp_path / "corpus.txt"
+    local.write_text("hello")
     cases = [
+        (["submit", "char_rnn", "--host", url, "--data", f"text:{local}"], "cluster cannot read"),
         (["submit", "vae", "--host", url, "--set", "epochs=zero"], "epochs"),
         (["submit", "nope", "--host", url], "nope"),
         (["submit", "vae", "--host", url, "--image", "registry.example/genpipe:latest"], "latest"),
