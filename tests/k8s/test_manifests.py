@@ -335,3 +335,38 @@ def test_rendered_inference_service(tmp_path):
             assert pred["nodeSelector"] == load_profile("gke").node_selector
         else:
             assert "nvidia.com/gpu" not in model["resources"]["limits"]
+
+
+def test_docs_walkthrough_matches_the_code():
+    """docs/kubernetes.md: every `genpipe` command parses, every k8s path it names exists."""
+    import shlex
+
+    import typer
+
+    from zoo import cli
+
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [
+        line.split(" #")[0].strip().rstrip("&").strip()
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip().startswith("genpipe ")
+    ]
+    assert len(commands) >= 12
+    root = typer.main.get_command(cli.app)
+    for command in commands:
+        args = shlex.split(command.replace("$(", "(").replace("| kubectl apply -f -", ""))[1:]
+        group, name, sub = root, "genpipe", list(args)
+        while hasattr(group, "get_command"):  # walk groups: `schedules pause NAME`
+            name, sub = sub[0], sub[1:]
+            group = group.get_command(group.context_class(group), name)
+            assert group is not None, (command, name)
+        group.make_context(name, list(sub))  # raises on unknown options and missing arguments
+    for path in set(re.findall(r"k8s/[\w./-]+", text)):
+        path = path.rstrip(".")
+        if path.endswith(".env"):  # created by the user from the .example template
+            path += ".example"
+        assert (ROOT / path).exists(), path
+    for name in OVERLAYS:
+        assert f"k8s/overlays/{name}" in text or name in text
