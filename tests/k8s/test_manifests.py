@@ -370,3 +370,21 @@ def test_docs_walkthrough_matches_the_code():
         assert (ROOT / path).exists(), path
     for name in OVERLAYS:
         assert f"k8s/overlays/{name}" in text or name in text
+
+
+def test_inference_service_example_is_what_deploy_renders():
+    from zoo.kserve import render_inference_service
+
+    example = yaml.safe_load((K8S / "serving" / "inferenceservice.example.yaml").read_text())
+    ann = example["metadata"]["annotations"]
+    rendered = render_inference_service(
+        example["metadata"]["name"],
+        example["spec"]["predictor"]["model"]["storageUri"],
+        namespace=example["metadata"]["namespace"],
+        registered_name=ann["genpipe.io/registered-model"],
+        version=ann["genpipe.io/version"],
+        alias=ann["genpipe.io/alias"],
+        source=ann["genpipe.io/mlflow-source"],
+        profile=load_profile("cpu"),
+    )
+    assert rendered == example
