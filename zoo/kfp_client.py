@@ -219,10 +219,17 @@ class Kfp:
                 return pipeline_id, existing, version_name, False
         # A new pipeline gets a default version named after the pipeline; the hash-named
         # version is still uploaded so later submits find it by content.
-        with _api("upload pipeline version"):
-            version = self.client.upload_pipeline_version(
-                str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
-            )
+        try:
+            with _api("upload pipeline version"):
+                version = self.client.upload_pipeline_version(
+                    str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
+                )
+        except KfpError:
+            # Another submit may have uploaded the same content since our lookup: use it.
+            existing = self._find_version(pipeline_id, version_name)
+            if existing:
+                return pipeline_id, existing, version_name, False
+            raise
         return pipeline_id, version.pipeline_version_id, version_name, True
 
     # --- experiments and runs -----------------------------------------------------------

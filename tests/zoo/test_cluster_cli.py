@@ -72,6 +72,7 @@ class FakeKfp:
     recurring: dict[str, dict] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    race_upload: bool = False
 
     def calls(self, method: str, path: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path == API + path]
@@ -113,6 +114,19 @@ class FakeKfp:
             pid = req.query["pipelineid"][0]
             assert pid in self.pipelines
             _, content = req.upload()
+            if self.race_upload:  # another client uploads the same version first
+                self.race_upload = False
+                self._add_version(pid, req.query["name"][0], content)
+            name = req.query["name"][0]
+            if any(
+                v["pipeline_id"] == pid and v["display_name"] == name
+                for v in self.versions.values()
+            ):
+                return 409, {
+                    "error": "exists",
+                    "code": 6,
+                    "message": f"version {name} already exists",
+                }
             return 200, self._add_version(pid, req.query["name"][0], content)
         if m == "GET" and p.startswith("/pipelines/") and p.endswith("/versions"):
             pid = p.split("/")[2]
@@ -623,3 +637,21 @@ def test_compiled_pipelines_hold_no_secret_values(tmp_path):
         for secret in FAKE_SECRETS.values():
             assert secret not in text, (profile, secret)
         assert "genpipe-s3" in text  # credentials are referenced by Secret name instead
+
+
+def test_concurrent_upload_of_the_same_content_reuses_the_version(kfp_server, capsys):
+    args = ["submit", "vae", "--host", kfp_server.url, "--preset", "tiny"]
+    assert run_cli(args, capsys)[0] == 0  # creates the pipeline
+    kfp_server.versions.clear()  # as if the version had been deleted meanwhile ...
+    kfp_server.race_upload = True  # ... and another client re-uploads it during our submit
+    code, out, err = run_cli([*args, "--set", "epochs=1"], capsys)
+    assert code == 0, err
+    (race,) = kfp_server.calls("POST", "/pipelines/upload_version")[1:]
+    (version,) = kfp_server.versions.values()
+    assert version["display_name"] == race.query["name"][0]
+    runs = kfp_server.calls("POST", "/runs")
+    assert (
+        runs[-1].json()["pipeline_version_reference"]["pipeline_version_id"]
+        == version["pipeline_version_id"]
+    )
+    assert "unchanged, reused" in out
