@@ -104,7 +104,7 @@ def histogram_checks(
     q = class_histogram(ref_labels, num_classes)
     nz = p[p > 0]
     return {
-        "class_entropy_bits": float(-(nz * np.log2(nz)).sum()),
+        "class_entropy_bits": float(-(nz * np.log2(nz)).sum()) + 0.0,  # no -0.0
         "class_max_share": float(p.max()),
         "classes_covered": float((p >= 0.01).sum()),
         "class_tv": float(0.5 * np.abs(p - q).sum()),
