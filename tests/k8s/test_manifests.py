@@ -260,6 +260,7 @@ def test_retrain_cronjob_submits_with_projected_kfp_token():
     (c,) = spec["containers"]
     assert c["command"] == ["genpipe"] and c["args"][:2] == ["submit", "$(GENPIPE_MODEL)"]
     assert "--profile=$(GENPIPE_PROFILE)" in c["args"]
+    assert "--image=$(GENPIPE_IMAGE)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == DEFAULT_SA_TOKEN_PATH
     mount = next(m for m in c["volumeMounts"] if m["name"] == "kfp-token")
@@ -269,9 +270,17 @@ def test_retrain_cronjob_submits_with_projected_kfp_token():
     assert src["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
     retrain = find(objs, "ConfigMap", "genpipe-retrain")["data"]
     assert retrain["GENPIPE_PROFILE"] == "cpu"
-    assert {"GENPIPE_MODEL", "GENPIPE_PRESET", "GENPIPE_DATA", "GENPIPE_KFP_NAMESPACE"} <= set(
-        retrain
-    )
+    assert {
+        "GENPIPE_MODEL",
+        "GENPIPE_PRESET",
+        "GENPIPE_DATA",
+        "GENPIPE_KFP_NAMESPACE",
+        "GENPIPE_IMAGE",
+    } <= set(retrain)
+    # Every $(VAR) in the args is defined, else Kubernetes would pass it through literally.
+    for arg in c["args"]:
+        for var in re.findall(r"\$\((\w+)\)", arg):
+            assert var in retrain, var
 
 
 @pytest.mark.parametrize("name", GPU_OVERLAYS)
