@@ -14,7 +14,7 @@ def run(
     """Register the run's logged model under `registered_name`; promote when the evaluator said so."""
     import dataclasses
 
-    from zoo import tracking
+    from zoo import models, tracking
     from zoo.registration import TAG_PRIMARY, register, standard_tags
 
     c = tracking.client()
@@ -35,6 +35,7 @@ def run(
         better_than_champion=better_than_champion,
         expected_champion=champion_version,
         tags=tags,
+        lower_is_better=models.get(run.data.tags.get(tracking.TAG_MODEL, "")).lower_is_better,
     )
     tracking.RunLogger(c, mlflow_run_id).tags(
         {"genpipe.registered_version": result.version, "genpipe.aliases": ",".join(result.aliases)}

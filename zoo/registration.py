@@ -10,8 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata as md
+import os
+import random
 import shutil
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +111,65 @@ def resolve_version(c: MlflowClient, name: str, ref: str) -> Any:
         ) from None
 
 
+LOCK_SUFFIX = ".genpipe-lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    c: MlflowClient, name: str, ttl_s: float = 120.0, timeout_s: float = 600.0
+) -> Iterator[None]:
+    """Serialize alias moves for one registered model across processes and machines.
+
+    The registry's unique constraint on registered-model names is the only atomic
+    compare-and-set MLflow offers, so the lock is a registered model `<name>.genpipe-lock`:
+    creating it acquires, deleting it releases. A holder killed inside the critical section
+    leaves a lock older than `ttl_s`, which the next waiter breaks.
+    """
+    lock = f"{name}{LOCK_SUFFIX}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            c.create_registered_model(lock, description=f"{owner} {time.time():.3f}")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        _break_if_stale(c, lock, ttl_s)
+        if time.monotonic() > deadline:
+            raise GenpipeError(
+                f"could not lock registered model {name!r} for promotion within {timeout_s:g} s "
+                f"(held as {lock!r}; delete it if no pipeline is registering)"
+            )
+        time.sleep(delay + random.uniform(0, delay))
+        delay = min(delay * 2, 2.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            held = c.get_registered_model(lock)
+            if (held.description or "").startswith(owner):
+                c.delete_registered_model(lock)
+
+
+def _break_if_stale(c: MlflowClient, lock: str, ttl_s: float) -> None:
+    with contextlib.suppress(MlflowException, ValueError, IndexError):
+        held = c.get_registered_model(lock)
+        acquired = float((held.description or "").split()[1])
+        if time.time() - acquired > ttl_s:
+            c.delete_registered_model(lock)
+
+
+def _metric_of(version: Any) -> tuple[str, str, float] | None:
+    """(dataset fingerprint, metric name, value) recorded on a version, if any."""
+    try:
+        metric, _, value = version.tags[TAG_PRIMARY].partition("=")
+        return version.tags.get(TAG_DATASET, ""), metric, float(value)
+    except (KeyError, ValueError):
+        return None
+
+
 def register(
     c: MlflowClient,
     name: str,
@@ -113,8 +178,14 @@ def register(
     better_than_champion: bool,
     expected_champion: str,
     tags: dict[str, str],
+    lower_is_better: bool = True,
 ) -> RegisterResult:
-    """Register (idempotently) the run's model, set `candidate`, and promote if warranted."""
+    """Register (idempotently) the run's model, set `candidate`, and promote if warranted.
+
+    Alias moves happen under `promotion_lock`. If the champion changed after this model was
+    evaluated (another pipeline promoted meanwhile), the two are compared on the primary
+    metric recorded on their versions — only when both were scored on the same dataset.
+    """
     run = c.get_run(run_id)
     model_uri = run.data.tags.get(TAG_MODEL_URI)
     if not model_uri:
@@ -142,27 +213,49 @@ def register(
         )
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, v)
-    c.set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)
-    aliases = [ALIAS_CANDIDATE]
-    current = champion(c, name)
-    current_v = current.version if current else ""
-    promoted = False
-    if not better_than_champion:
-        reason = "not better than the champion: stays candidate"
-    elif current_v != (expected_champion or ""):
-        reason = (
-            f"champion moved from v{expected_champion or 'none'} to v{current_v} since evaluation: "
-            "not promoted (re-run to compare against the new champion)"
+    mv = c.get_model_version(name, mv.version)
+    with promotion_lock(c, name):
+        aliases = []
+        try:
+            cand = c.get_model_version_by_alias(name, ALIAS_CANDIDATE)
+        except MlflowException:
+            cand = None
+        # `candidate` is the newest blessed version, whatever order registrations land in.
+        if cand is None or int(cand.version) <= int(mv.version):
+            c.set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)
+            aliases.append(ALIAS_CANDIDATE)
+        promoted, reason = _decide_promotion(
+            champion(c, name), mv, better_than_champion, expected_champion, lower_is_better
         )
-    else:
-        c.set_registered_model_alias(name, ALIAS_CHAMPION, mv.version)
-        aliases.append(ALIAS_CHAMPION)
-        promoted = True
-        reason = (
-            f"better than champion v{expected_champion}" if expected_champion else "first champion"
-        )
+        if promoted:
+            c.set_registered_model_alias(name, ALIAS_CHAMPION, mv.version)
+            aliases.append(ALIAS_CHAMPION)
     return RegisterResult(
         name=name, version=str(mv.version), aliases=aliases, promoted=promoted, reason=reason
+    )
+
+
+def _decide_promotion(
+    current: Any, mv: Any, better_than_champion: bool, expected: str, lower_is_better: bool
+) -> tuple[bool, str]:
+    if not better_than_champion:
+        return False, "not better than the champion: stays candidate"
+    current_v = current.version if current else ""
+    if current_v == (expected or ""):
+        return True, (f"better than champion v{expected}" if expected else "first champion")
+    if current is None:  # the champion it beat was removed meanwhile
+        return True, "champion alias was removed since evaluation: promoted"
+    ours, theirs = _metric_of(mv), _metric_of(current)
+    if not ours or not theirs or ours[:2] != theirs[:2]:
+        return False, (
+            f"champion moved from v{expected or 'none'} to v{current_v} since evaluation and was "
+            "scored on other data: not promoted (re-run to compare against the new champion)"
+        )
+    better = ours[2] < theirs[2] if lower_is_better else ours[2] > theirs[2]
+    verdict = "promoted" if better else "not promoted"
+    return better, (
+        f"champion moved to v{current_v} since evaluation; on the same data "
+        f"{ours[1]}={ours[2]:.6g} vs {theirs[2]:.6g}: {verdict}"
     )
 
 
