@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 
-import typer
-from rich.console import Console
+# TensorFlow's C++ start-up chatter would bury our one-line errors; real warnings stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from zoo.errors import GenpipeError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from zoo.errors import GenpipeError  # noqa: E402
 
 app = typer.Typer(
     name="genpipe",
