@@ -130,6 +130,7 @@ class Trainer:
         checkpoint_uri: str | None = None,
         store: ObjectStore | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.model_cls = models.get(model_name)
         self.model_name = model_name
@@ -140,6 +141,7 @@ class Trainer:
         self.checkpoint_uri = checkpoint_uri
         self.store = store
         self.on_epoch = on_epoch
+        self.on_step = on_step
 
     def _epoch_dataset(
         self, model: GenerativeModel, epoch: int, skip: int, steps: int
@@ -240,6 +242,7 @@ class Trainer:
         train_time = 0.0
         epoch_metrics: dict[str, float] = {}
         start_epoch = resumed_from // steps_per_epoch
+        last_ckpt = (resumed_from, time.monotonic())  # (step, time) of the newest checkpoint
         for epoch in range(start_epoch, cfg.epochs):
             skip = resumed_from - epoch * steps_per_epoch if epoch == start_epoch else 0
             sums: dict[str, float] = {}
@@ -255,6 +258,14 @@ class Trainer:
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
+                if (
+                    self._mid_epoch_checkpoint_due(step, last_ckpt)
+                    and count < steps_per_epoch - skip
+                ):
+                    checkpointer.save(step, {"epoch": epoch, "mid_epoch": True})
+                    last_ckpt = (step, time.monotonic())
+                if self.on_step:
+                    self.on_step(step)
             dt = time.perf_counter() - t_epoch
             train_time += dt
             trained_samples += count * global_bs
@@ -262,6 +273,7 @@ class Trainer:
             epoch_metrics["train_samples_per_s"] = count * global_bs / dt if dt > 0 else 0.0
             step = int(step_var.numpy())
             checkpointer.save(step, {"epoch": epoch + 1})
+            last_ckpt = (step, time.monotonic())
             if self.logger:
                 self.logger.metrics(epoch_metrics, step=epoch + 1)
                 model.log_epoch_sample(self.logger, f"samples/epoch_{epoch + 1:03d}")
@@ -284,6 +296,13 @@ class Trainer:
             wall_s=wall,
             samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
             resumed_from_step=resumed_from,
+        )
+
+    def _mid_epoch_checkpoint_due(self, step: int, last: tuple[int, float]) -> bool:
+        every_steps, every_s = self.cfg.checkpoint_every_steps, self.cfg.checkpoint_every_seconds
+        return bool(
+            (every_steps and step - last[0] >= every_steps)
+            or (every_s and time.monotonic() - last[1] >= every_s)
         )
 
     def _check_finite(self, out: dict[str, float], epoch: int, step: int, ck: Checkpointer) -> None:

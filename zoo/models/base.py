@@ -39,6 +39,10 @@ class TrainConfig:
     # Compile the train step with XLA (one device only: XLA has no CPU collectives). Off by
     # default: on CPU it is slower or fails for some models (see bench/README.md).
     jit_compile: bool = False
+    # Mid-epoch checkpoints (every N optimizer steps and/or every S seconds; 0 = off) on top
+    # of the one at each epoch end: a killed task loses at most one interval when retried.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_seconds: float = 300.0
 
     def validate(self) -> None:
         name = type(self).__name__
@@ -49,6 +53,11 @@ class TrainConfig:
             f"{name}: learning_rate={self.learning_rate} must be in (0, 10)",
         )
         cfgmod.require(self.steps_per_epoch >= 0, f"{name}: steps_per_epoch must be >= 0")
+        cfgmod.require(
+            self.checkpoint_every_steps >= 0 and self.checkpoint_every_seconds >= 0,
+            f"{name}: checkpoint_every_steps={self.checkpoint_every_steps} and "
+            f"checkpoint_every_seconds={self.checkpoint_every_seconds} must be >= 0 (0 = off)",
+        )
         cfgmod.require(
             self.distribution in ("auto", "single", "mirrored", "multi_worker"),
             f"{name}: distribution={self.distribution!r} is not one of auto, single, mirrored, multi_worker",
