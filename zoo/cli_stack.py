@@ -59,6 +59,12 @@ def up(
     timeout: float = typer.Option(
         90.0, "--timeout", help="Seconds to wait for each server to become ready.", min=1
     ),
+    auth: bool = typer.Option(
+        False,
+        "--auth",
+        help="Run MLflow with basic authentication (admin credentials generated once; "
+        "`genpipe env` exports them). Stays on for this state dir.",
+    ),
 ) -> None:
     """Start SeaweedFS (S3) and MLflow on 127.0.0.1; does nothing if they already run."""
     from zoo import stack
@@ -74,7 +80,7 @@ def up(
     ports = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if not stack.status(state_dir).healthy:
         err.print("Starting SeaweedFS and MLflow (about 15 s) ...", highlight=False)
-    info = stack.up(state_dir, ports=ports, timeout=timeout)
+    info = stack.up(state_dir, ports=ports, timeout=timeout, auth=auth)
     out.print(_table(info))
     err.print("Point clients at it with: [bold]eval $(genpipe env)[/bold]")
 

@@ -222,6 +222,7 @@ def env(state_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
         settings.ENV_SECRET_KEY: creds.secret_key,
         settings.ENV_BUCKET: settings.DEFAULT_BUCKET,
         settings.ENV_MLFLOW_URI: f"http://{HOST}:{ports.mlflow}",
+        **_mlflow_auth_env(state),
     }
 
 
@@ -559,6 +560,59 @@ def _ensure_buckets(ports: Ports, creds: Credentials, timeout: float) -> None:
             time.sleep(0.5)
 
 
+def _mlflow_auth_path(state: Path) -> Path:
+    return state / "mlflow-auth.json"
+
+
+def _mlflow_auth_env(state: Path) -> dict[str, str]:
+    """MLflow client credentials when the stack runs MLflow with basic auth, else nothing."""
+    path = _mlflow_auth_path(state)
+    if not path.exists():
+        return {}
+    auth = json.loads(path.read_text())
+    return {
+        "MLFLOW_TRACKING_USERNAME": auth["username"],
+        "MLFLOW_TRACKING_PASSWORD": auth["password"],
+    }
+
+
+def _enable_mlflow_auth(state: Path) -> None:
+    """Generate the admin credentials (once, mode 0600): from now on this stack requires them."""
+    if not _mlflow_auth_path(state).exists():
+        alphabet = string.ascii_letters + string.digits
+        auth = {
+            "username": "admin",
+            "password": _random_key(32, alphabet),
+            # Signs the auth app's CSRF tokens; stable across restarts of this stack.
+            "flask_secret": _random_key(48, alphabet),
+        }
+        _write_private(_mlflow_auth_path(state), json.dumps(auth) + "\n")
+
+
+def _mlflow_auth_server_args(state: Path) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` arguments and env for basic auth: nobody but the admin may do anything."""
+    env = _mlflow_auth_env(state)
+    if not env:
+        return [], {}
+    ini = state / "mlflow-auth.ini"
+    _write_private(
+        ini,
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{state / 'mlflow-auth.db'}\n"
+        f"admin_username = {env['MLFLOW_TRACKING_USERNAME']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    # The password goes through the environment, not the ini file or the command line.
+    return ["--app-name", "basic-auth"], {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": json.loads(_mlflow_auth_path(state).read_text())[
+            "flask_secret"
+        ],
+    }
+
+
 def _start_mlflow(state: Path, ports: Ports, creds: Credentials) -> int:
     try:
         import boto3  # noqa: F401  (MLflow's S3 artifact store needs it, in the server process)
@@ -586,7 +640,10 @@ def _start_mlflow(state: Path, ports: Ports, creds: Credentials) -> int:
         "--allowed-hosts",
         f"{HOST}:{ports.mlflow},localhost:{ports.mlflow}",
     ]
+    auth_args, auth_env = _mlflow_auth_server_args(state)
+    cmd += auth_args
     server_env = {
+        **auth_env,
         "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{ports.s3}",
         "AWS_ACCESS_KEY_ID": creds.access_key,
         "AWS_SECRET_ACCESS_KEY": creds.secret_key,
@@ -645,14 +702,23 @@ def up(
     state_dir: str | os.PathLike[str] | None = None,
     ports: Ports | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    auth: bool = False,
 ) -> StackInfo:
     """Start whatever part of the stack is not running; a no-op when all is healthy.
 
     `ports` defaults to those saved by the last `up` in this state dir, else `Ports()`.
+    `auth` runs MLflow with basic authentication (admin credentials generated once, exported
+    by `env()`); once enabled for a state dir it stays enabled.
     Raises StackError (PortInUseError for a taken port) with the server log on failure.
     """
     state = _state(state_dir)
     with _lock(state):
+        if auth and not _mlflow_auth_path(state).exists():
+            if _running_pid(state, MLFLOW):
+                raise StackError(
+                    f"MLflow in {state} runs without authentication: `genpipe down` first, then `genpipe up --auth`"
+                )
+            _enable_mlflow_auth(state)
         saved = load_ports(state)
         ports = ports or saved or Ports()
         ports.validate()
