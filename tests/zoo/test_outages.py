@@ -50,6 +50,7 @@ def test_put_and_get_survive_a_seaweedfs_restart(stack):
     assert outage["s"] >= 5.0
     assert store.get_bytes(store.uri("outage/during.bin")) == b"x" * 100_000
     assert store.get_bytes(uri) == b"before"  # data written before the kill survived
+    print(f"S3 outage survived: {outage['s']:.1f} s (the PUT waited {waited:.1f} s)")
 
 
 def test_outage_longer_than_budget_fails_naming_endpoint(stack):
@@ -67,3 +68,34 @@ def test_outage_longer_than_budget_fails_naming_endpoint(stack):
     finally:
         zstack.up(stack.state_dir)
     assert store.exists(store.uri("outage/before.bin"))
+
+
+def test_mlflow_logging_survives_a_tracking_server_restart(stack):
+    """MLflow's client retries with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES/_BACKOFF_*);
+    a metric logged while the server is down lands once it is back."""
+    from zoo import tracking
+
+    c = tracking.client()
+    run_id = tracking.get_or_create_run(c, "genpipe-test-outage", f"outage-{time.time_ns()}", "vae")
+    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    assert pid
+    os.killpg(pid, signal.SIGKILL)
+    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+        time.sleep(0.2)
+    outage = {"s": 0.0}
+
+    def restart_later() -> None:
+        t0 = time.time()
+        time.sleep(3)
+        zstack.up(stack.state_dir)
+        outage["s"] = time.time() - t0
+
+    restarter = threading.Thread(target=restart_later)
+    restarter.start()
+    try:
+        c.log_metric(run_id, "during_outage", 42.0)
+    finally:
+        restarter.join()
+    assert outage["s"] >= 3.0
+    assert c.get_run(run_id).data.metrics["during_outage"] == 42.0
+    print(f"MLflow outage survived: {outage['s']:.1f} s")
