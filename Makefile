@@ -21,6 +21,10 @@ demo: setup
 test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+## bench: run every benchmark one at a time (minutes; tables in bench/results/, see bench/README.md)
+bench: setup
+	$(BIN)/python bench/run_all.py
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

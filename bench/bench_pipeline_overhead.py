@@ -65,6 +65,7 @@ def run(model: str, data: str, sets: list[str]) -> dict[str, Any]:
             run_ = c.search_runs([exp.experiment_id], max_results=1)[0]
             m = run_.data.metrics
             train_s = float(m["train_wall_s"])
+            print(f"genpipe run wall {wall:.1f} s, train_wall_s {train_s:.1f} s", flush=True)
             version = c.search_model_versions(f"name='{name}'")
             src = Path(tmp) / "model"
             if version:
