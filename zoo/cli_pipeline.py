@@ -139,9 +139,9 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         out.print(f"MLflow run:   {res.run_url}")
         if res.local_dir:
-            for name in ("report.html", "samples.png"):
-                if (res.local_dir / name).exists():
-                    out.print(f"{name + ':':13} {res.local_dir / name}")
+            for artifact in ("report.html", "samples.png"):
+                if (res.local_dir / artifact).exists():
+                    out.print(f"{artifact + ':':13} {res.local_dir / artifact}")
         if res.blessed and res.registered_version:
             out.print(
                 f"registered:   {name or model} v{res.registered_version} aliases={','.join(res.aliases)}"
