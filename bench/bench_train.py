@@ -134,6 +134,7 @@ def run(
     import keras
 
     rows = []
+    at_start = machine()
     with tempfile.TemporaryDirectory(prefix="genpipe-bench-train-") as tmp:
         for name in names:
             row: dict[str, Any] = {"model": name}
@@ -167,7 +168,7 @@ def run(
                 )
             print(f"bench-train {row}", flush=True)
             rows.append(row)
-    return {"machine": machine(), "steps_per_epoch": steps, "epochs": epochs, "rows": rows}
+    return {"machine": at_start, "steps_per_epoch": steps, "epochs": epochs, "rows": rows}
 
 
 def table(result: dict[str, Any]) -> str:
