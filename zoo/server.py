@@ -68,6 +68,9 @@ def render(samples: Any, fmt: str) -> tuple[str, bytes]:
 class _Handler(BaseHTTPRequestHandler):
     server: GenerationServer
     protocol_version = "HTTP/1.1"
+    # Keep-alive responses are written in pieces (headers, then body): without TCP_NODELAY
+    # Nagle + delayed ACK adds ~40 ms per request (bench_serve: p50 70 -> ~30 ms).
+    disable_nagle_algorithm = True
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
