@@ -33,7 +33,9 @@ def test_unknown_model_is_one_line_error():
 
 
 def test_bad_set_values_are_one_line_errors():
-    _one_line_error(genpipe("run", "vae", "--set", "epochs=zero"), "epochs='zero' is not an integer")
+    _one_line_error(
+        genpipe("run", "vae", "--set", "epochs=zero"), "epochs='zero' is not an integer"
+    )
     _one_line_error(genpipe("run", "vae", "--set", "epochs"), "'epochs' is not key=value")
     _one_line_error(genpipe("run", "vae", "--thresholds", "{oops"), "--thresholds", "not JSON")
 

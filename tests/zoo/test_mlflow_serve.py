@@ -87,7 +87,7 @@ def test_mlflow_models_serve_generates_samples(stack, tmp_path):
         )
         assert status == 200, body
         images = np.asarray(body["predictions"], dtype="float32")
-        assert images.shape == (3, 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
+        assert images.shape == (3, 28, 28, 1) and images.min() >= 0.0 and images.max() <= 1.0
         np.testing.assert_allclose(images, model.generate(3, seed=0), atol=1e-5)
         # Oversized requests are refused, not served.
         status, body = _post(
