@@ -65,7 +65,13 @@ def test_mlflow_models_serve_generates_samples(stack, tmp_path):
             "-p",
             str(port),
         ],
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        # MLflow's scoring server execs `uvicorn` by name: the venv's bin must be on PATH, as
+        # it is for a user with the environment activated (CI calls .venv/bin/pytest directly).
+        env={
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
