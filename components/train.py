@@ -29,7 +29,7 @@ def run(
     from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
-    from zoo.train import Trainer
+    from zoo.train import Trainer, checkpoint_uri
 
     try:
         override_dict = json.loads(overrides or "{}")
@@ -51,7 +51,7 @@ def run(
             data,
             Path(work),
             logger=logger,
-            checkpoint_uri=store.uri(f"checkpoints/{mlflow_run_id}"),
+            checkpoint_uri=checkpoint_uri(store, mlflow_run_id),
             store=store,
         ).run()
         out = Path(output_dir)

@@ -475,7 +475,7 @@ def run_worker(
     from components.common import fetch_dataset
     from zoo import models, tracking
     from zoo.storage import ObjectStore
-    from zoo.train import Trainer
+    from zoo.train import Trainer, checkpoint_uri
 
     cfg = models.resolve_config(model, preset, json.loads(overrides or "{}"), where="overrides")
     if cfg.distribution not in ("multi_worker", "auto"):
@@ -493,7 +493,7 @@ def run_worker(
             data,
             Path(work),
             logger=logger,
-            checkpoint_uri=store.uri(f"checkpoints/{mlflow_run_id}"),
+            checkpoint_uri=checkpoint_uri(store, mlflow_run_id),
             store=store,
         ).run()
         if info.is_chief:

@@ -70,12 +70,17 @@ class RegisterResult:
     reason: str
 
 
-def champion(c: MlflowClient, name: str) -> Any | None:
-    """The ModelVersion behind `name@champion`, or None when there is none (or no such model)."""
+def alias_version(c: MlflowClient, name: str, alias: str) -> Any | None:
+    """The ModelVersion behind `name@alias`, or None when there is none (or no such model)."""
     try:
-        return c.get_model_version_by_alias(name, ALIAS_CHAMPION)
+        return c.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def champion(c: MlflowClient, name: str) -> Any | None:
+    """The ModelVersion behind `name@champion`, or None."""
+    return alias_version(c, name, ALIAS_CHAMPION)
 
 
 def download_model_dir(c: MlflowClient, name: str, ref: str, dest: Path) -> Path:
@@ -216,10 +221,7 @@ def register(
     mv = c.get_model_version(name, mv.version)
     with promotion_lock(c, name):
         aliases = []
-        try:
-            cand = c.get_model_version_by_alias(name, ALIAS_CANDIDATE)
-        except MlflowException:
-            cand = None
+        cand = alias_version(c, name, ALIAS_CANDIDATE)
         # `candidate` is the newest blessed version, whatever order registrations land in.
         if cand is None or int(cand.version) <= int(mv.version):
             c.set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)

@@ -56,6 +56,12 @@ class TrainResult:
     resumed_from_step: int
 
 
+def checkpoint_uri(store: ObjectStore, mlflow_run_id: str) -> str:
+    """Where one training run's checkpoints live: keyed by the MLflow run, so a retried task
+    (single pod or a TFJob's workers) finds and resumes them."""
+    return store.uri(f"checkpoints/{mlflow_run_id}")
+
+
 def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[str, Any]:
     """What a model needs to know about its data; text models get the vocabulary built on
     the training split of the fetched dataset `data` (stored with the model)."""
