@@ -67,13 +67,46 @@ def run_local(
     kfp.local's own output (task logs, executor JSON) goes to a log file under the state dir;
     `on_event(kind, fields)` receives task starts/ends and training progress for display.
     A failed task raises GenpipeError with the task's own error line and the log path.
+    Tasks run as forks of a warm process (pipelines.warm) unless GENPIPE_WARM_TASKS=0.
     """
+    from pipelines.warm import warm_tasks
+
+    _patch_kfp_local_conditions()
+    log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with warm_tasks(log_path.parent / "zygote.log"):  # preloads while the stack starts
+        return _run(
+            model,
+            log_path,
+            start_stack=start_stack,
+            on_event=on_event,
+            retries=retries,
+            pipeline_args={
+                "source": source,
+                "preset": preset,
+                "overrides": json.dumps(overrides or {}),
+                "experiment": experiment or f"genpipe-{model}",
+                "registered_name": registered_name or model,
+                "thresholds": thresholds,
+                "champion_tolerance": champion_tolerance,
+                "test_fraction": test_fraction,
+            },
+        )
+
+
+def _run(
+    model: str,
+    log_path: Path,
+    start_stack: bool,
+    on_event: Callable[[str, dict[str, str]], None] | None,
+    retries: int,
+    pipeline_args: dict[str, Any],
+) -> LocalRunResult:
     import kfp.local
 
     from pipelines.factory import build_pipeline
     from zoo import stack
 
-    _patch_kfp_local_conditions()
     if start_stack:
         os.environ.update(stack.ensure_up())
     settings = Settings.from_env()
@@ -89,23 +122,12 @@ def run_local(
     # this Python, not in the image): kfp.local's warnings about both are noise here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-    log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         stream = _EventStream(log, on_event)
         try:
             with contextlib.redirect_stdout(stream):
-                task = pipeline(
-                    source=source,
-                    preset=preset,
-                    overrides=json.dumps(overrides or {}),
-                    experiment=experiment or f"genpipe-{model}",
-                    registered_name=registered_name or model,
-                    thresholds=thresholds,
-                    champion_tolerance=champion_tolerance,
-                    test_fraction=test_fraction,
-                )
+                task = pipeline(**pipeline_args)
         except RuntimeError as e:
             raise GenpipeError(
                 stream.failure_message(log_path) or f"{e} (log: {log_path})"

@@ -102,6 +102,12 @@ def register(app: typer.Typer) -> None:
 
         Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
         """
+        from pipelines import warm
+        from zoo.settings import state_dir
+
+        # The task process imports TensorFlow & co. while this one validates the config.
+        (state_dir() / "logs").mkdir(parents=True, exist_ok=True)
+        warm.prestart(state_dir() / "logs" / "zygote.log")
         from pipelines.local import run_local
         from zoo import models
 

@@ -1,7 +1,7 @@
 """Conditional GAN (Mirza & Osindero, 2014) on DCGAN networks with the non-saturating loss.
 
-The generator takes [z, one_hot(label)]; the discriminator takes the image with the one-hot
-label broadcast as extra channels. `generate(n, seed, labels=...)` samples the requested
+The generator takes [z, one_hot(label)]; the discriminator is a projection discriminator
+(Miyato & Koyama, 2018): logit = w.f(x) + embed(y).f(x). `generate(n, seed, labels=...)` samples the requested
 classes (default 0, 1, ..., K-1 repeated). Evaluation adds the accuracy of the domain
 classifier on generated samples per requested label (zoo.evaluation.image).
 """

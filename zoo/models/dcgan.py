@@ -35,7 +35,7 @@ class DCGAN(GANBase):
     def gan_losses(
         self, x: tf.Tensor, labels: Any, step: tf.Tensor, optimizers: dict[str, Any], gbs: int
     ) -> dict[str, tf.Tensor]:
-        d_vars = self.discriminator.trainable_variables
+        d_vars = self.disc_variables
         g_vars = self.generator.trainable_variables
         real = to_signed(x)
         z = self.noise(x, step, 0)

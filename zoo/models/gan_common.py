@@ -92,14 +92,24 @@ class GANBase(GenerativeModel):
             + [keras.layers.Conv2D(c, 3, padding="same", activation="tanh")],
             name="generator",
         )
-        self.discriminator = keras.Sequential(
-            [
-                keras.layers.Conv2D(f, 4, strides=2, padding="same", activation=act)
-                for f in cfg.filters
-            ]
-            + [keras.layers.Flatten(), keras.layers.Dense(1)],
-            name="discriminator",
-        )
+        convs: list[keras.layers.Layer] = [
+            keras.layers.Conv2D(f, 4, strides=2, padding="same", activation=act)
+            for f in cfg.filters
+        ]
+        if not self.conditional:
+            self.discriminator = keras.Sequential(
+                convs + [keras.layers.Flatten(), keras.layers.Dense(1)], name="discriminator"
+            )
+        else:
+            # Projection discriminator (Miyato & Koyama 2018): logit = w.f(x) + embed(y).f(x).
+            # It learns the label dependence far sooner than feeding one-hot planes as input.
+            self.discriminator = keras.Sequential(
+                convs + [keras.layers.Flatten()], name="discriminator"
+            )
+            self.disc_head = keras.layers.Dense(1, name="disc_head")
+            self.label_embed = keras.layers.Embedding(
+                self.num_classes, h0 * w0 * cfg.filters[-1], name="label_embed"
+            )
 
     # -- networks --
     def _one_hot(self, labels: tf.Tensor) -> tf.Tensor:
@@ -113,12 +123,18 @@ class GANBase(GenerativeModel):
         return self.generator(z, training=training)[:, :h, :w, :]
 
     def disc(self, x: tf.Tensor, labels: tf.Tensor | None = None, training: bool = False):
-        """Discriminator/critic logit [B] for signed images (labels as extra one-hot planes)."""
-        if self.conditional:
-            h, w, _ = self.image_shape
-            planes = tf.tile(self._one_hot(labels)[:, None, None, :], [1, h, w, 1])
-            x = tf.concat([x, planes], axis=-1)
-        return tf.squeeze(self.discriminator(x, training=training), axis=-1)
+        """Discriminator/critic logit [B] for signed images (projection term when conditional)."""
+        if not self.conditional:
+            return tf.squeeze(self.discriminator(x, training=training), axis=-1)
+        feats = self.discriminator(x, training=training)
+        proj = tf.reduce_sum(self.label_embed(tf.cast(labels, tf.int32)) * feats, axis=-1)
+        return tf.squeeze(self.disc_head(feats), axis=-1) + proj
+
+    @property
+    def disc_variables(self) -> list:
+        """Trainable variables of the discriminator/critic (incl. the projection parts)."""
+        extra = [self.disc_head, self.label_embed] if self.conditional else []
+        return [v for layer in [self.discriminator, *extra] for v in layer.trainable_variables]
 
     def build_model(self) -> None:
         z = tf.zeros((1, self.cfg.latent_dim))

@@ -74,7 +74,7 @@ class WGANGP(GANBase):
         cfg: WGANGPConfig = self.cfg  # type: ignore[assignment]
         gbs = global_batch_size
         real = to_signed(batch["image"])
-        d_vars = self.discriminator.trainable_variables
+        d_vars = self.disc_variables
         g_vars = self.generator.trainable_variables
         out: dict[str, tf.Tensor] = {}
         d_norms = []
