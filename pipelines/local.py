@@ -48,6 +48,18 @@ class LocalRunResult:
         return [a for a in self.tags.get("genpipe.aliases", "").split(",") if a]
 
 
+def check_run_args(
+    model: str, preset: str, overrides: dict[str, Any], thresholds: str
+) -> dict[str, Any]:
+    """Validate a run's model, config overrides and thresholds; ConfigError names the bad value."""
+    from zoo import models
+    from zoo.blessing import parse_thresholds
+
+    cfg = models.resolve_config(model, preset, overrides)
+    parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
+    return {"epochs": cfg.epochs}
+
+
 def run_local(
     model: str,
     source: str = "digits",

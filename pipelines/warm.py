@@ -12,6 +12,9 @@ runtime thread pools exist when it forks (`_assert_tf_not_started`). Whatever ca
 this way (a command of a shape we do not know, a dead zygote, `GENPIPE_WARM_TASKS=0`) falls
 back to kfp's own subprocess, so behaviour never depends on the optimisation.
 
+`GENPIPE_WARM_DEBUG=1` makes each task write the modules it imported itself (not preloaded)
+to $TMPDIR/genpipe-warm-<pid>.txt: what to add to PRELOAD.
+
 Protocol over a Unix socketpair: the client sends one JSON request (argv, env, cwd) with the
 write end of a pipe attached (SCM_RIGHTS); the zygote forks, the child writes its output to
 that pipe, and the zygote answers with the child's exit code.
@@ -51,6 +54,22 @@ PRELOAD = (
     "components.train",
     "components.evaluate",
     "components.register",
+    # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
+    "zoo.evaluation.image",
+    "zoo.evaluation.features",
+    "zoo.evaluation.metrics",
+    "zoo.evaluation.text",
+    "zoo.blessing",
+    "zoo.images",
+    "zoo.serving",
+    "zoo.distributed",
+    "mlflow.models",
+    "mlflow.tracing",
+    "mlflow.data.meta_dataset",
+    "mlflow.data.http_dataset_source",
+    "git",
+    "PIL.Image",
+    "sklearn.datasets",
 )
 _EXECUTOR = "kfp.dsl.executor_main"
 _MAX_MSG = 1 << 24
@@ -141,14 +160,65 @@ class Zygote:
                 return 1  # the zygote died mid-task: the task failed
             return int.from_bytes(reply, "big", signed=True)
 
+    def call(self, target: str, **kwargs: Any) -> Any:
+        """`module:function(**kwargs)` run in a fork of the zygote; returns its JSON result.
+
+        Lets the caller use the preloaded modules without importing them itself. A GenpipeError
+        in the function is raised here as the same message; anything else as RuntimeError.
+        Raises _Unavailable when the zygote cannot run it (the caller runs it itself).
+        """
+        if not self.alive():
+            raise _Unavailable(target)
+        read_fd, write_fd = os.pipe()
+        request = json.dumps({"call": target, "kwargs": kwargs, "cwd": os.getcwd()}).encode()
+        with self.lock:
+            try:
+                socket.send_fds(self.sock, [len(request).to_bytes(8, "big") + request], [write_fd])
+            except OSError:
+                os.close(read_fd)
+                raise _Unavailable(target) from None
+            finally:
+                os.close(write_fd)
+            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
+                text = out.read()
+            if _recv_exact(self.sock, 8) is None:
+                raise _Unavailable(target)
+        try:
+            reply = json.loads(text.splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise RuntimeError(f"{target} in the warm process gave no result:\n{text}") from None
+        if "value" in reply:
+            return reply["value"]
+        if reply.get("user_error"):
+            from zoo.errors import GenpipeError
+
+            raise GenpipeError(reply["error"])
+        raise RuntimeError(f"{target} failed in the warm process:\n{reply['error']}")
+
     def close(self) -> None:
+        # Idle between tasks and stateless: kill it rather than wait for the interpreter
+        # shutdown of a TensorFlow-loaded Python (seconds).
         with contextlib.suppress(OSError):
             self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+class _Unavailable(Exception):
+    """The zygote cannot take the request (not started, failed preload, died)."""
+
+
+def call(target: str, **kwargs: Any) -> Any:
+    """`module:function(**kwargs)` in the prestarted zygote if there is one, else in-process."""
+    if _prestarted:
         try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            return _prestarted[0].call(target, **kwargs)
+        except _Unavailable:
+            pass
+    module, func = target.split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), func)(**kwargs)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -235,8 +305,14 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
     sys.argv = [_EXECUTOR, "--component_module_path", module_path, *request["args"]]
     from kfp.dsl import executor_main
 
+    before = set(sys.modules)
     try:
         executor_main.executor_main()
+        if os.environ.get("GENPIPE_WARM_DEBUG"):
+            new = sorted(m for m in set(sys.modules) - before if "autograph_generated" not in m)
+            path = os.path.join(tempfile.gettempdir(), f"genpipe-warm-{os.getpid()}.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(new))
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -250,6 +326,31 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
         sys.stderr.flush()
 
 
+def _child_call(request: dict[str, Any], out_fd: int) -> int:
+    """Runs in the forked child: one function call, its JSON result as the last output line."""
+    from zoo.errors import GenpipeError
+
+    os.dup2(out_fd, 1)
+    os.close(out_fd)
+    _die_with_parent()
+    os.chdir(request["cwd"])
+    module, func = request["call"].split(":")
+    try:
+        import importlib
+
+        value = getattr(importlib.import_module(module), func)(**request["kwargs"])
+        reply: dict[str, Any] = {"value": value}
+    except GenpipeError as e:
+        reply = {"error": str(e), "user_error": True}
+    except Exception:  # noqa: BLE001 - reported to the caller with its traceback
+        import traceback
+
+        reply = {"error": traceback.format_exc()}
+    with open(1, "w", encoding="utf-8", closefd=False) as out:
+        out.write("\n" + json.dumps(reply) + "\n")
+    return 0
+
+
 def serve(fd: int) -> None:
     """Zygote main loop: one request at a time (kfp.local runs tasks one after another)."""
     sock = socket.socket(fileno=fd)
@@ -258,7 +359,14 @@ def serve(fd: int) -> None:
     import importlib
 
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional (e.g. git): the task imports it itself if needed
+            pass
+    from zoo import models
+
+    for name in models.names():  # the model modules (registered Keras classes)
+        models.get(name)
     _assert_tf_not_started()
     sock.sendall(b"R")
     while True:
@@ -282,7 +390,7 @@ def serve(fd: int) -> None:
             sock.close()
             code = 1
             try:
-                code = _child(request, out_fd)
+                code = (_child_call if "call" in request else _child)(request, out_fd)
             finally:
                 os._exit(code)
         os.close(out_fd)

@@ -1,5 +1,5 @@
 """`python -m zoo` is the `genpipe` command."""
 
-from zoo.cli import main
+from zoo.cli import entry
 
-main()
+entry()

@@ -77,3 +77,25 @@ def main() -> None:
         sys.exit(e.exit_code)  # type: ignore[attr-defined]
     if isinstance(rc, int) and not isinstance(rc, bool) and rc:
         sys.exit(rc)
+
+
+def entry() -> None:
+    """The `genpipe` program: `main()`, then a quick exit once a command has loaded TensorFlow.
+
+    The command is done and has flushed what it wrote; this skips the seconds a
+    TensorFlow-loaded interpreter spends tearing itself down (there is nothing to clean up:
+    the stack's servers are detached, task processes are reaped). In-process callers (tests)
+    use `main()`, which returns normally.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

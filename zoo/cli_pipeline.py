@@ -103,24 +103,29 @@ def register(app: typer.Typer) -> None:
         Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
         """
         from pipelines import warm
+        from zoo import models
         from zoo.settings import state_dir
 
-        # The task process imports TensorFlow & co. while this one validates the config.
+        models.check_name(model)
+        # The task process starts importing TensorFlow & co. now; this one never does.
         (state_dir() / "logs").mkdir(parents=True, exist_ok=True)
         warm.prestart(state_dir() / "logs" / "zygote.log")
         from pipelines.local import run_local
-        from zoo import models
 
         overrides = _parse_sets(sets)
-        # Type-check the config here so a bad --set fails in a second, before anything runs.
-        cfg = models.resolve_config(model, preset, overrides)
         if not 0.0 < test_fraction < 1.0:
             raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
-        from zoo.blessing import parse_thresholds
-
-        parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
+        # Type-check config and thresholds before anything runs (in the warm process, where
+        # the model modules are already imported).
+        checked = warm.call(
+            "pipelines.local:check_run_args",
+            model=model,
+            preset=preset,
+            overrides=overrides,
+            thresholds=thresholds,
+        )
         out.print(
-            f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={cfg.epochs})"
+            f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={checked['epochs']})"
         )
         with _progress() as on_event:
             res = run_local(

@@ -30,15 +30,16 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def check_name(name: str) -> str:
+    """`name` if it is registered, else a ConfigError listing the valid names (no imports)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(names())}")
+    return name
+
+
 def get(name: str) -> type[GenerativeModel]:
     """The model class registered under `name`; a clear error lists the valid names."""
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; registered models: {', '.join(names())}"
-        ) from None
-    module, _, cls = target.partition(":")
+    module, _, cls = REGISTRY[check_name(name)].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
