@@ -359,10 +359,9 @@ def serve(fd: int) -> None:
     import importlib
 
     for name in PRELOAD:
-        try:
+        # optional ones (e.g. git) missing: the task imports what it needs itself
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
-        except ImportError:  # optional (e.g. git): the task imports it itself if needed
-            pass
     from zoo import models
 
     for name in models.names():  # the model modules (registered Keras classes)
