@@ -176,6 +176,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compile MODEL's pipeline to KFP IR YAML with the profile's GPU, scheduling and secrets."""
         from pipelines.factory import compile_pipeline
+        from zoo.cli_cluster import check_image
 
-        compile_pipeline(model, str(output), profile, image or None, retries=retries)
+        # Same rule as submit/schedule: a compiled pipeline must name a pinned image.
+        compile_pipeline(
+            model, str(output), profile, check_image(image) if image else None, retries=retries
+        )
         out.print(f"wrote {output} ({model}, profile {profile})")

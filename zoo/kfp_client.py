@@ -205,6 +205,7 @@ class Kfp:
         name = pipeline_name_of(package)
         version_name = content_version_name(package)
         pipeline_id = self._find_pipeline(name)
+        created = pipeline_id is None
         if pipeline_id is None:
             with _api("upload pipeline"):
                 pipeline_id = self.client.upload_pipeline(
@@ -218,7 +219,8 @@ class Kfp:
             if existing:
                 return pipeline_id, existing, version_name, False
         # A new pipeline gets a default version named after the pipeline; the hash-named
-        # version is still uploaded so later submits find it by content.
+        # version is uploaded so later submits find it by content, then the default one (the
+        # same content) is deleted so the pipeline lists each content once.
         try:
             with _api("upload pipeline version"):
                 version = self.client.upload_pipeline_version(
@@ -230,6 +232,11 @@ class Kfp:
             if existing:
                 return pipeline_id, existing, version_name, False
             raise
+        if created:
+            default = self._find_version(pipeline_id, name)
+            if default and default != version.pipeline_version_id:
+                with _api("delete the default pipeline version"):
+                    self.client.delete_pipeline_version(pipeline_id, default)
         return pipeline_id, version.pipeline_version_id, version_name, True
 
     # --- experiments and runs -----------------------------------------------------------

@@ -54,3 +54,13 @@ def test_compile_writes_profiled_yaml(tmp_path):
     train = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
     assert train["nodeSelector"]["labels"] == {"accelerator": "nvidia"}
     _one_line_error(genpipe("compile", "vae", "-o", str(dest), "--profile", "gcp"), "gcp", "gke")
+
+
+def test_compile_refuses_unpinned_images(tmp_path):
+    dest = tmp_path / "vae.yaml"
+    for image in ("ghcr.io/x/genpipe:latest", "ghcr.io/x/genpipe"):
+        _one_line_error(genpipe("compile", "vae", "-o", str(dest), "--image", image), image, "pin")
+    assert not dest.exists()
+    out = genpipe("compile", "vae", "-o", str(dest), "--image", "ghcr.io/x/genpipe:1.2.3-cpu")
+    assert out.returncode == 0, out.stderr
+    assert "ghcr.io/x/genpipe:1.2.3-cpu" in dest.read_text()

@@ -137,6 +137,12 @@ class FakeKfp:
                 if v["pipeline_id"] == pid and want in (None, v["display_name"])
             ]
             return 200, {"pipeline_versions": vs}
+        if m == "DELETE" and p.startswith("/pipelines/") and "/versions/" in p:
+            pid, vid = p.split("/")[2], p.split("/")[4]
+            if self.versions.get(vid, {}).get("pipeline_id") != pid:
+                return 404, {"error": "not found", "code": 5, "message": f"version {vid}"}
+            del self.versions[vid]
+            return 200, {}
         if (m, p) == ("GET", "/experiments"):
             want = self._name_filter(req)
             return 200, {
@@ -322,6 +328,10 @@ def test_submit_uploads_once_per_content_and_creates_runs(kfp_server, capsys):
     ) == ("tiny", "exp-a", "vae-prod", "digits")
     assert body["experiment_id"] == next(iter(kfp_server.experiments))
     assert "uploaded" in out and body["display_name"].startswith("vae-")
+    # KFP's default version (named after the pipeline, same content) is gone: one per content
+    assert [v["display_name"] for v in kfp_server.versions.values()] == [
+        up_version.query["name"][0]
+    ]
 
     # Same pipeline again: no upload, the hash-named version is reused, experiment found.
     code, out, err = run_cli(args, capsys)
