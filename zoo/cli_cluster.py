@@ -230,6 +230,27 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     ns_opt = typer.Option(
         "", "--namespace", "-n", help="KFP namespace (multi-user Kubeflow profile)."
     )
+    # Options submit and schedule share (one definition, so their help and defaults agree).
+    experiment_opt = typer.Option("", help="KFP and MLflow experiment (default genpipe-MODEL).")
+    data_opt = typer.Option(
+        "digits",
+        "--data",
+        "-d",
+        help="Data source the cluster can read: digits | s3://bucket/prefix | ...",
+    )
+    sets_opt = typer.Option([], "--set", "-s", help="Config override key=value (repeatable).")
+    preset_opt = typer.Option("default", help="Config preset: default or tiny.")
+    thresholds_opt = typer.Option("", help="Blessing thresholds as JSON over the defaults.")
+    tolerance_opt = typer.Option(
+        0.0, help="Bless when no worse than the champion by this fraction."
+    )
+    test_fraction_opt = typer.Option(0.1, help="Fraction of the data held out for evaluation.")
+    profile_opt = typer.Option("cpu", help=PROFILE_HELP)
+    image_opt = typer.Option(
+        "", help="Component image (default: the profile's, tagged with this version)."
+    )
+    retries_opt = typer.Option(2, help="Retries per task.")
+    service_account_opt = typer.Option("", help="Kubernetes ServiceAccount the runs' pods use.")
 
     @app.command("submit")
     def submit_cmd(
@@ -238,37 +259,20 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         token: str = token_opt,
         cookie: str = cookie_opt,
         namespace: str = ns_opt,
-        experiment: str = typer.Option(
-            "", help="KFP and MLflow experiment (default genpipe-MODEL)."
-        ),
-        data: str = typer.Option(
-            "digits",
-            "--data",
-            "-d",
-            help="Data source the cluster can read: digits | s3://bucket/prefix | ...",
-        ),
-        sets: list[str] = typer.Option(
-            [], "--set", "-s", help="Config override key=value (repeatable)."
-        ),
-        preset: str = typer.Option("default", help="Config preset: default or tiny."),
+        experiment: str = experiment_opt,
+        data: str = data_opt,
+        sets: list[str] = sets_opt,
+        preset: str = preset_opt,
         name: str = typer.Option(
             "", "--name", help="Registered model name in MLflow (default MODEL)."
         ),
-        thresholds: str = typer.Option("", help="Blessing thresholds as JSON over the defaults."),
-        tolerance: float = typer.Option(
-            0.0, help="Bless when no worse than the champion by this fraction."
-        ),
-        test_fraction: float = typer.Option(
-            0.1, help="Fraction of the data held out for evaluation."
-        ),
-        profile: str = typer.Option("cpu", help=PROFILE_HELP),
-        image: str = typer.Option(
-            "", help="Component image (default: the profile's, tagged with this version)."
-        ),
-        retries: int = typer.Option(2, help="Retries per task."),
-        service_account: str = typer.Option(
-            "", help="Kubernetes ServiceAccount the run's pods use."
-        ),
+        thresholds: str = thresholds_opt,
+        tolerance: float = tolerance_opt,
+        test_fraction: float = test_fraction_opt,
+        profile: str = profile_opt,
+        image: str = image_opt,
+        retries: int = retries_opt,
+        service_account: str = service_account_opt,
         wait: bool = typer.Option(
             False, "--wait", help="Stream run status until it ends; exit 1 unless it succeeded."
         ),
@@ -321,32 +325,20 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         token: str = token_opt,
         cookie: str = cookie_opt,
         namespace: str = ns_opt,
-        experiment: str = typer.Option(
-            "", help="KFP and MLflow experiment (default genpipe-MODEL)."
-        ),
-        data: str = typer.Option(
-            "digits", "--data", "-d", help="Data source the cluster can read."
-        ),
-        sets: list[str] = typer.Option(
-            [], "--set", "-s", help="Config override key=value (repeatable)."
-        ),
-        preset: str = typer.Option("default", help="Config preset: default or tiny."),
+        experiment: str = experiment_opt,
+        data: str = data_opt,
+        sets: list[str] = sets_opt,
+        preset: str = preset_opt,
         name: str = typer.Option(
             "", "--registered-name", help="Registered model name in MLflow (default MODEL)."
         ),
-        thresholds: str = typer.Option("", help="Blessing thresholds as JSON over the defaults."),
-        tolerance: float = typer.Option(
-            0.0, help="Bless when no worse than the champion by this fraction."
-        ),
-        test_fraction: float = typer.Option(
-            0.1, help="Fraction of the data held out for evaluation."
-        ),
-        profile: str = typer.Option("cpu", help=PROFILE_HELP),
-        image: str = typer.Option("", help="Component image (default: the profile's)."),
-        retries: int = typer.Option(2, help="Retries per task."),
-        service_account: str = typer.Option(
-            "", help="Kubernetes ServiceAccount the runs' pods use."
-        ),
+        thresholds: str = thresholds_opt,
+        tolerance: float = tolerance_opt,
+        test_fraction: float = test_fraction_opt,
+        profile: str = profile_opt,
+        image: str = image_opt,
+        retries: int = retries_opt,
+        service_account: str = service_account_opt,
     ) -> None:
         """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one."""
         from zoo.kfp_client import cron_expression, interval_seconds
