@@ -58,9 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     image = [n for n in models.names() if models.get(n).family == "image"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default=",".join(image))
-    p.add_argument("--samples", type=int, default=1000, help="GENPIPE_EVAL_SAMPLES")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="GENPIPE_EVAL_SAMPLES (default: each model's own, as in the pipeline)",
+    )
     args = p.parse_args(argv)
-    os.environ["GENPIPE_EVAL_SAMPLES"] = str(args.samples)
+    if args.samples:
+        os.environ["GENPIPE_EVAL_SAMPLES"] = str(args.samples)
     with tempfile.TemporaryDirectory(prefix="genpipe-bench-untrained-") as tmp:
         data = image_local_dataset(Path(tmp))
         rows = [score(n, data) for n in args.models.split(",") if n]
@@ -70,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         [[r["model"], r["primary_metric"], r["primary"], r["fid"], r["fid_floor"]] for r in rows],
     ) + (
         f"\nDefault configs, initial weights; MNIST t10k split as ingest does, "
-        f"{args.samples} samples; {m['cpus']} CPUs, {m['when']}.\n"
+        f"{args.samples or 'each model’s default number of'} samples; "
+        f"{m['cpus']} CPUs, {m['when']}.\n"
     )
     out = write_results("untrained", {"machine": m, "rows": rows}, md)
     print(md)

@@ -86,7 +86,7 @@ def run_local(
     _patch_kfp_local_conditions()
     log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with warm_tasks(log_path.parent / "zygote.log"):  # preloads while the stack starts
+    with warm_tasks(state_dir(), log_path.parent / "warm-server.log"):
         return _run(
             model,
             log_path,

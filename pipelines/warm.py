@@ -1,23 +1,33 @@
 """Warm task processes for embedded mode: import TensorFlow, MLflow and kfp once, fork per task.
 
 kfp.local's SubprocessRunner starts every task as a fresh `python -m kfp.dsl.executor_main`,
-which pays the import of TensorFlow, Keras, MLflow and kfp again for each of the four tasks
-(5-13 s each on a 2-core machine): most of a short pipeline's overhead. Here one *zygote*
-process imports them once; each task is a `fork()` of it that runs the very same executor
-entry point with the same arguments and environment, so tasks stay separate processes
-(a crash or `os._exit` in one cannot take down the run) but start in milliseconds.
+which pays the import of TensorFlow, Keras, MLflow and kfp (~10 CPU-seconds) again for each
+of the four tasks: most of a short pipeline's overhead. Here a *warm server* imports them
+once; each task is a `fork()` of it that runs the very same executor entry point with the
+same arguments, working directory and environment, so tasks stay separate processes (a crash
+or `os._exit` in one cannot take down the run) but start in milliseconds.
 
-Fork is safe here because the zygote only imports: it never runs a TensorFlow op, so no
+The server belongs to the state dir ($GENPIPE_HOME) like the embedded stack: the first
+`genpipe run` starts it (its imports overlap that run's start-up), later runs reuse it. It is
+keyed by `code_key()` (our source files' paths, sizes and mtimes, library versions, the
+import-time environment), so editing the code gets a fresh server on the next run, never a
+stale one. It stops after GENPIPE_WARM_IDLE_SECONDS (default 900) without clients, and with
+`genpipe down`. Each client connection gets its own forked session; a client that goes away
+(Ctrl-C) takes its running task along.
+
+Fork is safe here because the server only imports: it never runs a TensorFlow op, so no
 runtime thread pools exist when it forks (`_assert_tf_not_started`). Whatever cannot be run
-this way (a command of a shape we do not know, a dead zygote, `GENPIPE_WARM_TASKS=0`) falls
-back to kfp's own subprocess, so behaviour never depends on the optimisation.
+this way (a command of a shape we do not know, a server that cannot start,
+`GENPIPE_WARM_TASKS=0`) falls back to kfp's own subprocess, so behaviour never depends on the
+optimisation.
 
 `GENPIPE_WARM_DEBUG=1` makes each task write the modules it imported itself (not preloaded)
 to $TMPDIR/genpipe-warm-<pid>.txt: what to add to PRELOAD.
 
-Protocol over a Unix socketpair: the client sends one JSON request (argv, env, cwd) with the
-write end of a pipe attached (SCM_RIGHTS); the zygote forks, the child writes its output to
-that pipe, and the zygote answers with the child's exit code.
+Protocol over an abstract Unix socket: the session greets with b"R" + its pid once preloaded;
+the client sends one JSON request (task source, args, env, cwd) with the write end of a pipe
+attached (SCM_RIGHTS); the session forks, the child writes its output to that pipe, and the
+session answers with the child's exit code.
 """
 
 from __future__ import annotations
@@ -26,13 +36,16 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 #: modules a task imports; the zygote imports them before it forks
@@ -72,6 +85,8 @@ PRELOAD = (
     "sklearn.datasets",
 )
 _EXECUTOR = "kfp.dsl.executor_main"
+#: environment variables read at import time (part of the server's code key)
+_IMPORT_ENV = ("TF_", "CUDA_", "KERAS_", "XLA_", "OMP_", "MKL_", "ONEDNN_", "PYTHON")
 _MAX_MSG = 1 << 24
 _PR_SET_PDEATHSIG = 1
 
@@ -99,31 +114,83 @@ def parse_command(full_command: list[str]) -> tuple[str, list[str]] | None:
 # -- client side (the `genpipe run` process) -------------------------------------------------
 
 
-class Zygote:
-    """Handle to the warm process; `run()` executes one kfp task command in a fork of it."""
+def code_key() -> str:
+    """What the warm server's preloaded state depends on: our sources, library versions, and
+    the environment variables read at import time. A different key means a different server.
+    """
+    import hashlib
+    import importlib
+    import importlib.metadata
 
-    def __init__(self, log_path: str | os.PathLike[str] = os.devnull) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock = parent
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.warm", str(child.fileno())],
-                pass_fds=[child.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                cwd=os.getcwd(),
-            )
-        child.close()
+    h = hashlib.sha256(f"{sys.executable}|{sys.version}".encode())
+    for pkg in ("zoo", "components", "pipelines"):
+        root = Path(importlib.import_module(pkg).__file__ or "").parent
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
+            st = path.stat()
+            h.update(f"{path}:{st.st_mtime_ns}:{st.st_size}".encode())
+    for dist in ("tensorflow", "tensorflow-cpu", "keras", "mlflow", "kfp", "minio"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+    for k in sorted(os.environ):
+        if k.startswith(_IMPORT_ENV):
+            h.update(f"{k}={os.environ[k]}".encode())
+    return h.hexdigest()[:32]
+
+
+def _address(home: Path, key: str) -> str:
+    """Abstract-namespace Unix socket (no file to clean up, no path-length limit)."""
+    import hashlib
+
+    return "\0genpipe-warm-" + hashlib.sha256(f"{home.resolve()}|{key}".encode()).hexdigest()[:24]
+
+
+class Zygote:
+    """A connection to a warm process; `run()` executes one kfp task command in a fork of it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.lock = threading.Lock()
         self.ready: bool | None = None  # None: preloading; False: failed (fall back)
+        self.pid = 0  # the process whose forks the tasks are
 
     def alive(self) -> bool:
-        """Preloaded and running; waits for the preload on first use."""
+        """Preloaded and connected; waits for the preload on first use."""
         if self.ready is None:
-            self.ready = _recv_exact(self.sock, 1) == b"R"
-        return bool(self.ready) and self.proc.poll() is None
+            hello = _recv_exact(self.sock, 9)
+            self.ready = hello is not None and hello[:1] == b"R"
+            if self.ready and hello is not None:
+                self.pid = int.from_bytes(hello[1:], "big")
+        return bool(self.ready)
+
+    def _request(self, request: dict[str, Any]) -> tuple[int, Any] | None:
+        """(exit code, output of a call) of one request; None if the session died meanwhile.
+
+        Raises _Unavailable if the request could not even be sent (nothing ran).
+        """
+        read_fd, write_fd = os.pipe()
+        body = json.dumps(request).encode()
+        with self.lock:
+            try:
+                socket.send_fds(self.sock, [len(body).to_bytes(8, "big") + body], [write_fd])
+            except OSError:
+                os.close(read_fd)
+                self.ready = False
+                raise _Unavailable("send") from None
+            finally:
+                os.close(write_fd)
+            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
+                if "call" in request:
+                    text: Any = out.read()
+                else:  # same output handling as kfp's run_local_subprocess: line by line
+                    for line in out:
+                        print(line, end="")
+                    print("\n")
+                    text = None
+            reply = _recv_exact(self.sock, 8)
+        if reply is None:
+            self.ready = False
+            return None
+        return int.from_bytes(reply, "big", signed=True), text
 
     def run(self, full_command: list[str], env_vars: dict[str, str] | None) -> int | None:
         """Exit code of the task, or None when the zygote cannot run it (caller falls back)."""
@@ -131,34 +198,21 @@ class Zygote:
         if parsed is None or not self.alive():
             return None
         source, args = parsed
-        read_fd, write_fd = os.pipe()
-        request = json.dumps(
-            {
-                "source": source,
-                "args": args,
-                # the environment a subprocess would get now (it may have changed since the
-                # zygote started, e.g. the stack's endpoints and keys)
-                "env": {**os.environ, **(env_vars or {})},
-                "cwd": os.getcwd(),
-            }
-        ).encode()
-        with self.lock:
-            try:
-                socket.send_fds(self.sock, [len(request).to_bytes(8, "big") + request], [write_fd])
-            except OSError:
-                os.close(read_fd)
-                return None
-            finally:
-                os.close(write_fd)
-            # Same output handling as kfp's run_local_subprocess: line by line to stdout.
-            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
-                for line in out:
-                    print(line, end="")
-            print("\n")
-            reply = _recv_exact(self.sock, 8)
-            if reply is None:
-                return 1  # the zygote died mid-task: the task failed
-            return int.from_bytes(reply, "big", signed=True)
+        try:
+            done = self._request(
+                {
+                    "source": source,
+                    "args": args,
+                    # the environment a subprocess would get now (it may have changed since the
+                    # zygote started, e.g. the stack's endpoints and keys)
+                    "env": {**os.environ, **(env_vars or {})},
+                    "cwd": os.getcwd(),
+                }
+            )
+        except _Unavailable:
+            return None
+        # Lost mid-task (server killed): the task's outcome is unknown, report it as failed.
+        return 1 if done is None else done[0]
 
     def call(self, target: str, **kwargs: Any) -> Any:
         """`module:function(**kwargs)` run in a fork of the zygote; returns its JSON result.
@@ -169,20 +223,10 @@ class Zygote:
         """
         if not self.alive():
             raise _Unavailable(target)
-        read_fd, write_fd = os.pipe()
-        request = json.dumps({"call": target, "kwargs": kwargs, "cwd": os.getcwd()}).encode()
-        with self.lock:
-            try:
-                socket.send_fds(self.sock, [len(request).to_bytes(8, "big") + request], [write_fd])
-            except OSError:
-                os.close(read_fd)
-                raise _Unavailable(target) from None
-            finally:
-                os.close(write_fd)
-            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
-                text = out.read()
-            if _recv_exact(self.sock, 8) is None:
-                raise _Unavailable(target)
+        done = self._request({"call": target, "kwargs": kwargs, "cwd": os.getcwd()})
+        if done is None:
+            raise _Unavailable(target)
+        text = done[1]
         try:
             reply = json.loads(text.splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
@@ -196,16 +240,84 @@ class Zygote:
         raise RuntimeError(f"{target} failed in the warm process:\n{reply['error']}")
 
     def close(self) -> None:
-        # Idle between tasks and stateless: kill it rather than wait for the interpreter
-        # shutdown of a TensorFlow-loaded Python (seconds).
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.proc.kill()
-        self.proc.wait()
 
 
 class _Unavailable(Exception):
     """The zygote cannot take the request (not started, failed preload, died)."""
+
+
+def _server_file(home: Path) -> Path:
+    return home / "warm-server.json"
+
+
+def connect(home: Path, log_path: Path | None = None, timeout: float = 20.0) -> Zygote | None:
+    """A connection to this state dir's warm server, started if needed; None if impossible.
+
+    One server per state dir and code key: it outlives the run (later runs skip the imports),
+    is replaced when our sources, library versions or import-time environment change, stops
+    after GENPIPE_WARM_IDLE_SECONDS (default 900) without clients, and with `genpipe down`.
+    """
+    key = code_key()
+    address = _address(home, key)
+    sock = _try_connect(address)
+    if sock is None:
+        stop_server(home)  # a server of another key (stale code) would only hold memory
+        log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - handed to the child
+        with log:
+            proc = subprocess.Popen(
+                # argv cannot carry the abstract address's leading NUL
+                [sys.executable, "-m", "pipelines.warm", "serve", address[1:], _idle_seconds()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=os.getcwd(),
+                start_new_session=True,  # not killed with this run: later runs reuse it
+            )
+        home.mkdir(parents=True, exist_ok=True)
+        _server_file(home).write_text(json.dumps({"pid": proc.pid, "key": key}))
+        deadline = time.monotonic() + timeout
+        while sock is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # it binds before preloading: this is quick
+            sock = _try_connect(address)
+        if sock is None and proc.poll() is not None:
+            sock = _try_connect(address)  # lost a start race: another server holds the name
+    return Zygote(sock) if sock is not None else None
+
+
+def stop_server(home: Path) -> bool:
+    """Stop the state dir's warm server if one runs; returns whether one was stopped."""
+    path = _server_file(home)
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    path.unlink(missing_ok=True)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if b"pipelines.warm" not in cmdline:  # the pid was reused by something else
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def _try_connect(address: str) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(address)
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def _idle_seconds() -> str:
+    return os.environ.get("GENPIPE_WARM_IDLE_SECONDS", "900")
 
 
 def call(target: str, **kwargs: Any) -> Any:
@@ -224,7 +336,10 @@ def call(target: str, **kwargs: Any) -> Any:
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = b""
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        try:
+            chunk = sock.recv(n - len(buf))
+        except OSError:
+            return None
         if not chunk:
             return None
         buf += chunk
@@ -234,25 +349,27 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 _prestarted: list[Zygote] = []
 
 
-def prestart(log_path: str | os.PathLike[str] = os.devnull) -> None:
-    """Start the zygote now, so its imports overlap the caller's own start-up work."""
+def prestart(home: Path, log_path: Path | None = None) -> None:
+    """Connect to (or start) the warm server now, so its imports overlap the caller's work."""
     if enabled() and not _prestarted:
-        _prestarted.append(Zygote(log_path))
+        zygote = connect(home, log_path)
+        if zygote is not None:
+            _prestarted.append(zygote)
 
 
 @contextlib.contextmanager
-def warm_tasks(log_path: str | os.PathLike[str] = os.devnull) -> Iterator[Zygote | None]:
-    """Within this block kfp.local's subprocess tasks run as forks of a warm zygote.
+def warm_tasks(home: Path, log_path: Path | None = None) -> Iterator[Zygote | None]:
+    """Within this block kfp.local's subprocess tasks run as forks of a warm process.
 
-    Uses the zygote from `prestart()` if there is one; its output (import warnings) goes to
-    `log_path`.
+    Uses the connection from `prestart()` if there is one; the server's own output (import
+    warnings) goes to `log_path`.
     """
-    if not enabled():
+    zygote = (_prestarted.pop() if _prestarted else connect(home, log_path)) if enabled() else None
+    if zygote is None:
         yield None
         return
     from kfp.local import subprocess_task_handler as sth
 
-    zygote = _prestarted.pop() if _prestarted else Zygote(log_path)
     original = sth.run_local_subprocess
 
     def run_local_subprocess(full_command: list[str], env_vars: Any = None) -> int:
@@ -351,11 +468,7 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     return 0
 
 
-def serve(fd: int) -> None:
-    """Zygote main loop: one request at a time (kfp.local runs tasks one after another)."""
-    sock = socket.socket(fileno=fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the task, not the zygote
-    _die_with_parent()
+def _preload() -> None:
     import importlib
 
     for name in PRELOAD:
@@ -367,7 +480,30 @@ def serve(fd: int) -> None:
     for name in models.names():  # the model modules (registered Keras classes)
         models.get(name)
     _assert_tf_not_started()
-    sock.sendall(b"R")
+
+
+def _wait_task(pid: int, sock: socket.socket) -> int:
+    """Exit code of task `pid`; kills it if the client goes away meanwhile (Ctrl-C, kill)."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        readable, _, _ = select.select([sock], [], [], 0.5)
+        if readable:
+            try:
+                gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def handle(sock: socket.socket) -> None:
+    """One client's session: one request at a time (kfp.local runs tasks one after another)."""
+    sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
     while True:
         try:
             header, fds, _, _ = socket.recv_fds(sock, 8 + _MAX_MSG, 1)
@@ -393,10 +529,50 @@ def serve(fd: int) -> None:
             finally:
                 os._exit(code)
         os.close(out_fd)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = _wait_task(pid, sock)
         sock.sendall(int(code).to_bytes(8, "big", signed=True))
 
 
+def serve(address: str, idle_seconds: float) -> None:
+    """The warm server: bind, preload, then fork one handler per client connection."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the tasks, not the server
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address)
+    except OSError:
+        return  # another server took this address first: clients use that one
+    listener.listen(16)  # clients may connect (and wait) while we preload
+    _preload()
+    handlers: set[int] = set()
+    listener.settimeout(min(idle_seconds, 5.0))
+    idle_since = time.monotonic()
+    while True:
+        for pid in list(handlers):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    handlers.discard(pid)
+        if handlers:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_seconds:
+            return
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            conn.settimeout(None)
+            _die_with_parent()  # a stopped server takes its sessions (and their tasks) along
+            try:
+                handle(conn)
+            finally:
+                os._exit(0)
+        conn.close()
+        handlers.add(pid)
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    if len(sys.argv) != 4 or sys.argv[1] != "serve":
+        sys.exit("usage: python -m pipelines.warm serve ADDRESS IDLE_SECONDS")
+    serve("\0" + sys.argv[2], float(sys.argv[3]))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import warm
 from zoo import stack as zstack
 from zoo.errors import StackError
 from zoo.storage import ObjectStore
@@ -50,6 +51,10 @@ def start_stack(state_dir: Path, attempts: int = 3) -> zstack.StackInfo:
     raise AssertionError("unreachable")
 
 
+# Warm task servers the tests start (pipelines.warm) stop soon after their last use.
+os.environ.setdefault("GENPIPE_WARM_IDLE_SECONDS", "60")
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """A real SeaweedFS + MLflow stack for the whole session, its env set in os.environ."""
@@ -72,6 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
                 os.environ[key] = value
         # The data is thrown away: no need to wait for SeaweedFS's 15 s graceful drain.
         zstack.down(state_dir, timeout=3)
+        warm.stop_server(state_dir)  # pipeline tests' warm task server (pipelines.warm)
 
 
 @pytest.fixture

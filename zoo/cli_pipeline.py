@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         models.check_name(model)
         # The task process starts importing TensorFlow & co. now; this one never does.
         (state_dir() / "logs").mkdir(parents=True, exist_ok=True)
-        warm.prestart(state_dir() / "logs" / "zygote.log")
+        warm.prestart(state_dir(), state_dir() / "logs" / "warm-server.log")
         from pipelines.local import run_local
 
         overrides = _parse_sets(sets)

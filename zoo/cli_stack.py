@@ -100,6 +100,11 @@ def down(
     if any(s.pid for s in stack.status(state_dir).services):
         err.print("Stopping (SeaweedFS drains its connections for up to ~18 s) ...")
     stopped = stack.down(state_dir, timeout=timeout)
+    from pipelines import warm
+    from zoo.settings import state_dir as default_state_dir
+
+    if warm.stop_server(state_dir or default_state_dir()):
+        stopped.append("warm task server")
     err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 

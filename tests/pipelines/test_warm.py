@@ -1,7 +1,12 @@
-"""pipelines.warm: kfp.local tasks as forks of a preloaded zygote, with a fallback to subprocesses."""
+"""pipelines.warm: kfp.local tasks as forks of a preloaded server, with a fallback to subprocesses."""
 
 # No `from __future__ import annotations`: KFP reads the component functions' real types.
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import kfp.local
@@ -11,6 +16,8 @@ from kfp.local import subprocess_task_handler as sth
 
 from pipelines import warm
 from zoo.errors import GenpipeError
+
+_ORIGINAL = sth.run_local_subprocess
 
 
 def env_and_parent(name: str) -> str:
@@ -30,6 +37,45 @@ def fail_with(kind: str) -> str:
 
 ENV_TASK = dsl.component(env_and_parent, base_image="python:3.11", install_kfp_package=False)
 FAIL_TASK = dsl.component(fail_with, base_image="python:3.11", install_kfp_package=False)
+
+
+def divide(a: int, b: int) -> float:
+    return a / b
+
+
+def record_pid_and_sleep(path: str, seconds: float) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as gone
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _server_pid(home: Path) -> int:
+    return int(json.loads((home / "warm-server.json").read_text())["pid"])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """One warm server for this module's tests (each start imports TensorFlow & co.)."""
+    h = tmp_path_factory.mktemp("warm-home")
+    yield h
+    warm.stop_server(h)
 
 
 @pytest.fixture
@@ -60,29 +106,28 @@ def test_parse_command_recognises_our_components_and_refuses_pip_installs():
     assert warm.parse_command(["python", "-c", "print(1)"]) is None
 
 
-def test_tasks_run_as_forks_of_the_zygote_with_the_current_environment(local_runner, monkeypatch):
-    with warm.warm_tasks() as zygote:
+def test_tasks_run_as_forks_of_the_server_with_the_current_environment(
+    home, local_runner, monkeypatch
+):
+    with warm.warm_tasks(home) as zygote:
         assert zygote is not None and zygote.alive()
-        # set after the zygote started: a task must still see it, as a subprocess would
+        # set after the server started: a task must still see it, as a subprocess would
         monkeypatch.setenv("GENPIPE_TEST_LATE", "late-value")
         value, parent = ENV_TASK(name="GENPIPE_TEST_LATE").output.split("|")
         assert value == "late-value"
-        assert int(parent) == zygote.proc.pid  # a fork of the warm process, not a new Python
-        # the patch is scoped to the block
-        assert sth.run_local_subprocess is not warm_original()
-    assert sth.run_local_subprocess is warm_original()
-    assert zygote.proc.poll() is not None  # stopped with the block
+        assert int(parent) == zygote.pid  # a fork of the warm session, not a new Python
+        assert sth.run_local_subprocess is not _ORIGINAL  # patched within the block only
+    assert sth.run_local_subprocess is _ORIGINAL
+    assert _wait_gone(zygote.pid)  # the session ends with its client ...
+    assert _alive(_server_pid(home))  # ... the server stays for the next run
+    with warm.warm_tasks(home) as again:
+        assert again.alive() and again.pid != zygote.pid
+        _, parent = ENV_TASK(name="HOME").output.split("|")
+        assert int(parent) == again.pid
 
 
-def warm_original():
-    return _ORIGINAL
-
-
-_ORIGINAL = sth.run_local_subprocess
-
-
-def test_a_failing_task_fails_alone_and_the_zygote_keeps_serving(local_runner, capsys):
-    with warm.warm_tasks() as zygote:
+def test_a_failing_task_fails_alone_and_the_session_keeps_serving(home, local_runner, capsys):
+    with warm.warm_tasks(home) as zygote:
         with pytest.raises(RuntimeError):
             FAIL_TASK(kind="raise")
         assert "ValueError: boom from the task" in capsys.readouterr().out
@@ -93,26 +138,11 @@ def test_a_failing_task_fails_alone_and_the_zygote_keeps_serving(local_runner, c
         assert value == os.environ["HOME"]
 
 
-def test_without_a_zygote_tasks_fall_back_to_kfp_subprocesses(local_runner, monkeypatch):
-    monkeypatch.setenv("GENPIPE_WARM_TASKS", "0")
-    with warm.warm_tasks() as zygote:
-        assert zygote is None
-        value, _ = ENV_TASK(name="HOME").output.split("|")
-        assert value == os.environ["HOME"]
-    monkeypatch.setenv("GENPIPE_WARM_TASKS", "1")
-    with warm.warm_tasks() as zygote:
-        zygote.proc.kill()  # dies: the next task must still run, as a plain subprocess
-        zygote.proc.wait()
-        value, parent = ENV_TASK(name="HOME").output.split("|")
-        assert value == os.environ["HOME"]
-        assert int(parent) != zygote.proc.pid
-
-
-def test_call_runs_in_the_zygote_and_reports_user_errors_as_one_line():
+def test_call_runs_in_the_server_and_reports_user_errors_as_one_line(home):
     warm._prestarted.clear()
-    warm.prestart()
+    warm.prestart(home)
     try:
-        zygote = warm._prestarted[0]
+        assert warm._prestarted, "no warm server connection"
         assert warm.call(
             "pipelines.local:check_run_args",
             model="vae",
@@ -130,10 +160,6 @@ def test_call_runs_in_the_zygote_and_reports_user_errors_as_one_line():
             )
         with pytest.raises(RuntimeError, match="ZeroDivisionError"):
             warm.call("tests.pipelines.test_warm:divide", a=1, b=0)
-        assert zygote.alive()
-        zygote.proc.kill()
-        zygote.proc.wait()
-        # a dead zygote: the call runs in this process instead
         assert warm.call("tests.pipelines.test_warm:divide", a=6, b=3) == 2
     finally:
         for z in warm._prestarted:
@@ -141,5 +167,64 @@ def test_call_runs_in_the_zygote_and_reports_user_errors_as_one_line():
         warm._prestarted.clear()
 
 
-def divide(a: int, b: int) -> float:
-    return a / b
+def test_a_client_that_goes_away_takes_its_running_task_along(home, tmp_path):
+    pid_file = tmp_path / "task.pid"
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from pipelines import warm; "
+            "z = warm.connect(Path(sys.argv[1])); "
+            "z.call('tests.pipelines.test_warm:record_pid_and_sleep', path=sys.argv[2], seconds=120)",
+            str(home),
+            str(pid_file),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        task = int(pid_file.read_text())
+        assert _alive(task)
+        client.send_signal(signal.SIGKILL)  # Ctrl-C or a kill of `genpipe run`
+        assert _wait_gone(task), "the task outlived its client"
+    finally:
+        client.kill()
+        client.wait()
+    assert _alive(_server_pid(home))
+
+
+def test_without_a_server_tasks_fall_back_to_kfp_subprocesses(home, local_runner, monkeypatch):
+    monkeypatch.setenv("GENPIPE_WARM_TASKS", "0")
+    with warm.warm_tasks(home) as zygote:
+        assert zygote is None
+        value, _ = ENV_TASK(name="HOME").output.split("|")
+        assert value == os.environ["HOME"]
+    monkeypatch.setenv("GENPIPE_WARM_TASKS", "1")
+    with warm.warm_tasks(home) as zygote:
+        assert zygote.alive()
+        os.kill(zygote.pid, signal.SIGKILL)  # the session dies: later tasks still run
+        assert _wait_gone(zygote.pid)
+        value, parent = ENV_TASK(name="HOME").output.split("|")
+        assert value == os.environ["HOME"]
+        assert int(parent) != zygote.pid
+
+
+def test_changed_code_or_import_environment_gets_a_new_server_and_idle_ones_stop(
+    home, monkeypatch
+):
+    old = _server_pid(home)
+    key = warm.code_key()
+    monkeypatch.setenv("TF_GENPIPE_TEST_KNOB", "1")  # read at import time by TF-ish code
+    assert warm.code_key() != key
+    monkeypatch.setenv("GENPIPE_WARM_IDLE_SECONDS", "2")
+    zygote = warm.connect(home)
+    try:
+        new = _server_pid(home)
+        assert new != old
+        assert _wait_gone(old), "the server of the old key kept running"
+        assert zygote.alive()
+    finally:
+        zygote.close()
+    assert _wait_gone(new, seconds=30), "an idle server did not stop"
