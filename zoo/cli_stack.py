@@ -94,7 +94,7 @@ def down(
         min=0,
     ),
 ) -> None:
-    """Stop the embedded stack; data and credentials stay in the state dir."""
+    """Stop the embedded stack and the warm task server; data and credentials stay."""
     from zoo import stack
 
     if any(s.pid for s in stack.status(state_dir).services):

@@ -211,9 +211,7 @@ def test_without_a_server_tasks_fall_back_to_kfp_subprocesses(home, local_runner
         assert int(parent) != zygote.pid
 
 
-def test_changed_code_or_import_environment_gets_a_new_server_and_idle_ones_stop(
-    home, monkeypatch
-):
+def test_changed_code_or_import_environment_gets_a_new_server_and_idle_ones_stop(home, monkeypatch):
     old = _server_pid(home)
     key = warm.code_key()
     monkeypatch.setenv("TF_GENPIPE_TEST_KNOB", "1")  # read at import time by TF-ish code
