@@ -8,6 +8,7 @@ ignores the Kubernetes platform config.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -121,7 +122,7 @@ def _run(
 
     if start_stack:
         os.environ.update(stack.ensure_up())
-    settings = Settings.from_env()
+    Settings.from_env()  # fails now, naming what is missing, rather than in a task
     root = state_dir() / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(
@@ -145,7 +146,24 @@ def _run(
                 stream.failure_message(log_path) or f"{e} (log: {log_path})"
             ) from None
     wall = time.perf_counter() - t0
-    return summarize(settings, model, task.output, wall)
+    from pipelines import warm
+
+    # In the warm server when there is one: this process then never imports MLflow.
+    fields = warm.call("pipelines.local:summary_fields", model=model, mlflow_run_id=task.output)
+    return LocalRunResult(
+        **{k: v for k, v in fields.items() if k != "local_dir"},
+        wall_s=wall,
+        local_dir=Path(fields["local_dir"]) if fields["local_dir"] else None,
+    )
+
+
+def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
+    """`summarize` as JSON-able fields (everything but the wall time)."""
+    res = summarize(Settings.from_env(), model, mlflow_run_id, 0.0)
+    out = dataclasses.asdict(res)
+    out.pop("wall_s")
+    out["local_dir"] = str(res.local_dir) if res.local_dir else None
+    return out
 
 
 _TASK_START = re.compile(r"Executing task .*?'(?P<task>[\w-]+)'")

@@ -122,7 +122,8 @@ def code_key() -> str:
     import importlib
     import importlib.metadata
 
-    h = hashlib.sha256(f"{sys.executable}|{sys.version}".encode())
+    # the environment (venv) and interpreter, not the name it was started by (python/python3)
+    h = hashlib.sha256(f"{sys.prefix}|{os.path.realpath(sys.executable)}|{sys.version}".encode())
     for pkg in ("zoo", "components", "pipelines"):
         root = Path(importlib.import_module(pkg).__file__ or "").parent
         for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
@@ -223,7 +224,9 @@ class Zygote:
         """
         if not self.alive():
             raise _Unavailable(target)
-        done = self._request({"call": target, "kwargs": kwargs, "cwd": os.getcwd()})
+        done = self._request(
+            {"call": target, "kwargs": kwargs, "cwd": os.getcwd(), "env": dict(os.environ)}
+        )
         if done is None:
             raise _Unavailable(target)
         text = done[1]
@@ -451,6 +454,8 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     os.close(out_fd)
     _die_with_parent()
     os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])  # the caller's environment, as for tasks
     module, func = request["call"].split(":")
     try:
         import importlib
