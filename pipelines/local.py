@@ -82,29 +82,33 @@ def run_local(
     A failed task raises GenpipeError with the task's own error line and the log path.
     Tasks run as forks of a warm process (pipelines.warm) unless GENPIPE_WARM_TASKS=0.
     """
-    from pipelines.warm import warm_tasks
+    from pipelines import warm
 
     _patch_kfp_local_conditions()
     log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with warm_tasks(state_dir(), log_path.parent / "warm-server.log"):
-        return _run(
-            model,
-            log_path,
-            start_stack=start_stack,
-            on_event=on_event,
-            retries=retries,
-            pipeline_args={
-                "source": source,
-                "preset": preset,
-                "overrides": json.dumps(overrides or {}),
-                "experiment": experiment or f"genpipe-{model}",
-                "registered_name": registered_name or model,
-                "thresholds": thresholds,
-                "champion_tolerance": champion_tolerance,
-                "test_fraction": test_fraction,
-            },
-        )
+    warm.prestart(state_dir(), log_path.parent / "warm-server.log")  # no-op if the CLI did
+    try:
+        with warm.warm_tasks(state_dir(), log_path.parent / "warm-server.log"):
+            return _run(
+                model,
+                log_path,
+                start_stack=start_stack,
+                on_event=on_event,
+                retries=retries,
+                pipeline_args={
+                    "source": source,
+                    "preset": preset,
+                    "overrides": json.dumps(overrides or {}),
+                    "experiment": experiment or f"genpipe-{model}",
+                    "registered_name": registered_name or model,
+                    "thresholds": thresholds,
+                    "champion_tolerance": champion_tolerance,
+                    "test_fraction": test_fraction,
+                },
+            )
+    finally:
+        warm.release()
 
 
 def _run(

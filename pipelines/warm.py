@@ -367,7 +367,8 @@ def warm_tasks(home: Path, log_path: Path | None = None) -> Iterator[Zygote | No
     Uses the connection from `prestart()` if there is one; the server's own output (import
     warnings) goes to `log_path`.
     """
-    zygote = (_prestarted.pop() if _prestarted else connect(home, log_path)) if enabled() else None
+    shared = bool(_prestarted)  # the prestarted session also serves later `call()`s
+    zygote = (_prestarted[0] if shared else connect(home, log_path)) if enabled() else None
     if zygote is None:
         yield None
         return
@@ -384,7 +385,14 @@ def warm_tasks(home: Path, log_path: Path | None = None) -> Iterator[Zygote | No
         yield zygote
     finally:
         sth.run_local_subprocess = original
-        zygote.close()
+        if not shared:
+            zygote.close()
+
+
+def release() -> None:
+    """End the prestarted session (the server keeps running for the next run)."""
+    while _prestarted:
+        _prestarted.pop().close()
 
 
 # -- zygote side ------------------------------------------------------------------------------
@@ -468,8 +476,12 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
         import traceback
 
         reply = {"error": traceback.format_exc()}
+    try:
+        line = json.dumps(reply)
+    except (TypeError, ValueError) as e:
+        line = json.dumps({"error": f"{request['call']} returned a non-JSON value: {e}"})
     with open(1, "w", encoding="utf-8", closefd=False) as out:
-        out.write("\n" + json.dumps(reply) + "\n")
+        out.write("\n" + line + "\n")
     return 0
 
 
@@ -489,21 +501,33 @@ def _preload() -> None:
 
 def _wait_task(pid: int, sock: socket.socket) -> int:
     """Exit code of task `pid`; kills it if the client goes away meanwhile (Ctrl-C, kill)."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        readable, _, _ = select.select([sock], [], [], 0.5)
-        if readable:
-            try:
-                gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                gone = False
-            except OSError:
-                gone = True
-            if gone:
+    # A pidfd becomes readable the moment the task exits: no polling latency per task.
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            watch = [sock] if pidfd < 0 else [sock, pidfd]
+            readable, _, _ = select.select(watch, [], [], 0.05 if pidfd < 0 else 5.0)
+            if sock in readable and _client_gone(sock):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def handle(sock: socket.socket) -> None:
