@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import warm
 from zoo.errors import GenpipeError
 from zoo.settings import Settings, state_dir
 
@@ -82,14 +83,12 @@ def run_local(
     A failed task raises GenpipeError with the task's own error line and the log path.
     Tasks run as forks of a warm process (pipelines.warm) unless GENPIPE_WARM_TASKS=0.
     """
-    from pipelines import warm
-
     _patch_kfp_local_conditions()
     log_path = state_dir() / "logs" / f"run-{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    warm.prestart(state_dir(), log_path.parent / "warm-server.log")  # no-op if the CLI did
+    warm.prestart(state_dir())  # no-op if the CLI did
     try:
-        with warm.warm_tasks(state_dir(), log_path.parent / "warm-server.log"):
+        with warm.warm_tasks(state_dir()):
             return _run(
                 model,
                 log_path,
@@ -150,8 +149,6 @@ def _run(
                 stream.failure_message(log_path) or f"{e} (log: {log_path})"
             ) from None
     wall = time.perf_counter() - t0
-    from pipelines import warm
-
     # In the warm server when there is one: this process then never imports MLflow.
     fields = warm.call("pipelines.local:summary_fields", model=model, mlflow_run_id=task.output)
     return LocalRunResult(

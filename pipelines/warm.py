@@ -255,57 +255,81 @@ def _server_file(home: Path) -> Path:
     return home / "warm-server.json"
 
 
-def connect(home: Path, log_path: Path | None = None, timeout: float = 20.0) -> Zygote | None:
+def _recorded_server(home: Path) -> tuple[int, str] | None:
+    """(pid, key) of the state dir's recorded server if that process still runs as one."""
+    try:
+        record = json.loads(_server_file(home).read_text())
+        pid, key = int(record["pid"]), str(record["key"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # an exited (zombie) process has an empty cmdline; a reused pid runs something else
+    return (pid, key) if b"pipelines.warm" in cmdline else None
+
+
+def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
     """A connection to this state dir's warm server, started if needed; None if impossible.
 
     One server per state dir and code key: it outlives the run (later runs skip the imports),
     is replaced when our sources, library versions or import-time environment change, stops
     after GENPIPE_WARM_IDLE_SECONDS (default 900) without clients, and with `genpipe down`.
+    Its own output (import warnings) goes to $GENPIPE_HOME/logs/warm-server.log.
     """
     key = code_key()
     address = _address(home, key)
     sock = _try_connect(address)
-    if sock is None:
+    if sock is not None:
+        return Zygote(sock)
+    recorded = _recorded_server(home)
+    if recorded is not None and recorded[1] == key:
+        pid = recorded[0]  # another run started it just now and it has not bound yet: wait
+    else:
         stop_server(home)  # a server of another key (stale code) would only hold memory
-        log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - handed to the child
-        with log:
-            proc = subprocess.Popen(
-                # argv cannot carry the abstract address's leading NUL
-                [sys.executable, "-m", "pipelines.warm", "serve", address[1:], _idle_seconds()],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                cwd=os.getcwd(),
-                start_new_session=True,  # not killed with this run: later runs reuse it
-            )
-        home.mkdir(parents=True, exist_ok=True)
-        _server_file(home).write_text(json.dumps({"pid": proc.pid, "key": key}))
-        deadline = time.monotonic() + timeout
-        while sock is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)  # it binds before preloading: this is quick
-            sock = _try_connect(address)
-        if sock is None and proc.poll() is not None:
-            sock = _try_connect(address)  # lost a start race: another server holds the name
+        pid = _start_server(home, address, key)
+    deadline = time.monotonic() + timeout
+    while sock is None and time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)  # it binds before preloading: this is quick
+        sock = _try_connect(address)
+    if sock is None:
+        sock = _try_connect(address)  # lost a start race: another server holds the name
     return Zygote(sock) if sock is not None else None
+
+
+def _start_server(home: Path, address: str, key: str) -> int:
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "warm-server.log", "ab") as log:
+        proc = subprocess.Popen(
+            # argv cannot carry the abstract address's leading NUL
+            [sys.executable, "-m", "pipelines.warm", "serve", address[1:], _idle_seconds()],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=os.getcwd(),
+            start_new_session=True,  # not killed with this run: later runs reuse it
+        )
+    _server_file(home).write_text(json.dumps({"pid": proc.pid, "key": key}))
+    return proc.pid
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a server that lost the bind race exits at once)."""
+    try:
+        # "pid (comm) state ...": the state follows the last ')' (comm may hold spaces)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_server(home: Path) -> bool:
     """Stop the state dir's warm server if one runs; returns whether one was stopped."""
-    path = _server_file(home)
-    try:
-        pid = int(json.loads(path.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    path.unlink(missing_ok=True)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if b"pipelines.warm" not in cmdline:  # the pid was reused by something else
+    recorded = _recorded_server(home)
+    _server_file(home).unlink(missing_ok=True)
+    if recorded is None:
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(recorded[0], signal.SIGTERM)
     return True
 
 
@@ -330,10 +354,15 @@ def call(target: str, **kwargs: Any) -> Any:
             return _prestarted[0].call(target, **kwargs)
         except _Unavailable:
             pass
-    module, func = target.split(":")
+    return _resolve(target)(**kwargs)
+
+
+def _resolve(target: str) -> Any:
+    """The function named by 'module:function'."""
     import importlib
 
-    return getattr(importlib.import_module(module), func)(**kwargs)
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -352,23 +381,22 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 _prestarted: list[Zygote] = []
 
 
-def prestart(home: Path, log_path: Path | None = None) -> None:
+def prestart(home: Path) -> None:
     """Connect to (or start) the warm server now, so its imports overlap the caller's work."""
     if enabled() and not _prestarted:
-        zygote = connect(home, log_path)
+        zygote = connect(home)
         if zygote is not None:
             _prestarted.append(zygote)
 
 
 @contextlib.contextmanager
-def warm_tasks(home: Path, log_path: Path | None = None) -> Iterator[Zygote | None]:
+def warm_tasks(home: Path) -> Iterator[Zygote | None]:
     """Within this block kfp.local's subprocess tasks run as forks of a warm process.
 
-    Uses the connection from `prestart()` if there is one; the server's own output (import
-    warnings) goes to `log_path`.
+    Uses the connection from `prestart()` if there is one.
     """
     shared = bool(_prestarted)  # the prestarted session also serves later `call()`s
-    zygote = (_prestarted[0] if shared else connect(home, log_path)) if enabled() else None
+    zygote = (_prestarted[0] if shared else connect(home)) if enabled() else None
     if zygote is None:
         yield None
         return
@@ -412,17 +440,23 @@ def _assert_tf_not_started() -> None:
         raise RuntimeError("TensorFlow runtime started in the zygote; cannot fork safely")
 
 
-def _child(request: dict[str, Any], out_fd: int) -> int:
-    """Runs in the forked child: become the task process, then execute kfp's entry point."""
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
+def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) -> None:
+    """In a forked child: output to the client's pipe (`fds`: 1, or 1 and 2), the client's
+    working directory and environment, and no life beyond the session."""
+    for fd in fds:
+        os.dup2(out_fd, fd)
     os.close(out_fd)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(request["env"])
+    os.environ.update(request["env"])  # what a subprocess of the client would get
+
+
+def _child(request: dict[str, Any], out_fd: int) -> int:
+    """Runs in the forked child: become the task process, then execute kfp's entry point."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _become_child(request, out_fd, (1, 2))
     os.environ["_KFP_RUNTIME"] = "true"  # what kfp's sh wrapper sets
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
@@ -458,17 +492,9 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     """Runs in the forked child: one function call, its JSON result as the last output line."""
     from zoo.errors import GenpipeError
 
-    os.dup2(out_fd, 1)
-    os.close(out_fd)
-    _die_with_parent()
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])  # the caller's environment, as for tasks
-    module, func = request["call"].split(":")
+    _become_child(request, out_fd, (1,))
     try:
-        import importlib
-
-        value = getattr(importlib.import_module(module), func)(**request["kwargs"])
+        value = _resolve(request["call"])(**request["kwargs"])
         reply: dict[str, Any] = {"value": value}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}

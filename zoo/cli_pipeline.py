@@ -108,8 +108,7 @@ def register(app: typer.Typer) -> None:
 
         models.check_name(model)
         # The task process starts importing TensorFlow & co. now; this one never does.
-        (state_dir() / "logs").mkdir(parents=True, exist_ok=True)
-        warm.prestart(state_dir(), state_dir() / "logs" / "warm-server.log")
+        warm.prestart(state_dir())
         from pipelines.local import run_local
 
         overrides = _parse_sets(sets)
