@@ -29,7 +29,7 @@ def run(
     from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
-    from zoo.train import Trainer, checkpoint_uri
+    from zoo.train import train_for_run
 
     try:
         override_dict = json.loads(overrides or "{}")
@@ -45,21 +45,10 @@ def run(
     logger = tracking.RunLogger(c, mlflow_run_id)
     logger.params({"preset": preset})
     with tempfile.TemporaryDirectory(prefix="genpipe-train-") as work:
-        result = Trainer(
-            model,
-            cfg,
-            data,
-            Path(work),
-            logger=logger,
-            checkpoint_uri=checkpoint_uri(store, mlflow_run_id),
-            store=store,
-        ).run()
+        result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
         out = Path(output_dir)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(result.model_dir, out)
-    logger.metrics(
-        {"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s}
-    )
     model_uri = log_model(c, mlflow_run_id, out)
     return {
         "model_uri": model_uri,

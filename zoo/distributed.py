@@ -475,7 +475,7 @@ def run_worker(
     from components.common import fetch_dataset
     from zoo import models, tracking
     from zoo.storage import ObjectStore
-    from zoo.train import Trainer, checkpoint_uri
+    from zoo.train import train_for_run
 
     cfg = models.resolve_config(model, preset, json.loads(overrides or "{}"), where="overrides")
     if cfg.distribution not in ("multi_worker", "auto"):
@@ -487,24 +487,9 @@ def run_worker(
     data = fetch_dataset(manifest_uri)
     logger = tracking.RunLogger(tracking.client(), mlflow_run_id) if info.is_chief else None
     with tempfile.TemporaryDirectory(prefix="genpipe-worker-") as work:
-        result = Trainer(
-            model,
-            cfg,
-            data,
-            Path(work),
-            logger=logger,
-            checkpoint_uri=checkpoint_uri(store, mlflow_run_id),
-            store=store,
-        ).run()
+        result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
         if info.is_chief:
             store.upload_dir(result.model_dir, store.uri(model_prefix(mlflow_run_id)))
-            if logger:
-                logger.metrics(
-                    {
-                        "train_wall_s": result.wall_s,
-                        "train_samples_per_s_overall": result.samples_per_s,
-                    }
-                )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -62,6 +62,36 @@ def checkpoint_uri(store: ObjectStore, mlflow_run_id: str) -> str:
     return store.uri(f"checkpoints/{mlflow_run_id}")
 
 
+def train_for_run(
+    model_name: str,
+    cfg: TrainConfig,
+    data: Any,
+    workdir: Path,
+    store: ObjectStore,
+    mlflow_run_id: str,
+    logger: RunLogger | None = None,
+) -> TrainResult:
+    """Train for one pipeline run (a single pod, or one TFJob worker).
+
+    Checkpoints are keyed by the run, so a retried task resumes; with a `logger` (the pod, or
+    the chief) the run's overall `train_wall_s` and `train_samples_per_s_overall` are logged.
+    """
+    result = Trainer(
+        model_name,
+        cfg,
+        data,
+        workdir,
+        logger=logger,
+        checkpoint_uri=checkpoint_uri(store, mlflow_run_id),
+        store=store,
+    ).run()
+    if logger:
+        logger.metrics(
+            {"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s}
+        )
+    return result
+
+
 def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[str, Any]:
     """What a model needs to know about its data; text models get the vocabulary built on
     the training split of the fetched dataset `data` (stored with the model)."""
