@@ -124,6 +124,26 @@ class GenerativeModel(keras.Model):
         """
         raise NotImplementedError
 
+    # -- helpers for train steps --
+    @staticmethod
+    def apply_gradients(
+        opt: Any, tape: tf.GradientTape, loss: tf.Tensor, variables: list, clip_norm: float = 0.0
+    ) -> tf.Tensor:
+        """One optimizer update from `loss` recorded on `tape`; returns the gradients' global
+        norm (before clipping to `clip_norm`, when that is > 0)."""
+        grads = tape.gradient(loss, variables)
+        norm = tf.linalg.global_norm(grads)
+        if clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        return norm
+
+    @staticmethod
+    def replicas() -> float:
+        """Replicas in sync: divide per-replica values by it so the trainer's sum is a mean."""
+        ctx = tf.distribute.get_replica_context()
+        return float(ctx.num_replicas_in_sync) if ctx else 1.0
+
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per-example values ([batch] tensors) of held-out metrics; the evaluator averages them."""
         raise NotImplementedError

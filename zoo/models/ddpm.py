@@ -210,19 +210,17 @@ class DDPM(GenerativeModel):
         ctx = tf.distribute.get_replica_context()
         rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx else tf.constant(0)
         seed = tf.stack([tf.cast(step, tf.int32) * 2, rid])
-        variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(self._per_example_mse(batch["image"], seed, self.net))
             loss = loss / global_batch_size
-        grads = tape.gradient(loss, variables)
-        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
+        norm = self.apply_gradients(optimizers["main"], tape, loss, self.net.trainable_variables)
         # EMA with warm-up: early on the average follows the weights closely (Keras/TF recipe).
         s = tf.cast(step, tf.float32)
         decay = tf.minimum(cfg.ema_decay, (1.0 + s) / (10.0 + s))
         for e, w in zip(self.ema_net.weights, self.net.weights, strict=True):
             e.assign(decay * e + (1.0 - decay) * w)
-        n = float(ctx.num_replicas_in_sync) if ctx else 1.0
-        return {"loss": loss, "ema_decay": decay / n, "grad_norm": tf.linalg.global_norm(grads) / n}
+        n = self.replicas()
+        return {"loss": loss, "ema_decay": decay / n, "grad_norm": norm / n}
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return {

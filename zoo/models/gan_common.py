@@ -170,14 +170,7 @@ class GANBase(GenerativeModel):
         """Minimize `loss_fn()` over `variables`; returns the gradient global norm."""
         with tf.GradientTape() as tape:
             loss = loss_fn()
-        grads = tape.gradient(loss, variables)
-        opt.apply_gradients(zip(grads, variables, strict=True))
-        return tf.linalg.global_norm(grads)
-
-    @staticmethod
-    def replicas() -> float:
-        ctx = tf.distribute.get_replica_context()
-        return float(ctx.num_replicas_in_sync) if ctx else 1.0
+        return self.apply_gradients(opt, tape, loss, variables)
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Discriminator logit on held-out real images (a diagnostic; FID decides blessing)."""

@@ -149,17 +149,13 @@ class PixelCNN(GenerativeModel):
         global_batch_size: int,
         step: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
-        ctx = tf.distribute.get_replica_context()
-        variables = self.trainable_variables
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(self.nll_nats(batch["image"], training=True)) / global_batch_size
-        grads = tape.gradient(loss, variables)
-        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
-        n = float(ctx.num_replicas_in_sync) if ctx else 1.0
+        norm = self.apply_gradients(optimizers["main"], tape, loss, self.trainable_variables)
         return {
             "loss": loss,
             "bits_per_dim": loss / (self.dims * math.log(2.0)),
-            "grad_norm": tf.linalg.global_norm(grads) / n,
+            "grad_norm": norm / self.replicas(),
         }
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

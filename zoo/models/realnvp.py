@@ -152,17 +152,14 @@ class RealNVP(GenerativeModel):
         ctx = tf.distribute.get_replica_context()
         rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx else tf.constant(0)
         seed = tf.stack([tf.cast(step, tf.int32), rid])
-        variables = self.trainable_variables
         with tf.GradientTape() as tape:
             nll = self.nll_nats(batch["image"], seed, training=True)
             loss = tf.reduce_sum(nll) / global_batch_size
-        grads = tape.gradient(loss, variables)
-        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
-        n = float(ctx.num_replicas_in_sync) if ctx else 1.0
+        norm = self.apply_gradients(optimizers["main"], tape, loss, self.trainable_variables)
         return {
             "loss": loss,
             "bits_per_dim": loss / (self.dims * math.log(2.0)),
-            "grad_norm": tf.linalg.global_norm(grads) / n,
+            "grad_norm": norm / self.replicas(),
         }
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -227,21 +227,14 @@ class TextModel(GenerativeModel):
         global_batch_size: int,
         step: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
-        ctx = tf.distribute.get_replica_context()
         t = float(self.cfg.nchars)  # type: ignore[attr-defined]
         with tf.GradientTape() as tape:
             nll = self._token_nll(batch, training=True)
             # Mean nats/char over the global batch (sum over replicas = global mean).
             loss = tf.reduce_sum(nll) / (global_batch_size * t)
-        variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
-        norm = tf.linalg.global_norm(grads)
         clip = float(getattr(self.cfg, "clip_norm", 0.0))
-        if clip > 0:
-            grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
-        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
-        n = float(ctx.num_replicas_in_sync)
-        return {"loss": loss, "grad_norm": norm / n}
+        norm = self.apply_gradients(optimizers["main"], tape, loss, self.trainable_variables, clip)
+        return {"loss": loss, "grad_norm": norm / self.replicas()}
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per-window mean nats/char (every window has nchars characters)."""

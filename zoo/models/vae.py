@@ -164,10 +164,8 @@ class VAE(GenerativeModel):
         with tf.GradientTape() as tape:
             recon, kl = self._per_example_terms(x, seed, training=True)
             loss = tf.reduce_sum(recon + beta * kl) / global_batch_size
-        variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
-        optimizers["main"].apply_gradients(zip(grads, variables, strict=True))
-        n = float(ctx.num_replicas_in_sync)
+        norm = self.apply_gradients(optimizers["main"], tape, loss, self.trainable_variables)
+        n = self.replicas()
         return {
             "loss": loss,
             "neg_elbo": tf.reduce_sum(recon + kl) / global_batch_size,
@@ -175,7 +173,7 @@ class VAE(GenerativeModel):
             "kl": tf.reduce_sum(kl) / global_batch_size,
             "kl_beta": beta / n,
             # Per-replica norms are summed by the trainer; divide so the sum is the mean.
-            "grad_norm": tf.linalg.global_norm(grads) / n,
+            "grad_norm": norm / n,
         }
 
     def eval_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
