@@ -91,8 +91,20 @@ _MAX_MSG = 1 << 24
 _PR_SET_PDEATHSIG = 1
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def enabled() -> bool:
-    return os.environ.get("GENPIPE_WARM_TASKS", "1") not in ("0", "false", "no")
+    """GENPIPE_WARM_TASKS (default on); a value that is neither on nor off is refused."""
+    raw = os.environ.get("GENPIPE_WARM_TASKS", "1")
+    if raw.strip().lower() not in _ON + _OFF:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(
+            f"GENPIPE_WARM_TASKS={raw!r} is not one of {', '.join(_ON)} (on) "
+            f"or {', '.join(_OFF)} (off)"
+        )
+    return raw.strip().lower() in _ON
 
 
 def parse_command(full_command: list[str]) -> tuple[str, list[str]] | None:
@@ -275,6 +287,7 @@ def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
     after GENPIPE_WARM_IDLE_SECONDS (default 900) without clients, and with `genpipe down`.
     Its own output (import warnings) goes to $GENPIPE_HOME/logs/warm-server.log.
     """
+    idle = _idle_seconds()  # a bad setting fails here, before anything is started
     key = code_key()
     address = _address(home, key)
     sock = _try_connect(address)
@@ -285,7 +298,7 @@ def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
         pid = recorded[0]  # another run started it just now and it has not bound yet: wait
     else:
         stop_server(home)  # a server of another key (stale code) would only hold memory
-        pid = _start_server(home, address, key)
+        pid = _start_server(home, address, key, idle)
     deadline = time.monotonic() + timeout
     while sock is None and time.monotonic() < deadline and _running(pid):
         time.sleep(0.05)  # it binds before preloading: this is quick
@@ -295,13 +308,13 @@ def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
     return Zygote(sock) if sock is not None else None
 
 
-def _start_server(home: Path, address: str, key: str) -> int:
+def _start_server(home: Path, address: str, key: str, idle: str) -> int:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "warm-server.log", "ab") as log:
         proc = subprocess.Popen(
             # argv cannot carry the abstract address's leading NUL
-            [sys.executable, "-m", "pipelines.warm", "serve", address[1:], _idle_seconds()],
+            [sys.executable, "-m", "pipelines.warm", "serve", address[1:], idle],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -344,7 +357,17 @@ def _try_connect(address: str) -> socket.socket | None:
 
 
 def _idle_seconds() -> str:
-    return os.environ.get("GENPIPE_WARM_IDLE_SECONDS", "900")
+    """GENPIPE_WARM_IDLE_SECONDS (default 900), checked here: the server has no one to tell."""
+    raw = os.environ.get("GENPIPE_WARM_IDLE_SECONDS", "900")
+    try:
+        ok = float(raw) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"GENPIPE_WARM_IDLE_SECONDS={raw!r} must be a number of seconds > 0")
+    return raw
 
 
 def call(target: str, **kwargs: Any) -> Any:

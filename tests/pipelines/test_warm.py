@@ -226,3 +226,20 @@ def test_changed_code_or_import_environment_gets_a_new_server_and_idle_ones_stop
     finally:
         zygote.close()
     assert _wait_gone(new, seconds=30), "an idle server did not stop"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("GENPIPE_WARM_TASKS", "maybe"),
+        ("GENPIPE_WARM_IDLE_SECONDS", "soon"),
+        ("GENPIPE_WARM_IDLE_SECONDS", "0"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_value_and_start_nothing(
+    var, value, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(GenpipeError, match=f"{var}='{value}'"), warm.warm_tasks(tmp_path):
+        pass
+    assert not (tmp_path / "warm-server.json").exists()
