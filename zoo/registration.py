@@ -139,7 +139,10 @@ def promotion_lock(
             c.create_registered_model(lock, description=f"{owner} {time.time():.3f}")
             break
         except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            # ALREADY_EXISTS: held. DOES_NOT_EXIST: the server lost the row it was creating to
+            # a concurrent delete (seen with 10 processes on MLflow 3.17 + sqlite): not ours
+            # either way, so wait and retry; only a create that returns acquires the lock.
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         _break_if_stale(c, lock, ttl_s)
         if time.monotonic() > deadline:
