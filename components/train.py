@@ -18,27 +18,32 @@ def run(
     output_dir: str,
     preset: str = "default",
     overrides: str = "{}",
+    platform_overrides: str = "{}",
 ) -> dict[str, Any]:
     """Train `model` on the dataset behind `manifest_uri`; the model lands in `output_dir`.
+
+    `platform_overrides` are the cluster profile's train_defaults (e.g. mixed precision on
+    GPUs); `overrides` (the run's own) win over them.
 
     Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
     pipeline run, same MLflow run) resumes instead of starting over.
     """
     from components.common import fetch_dataset
     from zoo import models, tracking
-    from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
     from zoo.train import train_for_run
 
-    try:
-        override_dict = json.loads(overrides or "{}")
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"overrides {overrides!r} is not a JSON object: {e.msg}") from None
-    cfg = models.resolve_config(model, preset, override_dict, where="overrides")
+    merged = {
+        **_json_object(platform_overrides, "platform_overrides"),
+        **_json_object(overrides, "overrides"),
+    }
+    cfg = models.resolve_config(model, preset, merged, where="overrides")
     if cfg.distribution == "multi_worker" and os.environ.get("GENPIPE_TFJOB_WORKERS"):
         # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
-        return _run_tfjob(model, manifest_uri, mlflow_run_id, output_dir, preset, overrides)
+        return _run_tfjob(
+            model, manifest_uri, mlflow_run_id, output_dir, preset, json.dumps(merged)
+        )
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
     c = tracking.client()
@@ -58,6 +63,19 @@ def run(
         "resumed_from_step": result.resumed_from_step,
         "metrics": result.metrics,
     }
+
+
+def _json_object(text: str, name: str) -> dict[str, Any]:
+    """A pipeline parameter that must hold a JSON object (config overrides)."""
+    from zoo.errors import ConfigError
+
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{name} {text!r} is not a JSON object: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} {text!r} is not a JSON object")
+    return value
 
 
 def _run_tfjob(
@@ -101,6 +119,7 @@ def train(
     mlflow_run_id: str,
     dataset: Input[Dataset],
     trained_model: Output[Model],
+    platform_overrides: str = "{}",
 ) -> NamedTuple("TrainOutputs", [("model_uri", str), ("train_wall_s", float)]):
     """KFP interface of train (imports inside: KFP runs this function's source alone)."""
     from collections import namedtuple
@@ -109,7 +128,15 @@ def train(
     from components.train import run
 
     ds = read_dataset_artifact(dataset.path)
-    out = run(model, ds["manifest_uri"], mlflow_run_id, trained_model.path, preset, overrides)
+    out = run(
+        model,
+        ds["manifest_uri"],
+        mlflow_run_id,
+        trained_model.path,
+        preset,
+        overrides,
+        platform_overrides,
+    )
     trained_model.metadata.update(
         {
             "model": model,

@@ -8,6 +8,7 @@ one place, `pipelines.platform.apply_platform`, from a cluster profile.
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
 
+import json
 from typing import Any
 
 from kfp import dsl
@@ -87,6 +88,9 @@ def build_pipeline(
                 model=model_name,
                 preset=preset,
                 overrides=overrides,
+                # The profile's hardware defaults, fixed at compile time (so in the YAML and
+                # the task's inputs); `overrides` from the run win over them.
+                platform_overrides=json.dumps(prof.train_defaults, sort_keys=True),
                 mlflow_run_id=ing.outputs["mlflow_run_id"],
                 dataset=ing.outputs["dataset"],
             ),

@@ -24,6 +24,7 @@ import yaml
 from kfp import dsl, kubernetes
 
 import zoo
+from zoo.config import PRECISIONS
 from zoo.errors import ConfigError
 from zoo.settings import (
     ENV_ACCESS_KEY,
@@ -72,7 +73,11 @@ _PROFILE_KEYS = (
     "gpu_roles",
     "resources",
     "image_pull_policy",
+    "train_defaults",
 )
+#: Training settings a profile may default (the hardware decides them; the user's overrides
+#: still win): the type each must have.
+TRAIN_DEFAULT_KEYS: dict[str, type] = {"precision": str, "steps_per_call": int, "jit_compile": bool}
 _BUILTIN_FILE = "profiles.yaml"
 
 # The same patterns kfp 2.17 checks in PipelineTask.set_cpu_*/set_memory_* (it raises a bare
@@ -129,6 +134,8 @@ class Profile:
     gpu_roles: tuple[str, ...] = ("train", "evaluate")
     resources: dict[str, RoleResources] = field(default_factory=default_resources)
     image_pull_policy: str = "IfNotPresent"
+    # Config defaults for the train step on this hardware, e.g. {precision: mixed_float16}.
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.image, str):
@@ -330,6 +337,7 @@ def _build(
                 defaults["resources"], (base or {}).get("resources"), raw.get("resources")
             ),
             "image_pull_policy": _str(merged.get("image_pull_policy"), "image_pull_policy"),
+            "train_defaults": copy.deepcopy(merged.get("train_defaults") or {}),
         }
         # Check here, not only in Profile.__post_init__, so the message names file and key.
         _validate(SimpleNamespace(**kwargs))
@@ -491,6 +499,28 @@ def _validate(p: Any) -> None:
         raise _Invalid(f"resources.{missing[0]}", "missing")
     for role in ROLES:
         _check_resources(p.resources[role], f"resources.{role}")
+    _check_train_defaults(p.train_defaults)
+
+
+def _check_train_defaults(defaults: Any) -> None:
+    if not isinstance(defaults, dict):
+        raise _Invalid("train_defaults", f"expected a mapping, got {defaults!r}")
+    for key, value in defaults.items():
+        where = f"train_defaults.{key}"
+        if key not in TRAIN_DEFAULT_KEYS:
+            raise _Invalid(where, f"unknown key; valid keys are {', '.join(TRAIN_DEFAULT_KEYS)}")
+        tp = TRAIN_DEFAULT_KEYS[key]
+        if type(value) is not tp:  # bool is an int subclass: compare types exactly
+            raise _Invalid(where, f"expected {tp.__name__}, got {value!r}")
+    if "precision" in defaults and defaults["precision"] not in PRECISIONS:
+        raise _Invalid(
+            "train_defaults.precision",
+            f"{defaults['precision']!r} is not one of {', '.join(PRECISIONS)}",
+        )
+    if defaults.get("steps_per_call", 1) < 1:
+        raise _Invalid(
+            "train_defaults.steps_per_call", f"{defaults['steps_per_call']} must be >= 1"
+        )
 
 
 def _check_toleration(tol: dict[str, Any], where: str) -> None:

@@ -18,6 +18,9 @@ from zoo.errors import ConfigError
 
 T = TypeVar("T")
 
+#: Numeric precisions a TrainConfig accepts (Keras dtype policies).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))

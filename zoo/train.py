@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from zoo import __version__, models
 from zoo import config as cfgmod
 from zoo.errors import DataError, TrainingDiverged
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
 from zoo.storage import ObjectStore
 from zoo.tracking import RunLogger
 
@@ -104,6 +105,25 @@ def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[
         # "shape": None keeps the image-oriented champion comparison working for text.
         return {"shape": None, "num_classes": None, "vocab": build_vocab(text_split(data, "train"))}
     return {"shape": list(manifest["shape"]), "num_classes": manifest.get("num_classes")}
+
+
+def build_for_training(
+    model_cls: type[GenerativeModel], cfg: TrainConfig, data_spec: dict[str, Any]
+) -> tuple[GenerativeModel, dict[str, Any]]:
+    """The model (layers under the config's precision policy) and its built optimizers;
+    under mixed_float16 each optimizer does dynamic loss scaling."""
+    with dtype_policy(cfg.precision):
+        model = model_cls(cfg, data_spec)
+        model.build_model()
+    optimizers = model.make_optimizers()
+    if cfg.precision == "mixed_float16":
+        # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+        optimizers = {k: keras.optimizers.LossScaleOptimizer(v) for k, v in optimizers.items()}
+    # Create the optimizer variables now (inside the caller's strategy scope), not lazily in
+    # the first compiled step, and so before a checkpoint restore.
+    for opt in optimizers.values():
+        opt.build(model.trainable_variables)
+    return model, optimizers
 
 
 def _is_chief() -> bool:
@@ -235,13 +255,9 @@ class Trainer:
 
         strategy = make_strategy(cfg.distribution)
         with strategy.scope():
-            model: GenerativeModel = self.model_cls(
-                cfg, data_spec_from_manifest(manifest, self.data)
+            model, optimizers = build_for_training(
+                self.model_cls, cfg, data_spec_from_manifest(manifest, self.data)
             )
-            model.build_model()
-            optimizers = model.make_optimizers()
-            for opt in optimizers.values():
-                opt.build(model.trainable_variables)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         ckpt = tf.train.Checkpoint(
             model=model, step=step_var, **{f"opt_{k}": v for k, v in optimizers.items()}
@@ -252,18 +268,7 @@ class Trainer:
         global_bs = cfg.batch_size
 
         single = isinstance(strategy, tf.distribute.OneDeviceStrategy)
-
-        @tf.function(jit_compile=bool(getattr(cfg, "jit_compile", False)) and single)
-        def train_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            per_replica = strategy.run(
-                model.train_step_replica, args=(batch, optimizers, global_bs, step_var)
-            )
-            step_var.assign_add(1)
-            return {
-                k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()
-            }
-
+        run_steps = self._compile_steps(model, optimizers, strategy, step_var, jit=single)
         if self.logger and not latest:
             self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
             self.logger.params(
@@ -287,17 +292,21 @@ class Trainer:
             dist = self._distribute(
                 strategy, self._epoch_dataset(model, epoch, skip, steps_per_epoch)
             )
-            for batch in dist:
-                out = {k: float(v) for k, v in train_step(batch).items()}
+            iterator = iter(dist)
+            todo = steps_per_epoch - skip
+            while count < todo:
+                n = self._steps_this_call(count, todo, step_var, last_ckpt)
+                sums_t, n_done, bad, last_out = run_steps(iterator, tf.constant(n, tf.int32))
+                # One host sync per call (not per step): a GPU keeps its queue full.
+                count += int(n_done)
                 step = int(step_var.numpy())
-                self._check_finite(out, epoch, step, checkpointer)
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                if (
-                    self._mid_epoch_checkpoint_due(step, last_ckpt)
-                    and count < steps_per_epoch - skip
-                ):
+                if bool(bad):
+                    self._check_finite(
+                        {k: float(v) for k, v in last_out.items()}, epoch, step, checkpointer
+                    )
+                for k, v in sums_t.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if self._mid_epoch_checkpoint_due(step, last_ckpt) and count < todo:
                     checkpointer.save(step, {"epoch": epoch, "mid_epoch": True})
                     last_ckpt = (step, time.monotonic())
                 if self.on_step:
@@ -333,6 +342,64 @@ class Trainer:
             samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
             resumed_from_step=resumed_from,
         )
+
+    def _compile_steps(
+        self,
+        model: GenerativeModel,
+        optimizers: dict[str, Any],
+        strategy: tf.distribute.Strategy,
+        step_var: tf.Variable,
+        jit: bool,
+    ) -> Callable[..., Any]:
+        """The compiled loop: up to `n` optimizer steps per call, like Keras's
+        `steps_per_execution`, with the metric sums and the divergence check kept in the graph
+        so the host waits once per call. It stops right after the first bad step and returns
+        (metric sums, steps done, bad?, that step's metrics)."""
+        cfg = self.cfg
+        global_bs = cfg.batch_size
+        replica_step = model.train_step_replica
+        if jit and cfg.jit_compile:
+            # XLA compiles the step itself; the loop around it reads an iterator, which XLA
+            # cannot. No XLA across replicas: it has no CPU collectives.
+            replica_step = tf.function(model.train_step_replica, jit_compile=True)
+
+        def one(iterator: Any) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+            per_replica = strategy.run(
+                replica_step, args=(next(iterator), optimizers, global_bs, step_var)
+            )
+            step_var.assign_add(1)
+            out = {
+                k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()
+            }
+            finite = tf.reduce_all(
+                tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in out.values()])
+            )
+            too_big = out["grad_norm"] > cfg.max_grad_norm if "grad_norm" in out else False
+            return out, tf.logical_or(tf.logical_not(finite), too_big)
+
+        @tf.function
+        def run_steps(iterator: Any, n: tf.Tensor) -> Any:
+            out, bad = one(iterator)
+            sums, done = out, tf.constant(1, tf.int32)
+            while done < n and not bad:
+                out, bad = one(iterator)
+                sums = {k: sums[k] + out[k] for k in sums}
+                done += 1
+            return sums, done, bad, out
+
+        return run_steps
+
+    def _steps_this_call(
+        self, count: int, todo: int, step_var: tf.Variable, last: tuple[int, float]
+    ) -> int:
+        """Steps for the next call: `steps_per_call`, but never past the epoch's end or the
+        next step-interval checkpoint (a retry must lose at most one interval)."""
+        n = min(self.cfg.steps_per_call, todo - count)
+        every = self.cfg.checkpoint_every_steps
+        if every:
+            n = min(n, max(1, last[0] + every - int(step_var.numpy())))
+        return n
 
     def _mid_epoch_checkpoint_due(self, step: int, last: tuple[int, float]) -> bool:
         every_steps, every_s = self.cfg.checkpoint_every_steps, self.cfg.checkpoint_every_seconds

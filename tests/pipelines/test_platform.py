@@ -386,6 +386,12 @@ def test_user_profile_in_profiles_yaml_layout(tmp_path: Path) -> None:
         ("extends: cpu\nresources: {serve: {cpu_request: '1'}}\n", "resources.serve"),
         ("extends: cpu\nimage_pull_policy: Sometimes\n", "image_pull_policy"),
         ("extends: azure\n", "extends"),
+        ("extends: cpu\ntrain_defaults: {precision: half}\n", "train_defaults.precision"),
+        ("extends: cpu\ntrain_defaults: {steps_per_call: 0}\n", "train_defaults.steps_per_call"),
+        ("extends: cpu\ntrain_defaults: {steps_per_call: '4'}\n", "train_defaults.steps_per_call"),
+        ("extends: cpu\ntrain_defaults: {jit_compile: 1}\n", "train_defaults.jit_compile"),
+        ("extends: cpu\ntrain_defaults: {epochs: 3}\n", "train_defaults.epochs"),
+        ("extends: cpu\ntrain_defaults: [mixed_float16]\n", "train_defaults"),
     ],
 )
 def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -461,3 +467,23 @@ def test_real_pipeline_image_override_survives_apply_platform(tmp_path: Path) ->
     assert {e["container"]["image"] for e in executors.values()} == {
         "registry.example/genpipe:dev-1"
     }
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [("cpu", {}), ("gke", {"precision": "mixed_float16", "steps_per_call": 10})],
+)
+def test_profile_train_defaults_are_compiled_into_the_train_task(
+    tmp_path: Path, profile: str, expected: dict
+) -> None:
+    """GPU profiles train in mixed precision: a constant input of the train task (so also
+    part of its cache key), which the run's own overrides win over."""
+    import json
+
+    factory = pytest.importorskip("pipelines.factory")
+    path = tmp_path / "p.yaml"
+    compiler.Compiler().compile(factory.build_pipeline("vae", profile), package_path=str(path))
+    spec = next(yaml.safe_load_all(path.read_text()))
+    train = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert json.loads(train["platform_overrides"]["runtimeValue"]["constant"]) == expected
+    assert load_profile(profile).train_defaults == expected

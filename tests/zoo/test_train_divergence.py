@@ -11,7 +11,9 @@ from zoo.models import resolve_config
 from zoo.train import Trainer
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(stack, store, tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_divergence_stops_and_keeps_last_good_checkpoint(stack, store, tmp_path, steps_per_call):
+    """Also with several steps per compiled call: the loop stops at the first bad step."""
     manifest = publish(split(load_source("digits")), store, source="digits")
     data = fetch(manifest["uri"], store, tmp_path / "cache")
     ckpt = store.uri(f"checkpoints/diverge-{uuid.uuid4().hex[:8]}")
@@ -20,7 +22,16 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(stack, store, tmp_path)
     assert store.get_json(f"{ckpt}/latest.json")["step"] == 5
 
     # Same run resumed for a second epoch, where every step now "explodes".
-    bad = resolve_config("vae", "tiny", {"epochs": 2, "steps_per_epoch": 5, "max_grad_norm": 1e-3})
+    bad = resolve_config(
+        "vae",
+        "tiny",
+        {
+            "epochs": 2,
+            "steps_per_epoch": 5,
+            "max_grad_norm": 1e-3,
+            "steps_per_call": steps_per_call,
+        },
+    )
     with pytest.raises(
         TrainingDiverged, match=r"epoch 2, step 6: gradient norm .* exceeds max_grad_norm"
     ) as e:

@@ -11,7 +11,9 @@ registered as serializable that knows how to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import keras
@@ -19,6 +21,25 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import config as cfgmod
+
+PRECISIONS = cfgmod.PRECISIONS
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Layers created inside take the Keras dtype policy `precision` (it is saved with them)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def f32(x: tf.Tensor) -> tf.Tensor:
+    """A network output as float32 (a no-op under the float32 policy): under a mixed policy,
+    losses, log-densities and sampling math stay in float32, where sums do not overflow."""
+    return tf.cast(x, tf.float32)
 
 
 @dataclasses.dataclass
@@ -39,6 +60,13 @@ class TrainConfig:
     # Compile the train step with XLA (one device only: XLA has no CPU collectives). Off by
     # default: on CPU it is slower or fails for some models (see bench/README.md).
     jit_compile: bool = False
+    # Optimizer steps per compiled call (like Keras `steps_per_execution`): the host reads
+    # metrics once per call, so an accelerator is not stalled after every step.
+    steps_per_call: int = 1
+    # Numeric precision: "float32", or a Keras mixed policy ("mixed_float16" with dynamic loss
+    # scaling, "mixed_bfloat16"): float16/bfloat16 compute, float32 variables. For GPUs (see
+    # the gpu cluster profile); on CPUs without bf16/fp16 units it is slower.
+    precision: str = "float32"
     # Mid-epoch checkpoints (every N optimizer steps and/or every S seconds; 0 = off) on top
     # of the one at each epoch end: a killed task loses at most one interval when retried.
     checkpoint_every_steps: int = 0
@@ -54,9 +82,16 @@ class TrainConfig:
         )
         cfgmod.require(self.steps_per_epoch >= 0, f"{name}: steps_per_epoch must be >= 0")
         cfgmod.require(
+            self.steps_per_call >= 1, f"{name}: steps_per_call={self.steps_per_call} must be >= 1"
+        )
+        cfgmod.require(
             self.checkpoint_every_steps >= 0 and self.checkpoint_every_seconds >= 0,
             f"{name}: checkpoint_every_steps={self.checkpoint_every_steps} and "
             f"checkpoint_every_seconds={self.checkpoint_every_seconds} must be >= 0 (0 = off)",
+        )
+        cfgmod.require(
+            self.precision in PRECISIONS,
+            f"{name}: precision={self.precision!r} is not one of {', '.join(PRECISIONS)}",
         )
         cfgmod.require(
             self.distribution in ("auto", "single", "mirrored", "multi_worker"),
@@ -130,12 +165,27 @@ class GenerativeModel(keras.Model):
         opt: Any, tape: tf.GradientTape, loss: tf.Tensor, variables: list, clip_norm: float = 0.0
     ) -> tf.Tensor:
         """One optimizer update from `loss` recorded on `tape`; returns the gradients' global
-        norm (before clipping to `clip_norm`, when that is > 0)."""
-        grads = tape.gradient(loss, variables)
+        norm (before clipping to `clip_norm`, when that is > 0).
+
+        Under a LossScaleOptimizer (mixed_float16) the backward pass starts from the loss scale
+        instead of 1 (= differentiating the scaled loss) and the optimizer unscales; the norm and the clip are of the unscaled gradients. A
+        step whose scaled gradients overflow is skipped by the optimizer (which lowers the
+        scale): that is routine, not divergence, so its norm is reported as 0.
+        """
+        scale = None
+        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+            scale = tf.cast(opt.dynamic_scale, tf.float32)
+        # Scaling the seed gradient is scaling the loss, without re-opening the tape.
+        seed = None if scale is None else tf.cast(scale, loss.dtype)
+        grads = tape.gradient(loss, variables, output_gradients=seed)
         norm = tf.linalg.global_norm(grads)
         if clip_norm > 0:
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
+            limit = clip_norm if scale is None else clip_norm * scale
+            grads, _ = tf.clip_by_global_norm(grads, limit, use_norm=norm)
         opt.apply_gradients(zip(grads, variables, strict=True))
+        if scale is not None:
+            norm = norm / scale
+            norm = tf.where(tf.math.is_finite(norm), norm, tf.zeros_like(norm))
         return norm
 
     @staticmethod

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from zoo import config as cfgmod
 from zoo.errors import ConfigError
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, f32
 
 
 @dataclasses.dataclass
@@ -147,7 +147,7 @@ class UNet(keras.layers.Layer):
                 h = tf.image.resize(h, shapes[i][1:3], method="nearest")
             h = tf.concat([h, skips[i]], axis=-1)
             h = self.up[i](h) + self.t_proj_up[i](temb)[:, None, None, :]
-        return self.out(h)
+        return f32(self.out(h))
 
 
 @keras.saving.register_keras_serializable(package="genpipe")

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from zoo import config as cfgmod
 from zoo.errors import ConfigError
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, f32
 
 
 @dataclasses.dataclass
@@ -120,15 +120,15 @@ class GANBase(GenerativeModel):
         if self.conditional:
             z = tf.concat([z, self._one_hot(labels)], axis=1)
         h, w, _ = self.image_shape
-        return self.generator(z, training=training)[:, :h, :w, :]
+        return f32(self.generator(z, training=training)[:, :h, :w, :])
 
     def disc(self, x: tf.Tensor, labels: tf.Tensor | None = None, training: bool = False):
         """Discriminator/critic logit [B] for signed images (projection term when conditional)."""
         if not self.conditional:
-            return tf.squeeze(self.discriminator(x, training=training), axis=-1)
+            return f32(tf.squeeze(self.discriminator(x, training=training), axis=-1))
         feats = self.discriminator(x, training=training)
         proj = tf.reduce_sum(self.label_embed(tf.cast(labels, tf.int32)) * feats, axis=-1)
-        return tf.squeeze(self.disc_head(feats), axis=-1) + proj
+        return f32(tf.squeeze(self.disc_head(feats), axis=-1) + proj)
 
     @property
     def disc_variables(self) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import config as cfgmod
-from zoo.models.base import TrainConfig
+from zoo.models.base import TrainConfig, f32
 from zoo.models.text_common import TextModel, text_config_checks
 
 
@@ -84,11 +84,13 @@ class CausalSelfAttention(keras.layers.Layer):
         b, t = tf.shape(x)[0], tf.shape(x)[1]
         qkv = tf.reshape(self.qkv(x), [b, t, 3, self.n_head, self.head_dim])
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [B, H, T, hd]
-        att = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_dim)
+        # Scores and softmax in float32 (under mixed precision too: exp overflows float16).
+        att = f32(tf.matmul(q, k, transpose_b=True)) / math.sqrt(self.head_dim)
         # The causal mask: -inf above the diagonal, so the future gets zero weight.
         allowed = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)
         att = tf.where(allowed, att, tf.constant(-1e9, att.dtype))
-        att = self.attn_drop(tf.nn.softmax(att, axis=-1), training=training)
+        att = tf.cast(tf.nn.softmax(att, axis=-1), v.dtype)
+        att = self.attn_drop(att, training=training)
         y = tf.reshape(tf.transpose(tf.matmul(att, v), [0, 2, 1, 3]), [b, t, -1])
         return self.resid_drop(self.proj(y), training=training)
 
@@ -159,8 +161,9 @@ class GPT(TextModel):
             h = block(h, training=training)
         h = self.ln_f(h)
         if self.head is not None:
-            return self.head(h)
-        return tf.matmul(h, self.tok_emb.embeddings, transpose_b=True) + self.head_bias
+            return f32(self.head(h))
+        emb = tf.cast(self.tok_emb.embeddings, h.dtype)  # float16 under mixed precision
+        return f32(tf.matmul(h, emb, transpose_b=True)) + self.head_bias
 
     # -- generation: one fixed-shape window, so the step function is traced once. Causality
     # makes the padding to the right of the last real character irrelevant to its logits.

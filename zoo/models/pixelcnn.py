@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from zoo import config as cfgmod
 from zoo.errors import ConfigError
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, f32
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ class MaskedConv2D(keras.layers.Conv2D):
         self.mask = tf.constant(m)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        out = self.convolution_op(inputs, self.kernel * self.mask)
+        out = self.convolution_op(inputs, self.kernel * tf.cast(self.mask, self.kernel.dtype))
         if self.use_bias:
             out = out + self.bias
         return self.activation(out) if self.activation is not None else out
@@ -130,7 +130,7 @@ class PixelCNN(GenerativeModel):
         """[B, H, W, C, 256] logits of each pixel given the pixels before it."""
         out = self.head(self.features(x), training=training)
         hh, ww, c = self.image_shape
-        return tf.reshape(out, [-1, hh, ww, c, self.cfg.levels])
+        return f32(tf.reshape(out, [-1, hh, ww, c, self.cfg.levels]))
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.logits(x, training=training)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import config as cfgmod
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, f32
 
 
 @dataclasses.dataclass
@@ -110,7 +110,7 @@ class RealNVP(GenerativeModel):
         return (k + tf.random.stateless_uniform(tf.shape(x), seed=seed)) / 256.0
 
     def _st(self, i: int, zb: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-        s, t = tf.split(self.nets[i](zb, training=training), 2, axis=-1)
+        s, t = tf.split(f32(self.nets[i](zb, training=training)), 2, axis=-1)
         return tf.tanh(s), t
 
     def forward(self, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:

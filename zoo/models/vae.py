@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import config as cfgmod
-from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.base import GenerativeModel, TrainConfig, f32
 
 
 @dataclasses.dataclass
@@ -128,11 +128,11 @@ class VAE(GenerativeModel):
     def encode(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         hid = self.encoder(x, training=training)
         # Clip log-variance: exp() of a large value overflows and NaNs the KL early in training.
-        return self.to_mean(hid), tf.clip_by_value(self.to_logvar(hid), -20.0, 10.0)
+        return f32(self.to_mean(hid)), tf.clip_by_value(f32(self.to_logvar(hid)), -20.0, 10.0)
 
     def decode_logits(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         h, w, _ = self.image_shape
-        return self.decoder(z, training=training)[:, :h, :w, :]
+        return f32(self.decoder(z, training=training)[:, :h, :w, :])
 
     def _per_example_terms(
         self, x: tf.Tensor, seed: tf.Tensor, training: bool

@@ -5,6 +5,8 @@ weights; `generate` has the right shape, range and determinism; the `.keras` fil
 under Keras safe mode and generates the same samples.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -104,3 +106,35 @@ def test_save_load_round_trip_safe_mode(name, tmp_path):
         assert loaded.generate("ab", 30, 0.8, seed=1) == model.generate("ab", 30, 0.8, seed=1)
         return
     np.testing.assert_allclose(loaded.generate(4, seed=1), model.generate(4, seed=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_mixed_float16_trains_with_loss_scaling(name):
+    """The GPU profiles' precision: float16 layers, float32 losses, dynamic loss scaling."""
+    from zoo.train import build_for_training
+
+    cls = models.get(name)
+    cfg = dataclasses.replace(cls.tiny_config(), precision="mixed_float16")
+    model, optimizers = build_for_training(cls, cfg, SPECS[cls.family])
+    assert keras.config.dtype_policy().name == "float32"  # the policy did not leak
+    policies = {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
+    assert "mixed_float16" in policies
+    assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in optimizers.values())
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    step = tf.function(lambda b, s: model.train_step_replica(b, optimizers, 8, s))
+    batch = _batch(cls.family)
+    for i in range(30):
+        out = step(batch, tf.constant(i, tf.int64))
+        # Losses are float32 even though the layers compute in float16.
+        assert out["loss"].dtype == tf.float32
+        assert all(np.isfinite(float(v)) for v in out.values()), (i, out)
+    # The updates went through the loss-scaling optimizers: finite steps count up to the next
+    # scale increase (overflowing ones are skipped and halve the scale, from 2**15).
+    assert all(int(o.step_counter) > 0 for o in optimizers.values())
+    after = [w.numpy() for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    if cls.family == "image":
+        x = model.generate(3, seed=1)
+        assert x.dtype == np.float32 and np.isfinite(x).all()
+    else:
+        assert len(model.generate("ab", max_new_tokens=5, seed=1)) == 7
