@@ -117,6 +117,12 @@ def resolve_version(c: MlflowClient, name: str, ref: str) -> Any:
 
 
 LOCK_SUFFIX = ".genpipe-lock"
+# A ticket holds no model. The registry insists on a URI-looking source (a bare word is taken
+# for a local path and refused without a run), and never reads it.
+LOCK_SOURCE = "genpipe-lock:/ticket"
+#: registry errors worth retrying when taking a ticket (MLflow gives up on version-number
+#: conflicts after 3 tries with a plain INTERNAL_ERROR); anything else is raised at once
+_TRANSIENT = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 
 
 @contextlib.contextmanager
@@ -125,48 +131,81 @@ def promotion_lock(
 ) -> Iterator[None]:
     """Serialize alias moves for one registered model across processes and machines.
 
-    The registry's unique constraint on registered-model names is the only atomic
-    compare-and-set MLflow offers, so the lock is a registered model `<name>.genpipe-lock`:
-    creating it acquires, deleting it releases. A holder killed inside the critical section
-    leaves a lock older than `ttl_s`, which the next waiter breaks.
+    A ticket lock on the registry: MLflow numbers the versions of one registered model
+    atomically and never reuses a number (deleted versions keep theirs). Each contender adds a
+    version (its ticket) to the registered model `<name>.genpipe-lock` and holds the lock while
+    its ticket is the lowest live one. Releasing, and breaking a stale ticket, delete one exact
+    version, so no one can delete a later holder's ticket (deleting a lock *by name* could: it
+    may be released and taken again between the check and the delete). A ticket that stays at
+    the head longer than `ttl_s` (its holder died) is deleted by the waiters behind it.
     """
     lock = f"{name}{LOCK_SUFFIX}"
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        try:
-            c.create_registered_model(lock, description=f"{owner} {time.time():.3f}")
-            break
-        except MlflowException as e:
-            # ALREADY_EXISTS: held. DOES_NOT_EXIST: the server lost the row it was creating to
-            # a concurrent delete (seen with 10 processes on MLflow 3.17 + sqlite): not ours
-            # either way, so wait and retry; only a create that returns acquires the lock.
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
-        _break_if_stale(c, lock, ttl_s)
-        if time.monotonic() > deadline:
+    _ensure_lock_model(c, lock, name)
+    ticket = _take_ticket(c, lock, owner, deadline)
+    try:
+        while (turn := _wait_for_turn(c, lock, ticket, ttl_s, deadline)) == "lost":
+            # Our own ticket was broken as stale (this process stalled for > ttl_s): queue again.
+            ticket = _take_ticket(c, lock, owner, deadline)
+        if turn == "timeout":
             raise GenpipeError(
                 f"could not lock registered model {name!r} for promotion within {timeout_s:g} s "
-                f"(held as {lock!r}; delete it if no pipeline is registering)"
+                f"(tickets are the versions of {lock!r}; delete the lowest one if no pipeline "
+                "is registering)"
             )
-        time.sleep(delay + random.uniform(0, delay))
-        delay = min(delay * 2, 2.0)
-    try:
         yield
     finally:
         with contextlib.suppress(MlflowException):
-            held = c.get_registered_model(lock)
-            if (held.description or "").startswith(owner):
-                c.delete_registered_model(lock)
+            c.delete_model_version(lock, str(ticket))
 
 
-def _break_if_stale(c: MlflowClient, lock: str, ttl_s: float) -> None:
-    with contextlib.suppress(MlflowException, ValueError, IndexError):
-        held = c.get_registered_model(lock)
-        acquired = float((held.description or "").split()[1])
-        if time.time() - acquired > ttl_s:
-            c.delete_registered_model(lock)
+def _ensure_lock_model(c: MlflowClient, lock: str, name: str) -> None:
+    try:
+        c.create_registered_model(
+            lock, description=f"genpipe promotion lock of {name!r}: each version is a ticket"
+        )
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _take_ticket(c: MlflowClient, lock: str, owner: str, deadline: float) -> int:
+    """A new version of the lock model: its number is our place in the queue."""
+    delay = 0.05
+    while True:
+        try:
+            v = c.create_model_version(lock, LOCK_SOURCE, description=owner)
+            return int(v.version)
+        except MlflowException as e:
+            # The registry retries version-number conflicts itself, a few times; under heavy
+            # contention it can still give up. Retry that until the lock's deadline.
+            if e.error_code not in _TRANSIENT or time.monotonic() > deadline:
+                raise
+        time.sleep(delay + random.uniform(0, delay))
+        delay = min(delay * 2, 1.0)
+
+
+def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadline: float) -> str:
+    """Wait until `ticket` is the lowest live version ("acquired"), was deleted ("lost"), or
+    the deadline passed ("timeout")."""
+    head_since: dict[int, float] = {}  # when *this* waiter first saw each ticket at the head
+    delay = 0.05
+    while True:
+        live = sorted(int(v.version) for v in c.search_model_versions(f"name='{lock}'"))
+        if ticket not in live:
+            return "lost"
+        head = live[0]
+        if head == ticket:
+            return "acquired"
+        now = time.monotonic()
+        if now - head_since.setdefault(head, now) > ttl_s:
+            with contextlib.suppress(MlflowException):  # another waiter may have broken it
+                c.delete_model_version(lock, str(head))
+        if now > deadline:
+            return "timeout"
+        time.sleep(delay + random.uniform(0, delay))
+        delay = min(delay * 2, 2.0)
 
 
 def _metric_of(version: Any) -> tuple[str, str, float] | None:
