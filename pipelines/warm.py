@@ -404,6 +404,19 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 _prestarted: list[Zygote] = []
 
 
+def start_in_background(home: Path) -> bool:
+    """Start this state dir's warm server (if it is not running) and return at once: it
+    imports while the user gets to `genpipe run`. False when warm tasks are off or it could
+    not start (runs then start it themselves, or use subprocesses)."""
+    if not enabled():
+        return False
+    zygote = connect(home)
+    if zygote is None:
+        return False
+    zygote.close()  # the server stays up until its idle timeout or `genpipe down`
+    return True
+
+
 def prestart(home: Path) -> None:
     """Connect to (or start) the warm server now, so its imports overlap the caller's work."""
     if enabled() and not _prestarted:

@@ -66,7 +66,8 @@ def up(
         "`genpipe env` exports them). Stays on for this state dir.",
     ),
 ) -> None:
-    """Start SeaweedFS (S3) and MLflow on 127.0.0.1; does nothing if they already run."""
+    """Start SeaweedFS (S3) and MLflow on 127.0.0.1 (nothing if they already run), and the
+    warm task server that later `genpipe run`s fork their tasks from."""
     from zoo import stack
 
     base = stack.load_ports(state_dir) or stack.Ports()
@@ -82,6 +83,11 @@ def up(
         err.print("Starting SeaweedFS and MLflow (about 15 s) ...", highlight=False)
     info = stack.up(state_dir, ports=ports, timeout=timeout, auth=auth)
     out.print(_table(info))
+    from pipelines import warm
+    from zoo.settings import state_dir as default_state_dir
+
+    # The first `genpipe run` then finds TensorFlow, MLflow and kfp imported (~10 CPU-s).
+    warm.start_in_background(state_dir or default_state_dir())
     err.print("Point clients at it with: [bold]eval $(genpipe env)[/bold]")
 
 

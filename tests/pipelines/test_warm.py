@@ -243,3 +243,22 @@ def test_bad_settings_are_refused_naming_the_value_and_start_nothing(
     with pytest.raises(GenpipeError, match=f"{var}='{value}'"), warm.warm_tasks(tmp_path):
         pass
     assert not (tmp_path / "warm-server.json").exists()
+
+
+def test_start_in_background_starts_a_server_that_runs_reuse(tmp_path, monkeypatch):
+    """`genpipe up` starts the server so the first run finds it warm; off means off."""
+    monkeypatch.setenv("GENPIPE_WARM_TASKS", "0")
+    assert warm.start_in_background(tmp_path) is False
+    assert not (tmp_path / "warm-server.json").exists()
+    monkeypatch.setenv("GENPIPE_WARM_TASKS", "1")
+    try:
+        assert warm.start_in_background(tmp_path) is True
+        pid = _server_pid(tmp_path)
+        assert _alive(pid)
+        zygote = warm.connect(tmp_path)
+        try:
+            assert zygote.alive() and _server_pid(tmp_path) == pid  # reused, not restarted
+        finally:
+            zygote.close()
+    finally:
+        warm.stop_server(tmp_path)
