@@ -388,7 +388,13 @@ class Trainer:
                 done += 1
             return sums, done, bad, out
 
-        return run_steps
+        @tf.function
+        def run_one(iterator: Any, n: tf.Tensor) -> Any:
+            # One step per call: no loop, so the step is traced (and optimized) once, not twice.
+            out, bad = one(iterator)
+            return out, tf.constant(1, tf.int32), bad, out
+
+        return run_steps if cfg.steps_per_call > 1 else run_one
 
     def _steps_this_call(
         self, count: int, todo: int, step_var: tf.Variable, last: tuple[int, float]

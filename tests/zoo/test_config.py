@@ -30,12 +30,20 @@ def test_tiny_preset_differs_from_default():
         ({"epoch": "3"}, "unknown setting(s) 'epoch'"),
         ({"distribution": "tpu"}, "distribution='tpu' is not one of"),
         ({"filters": "a,b"}, "filters='a' is not an integer"),
+        ({"precision": "float16"}, "precision='float16' is not one of float32, mixed_float16"),
+        ({"steps_per_call": "0"}, "steps_per_call=0 must be >= 1"),
     ],
 )
 def test_bad_overrides_name_key_and_value(overrides, message):
     with pytest.raises(ConfigError) as e:
         models.resolve_config("vae", "default", overrides)
     assert message in str(e.value)
+
+
+def test_ddpm_refuses_xla_before_training():
+    """XLA cannot compile the U-Net's upsampling gradient: say so, not fail mid-run."""
+    with pytest.raises(ConfigError, match="jit_compile=True is not supported.*ResizeNearest"):
+        models.resolve_config("ddpm", "default", {"jit_compile": "true"})
 
 
 def test_unknown_setting_lists_valid_ones():

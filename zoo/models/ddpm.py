@@ -61,6 +61,13 @@ class DDPMConfig(TrainConfig):
         super().validate()
         r = cfgmod.require
         r(self.timesteps >= 2, f"DDPMConfig: timesteps={self.timesteps} must be >= 2")
+        # Measured: XLA has no kernel for ResizeNearestNeighborGrad (the U-Net's upsampling,
+        # differentiated), so the compiled step would fail at its first run.
+        r(
+            not self.jit_compile,
+            "DDPMConfig: jit_compile=True is not supported: XLA cannot compile the gradient of "
+            "the U-Net's nearest-neighbour upsampling (ResizeNearestNeighborGrad); use false",
+        )
         r(
             0 < self.beta_start < self.beta_end < 1,
             f"DDPMConfig: need 0 < beta_start ({self.beta_start}) < beta_end ({self.beta_end}) < 1",

@@ -108,29 +108,35 @@ def test_save_load_round_trip_safe_mode(name, tmp_path):
     np.testing.assert_allclose(loaded.generate(4, seed=1), model.generate(4, seed=1), atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", models.names())
-def test_mixed_float16_trains_with_loss_scaling(name):
-    """The GPU profiles' precision: float16 layers, float32 losses, dynamic loss scaling."""
+def test_mixed_precision_trains(name, precision):
+    """The GPU profiles' precision: float16 (with dynamic loss scaling) or bfloat16 layers,
+    float32 variables and losses."""
     from zoo.train import build_for_training
 
     cls = models.get(name)
-    cfg = dataclasses.replace(cls.tiny_config(), precision="mixed_float16")
+    cfg = dataclasses.replace(cls.tiny_config(), precision=precision)
     model, optimizers = build_for_training(cls, cfg, SPECS[cls.family])
     assert keras.config.dtype_policy().name == "float32"  # the policy did not leak
     policies = {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
-    assert "mixed_float16" in policies
-    assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in optimizers.values())
+    assert precision in policies
+    scaled = precision == "mixed_float16"  # bfloat16 has float32's range: no loss scaling
+    assert all(
+        isinstance(o, keras.optimizers.LossScaleOptimizer) == scaled for o in optimizers.values()
+    )
     before = [w.numpy().copy() for w in model.trainable_weights]
     step = tf.function(lambda b, s: model.train_step_replica(b, optimizers, 8, s))
     batch = _batch(cls.family)
-    for i in range(30):
+    for i in range(30 if scaled else 3):
         out = step(batch, tf.constant(i, tf.int64))
-        # Losses are float32 even though the layers compute in float16.
+        # Losses are float32 even though the layers compute in 16 bits.
         assert out["loss"].dtype == tf.float32
         assert all(np.isfinite(float(v)) for v in out.values()), (i, out)
-    # The updates went through the loss-scaling optimizers: finite steps count up to the next
-    # scale increase (overflowing ones are skipped and halve the scale, from 2**15).
-    assert all(int(o.step_counter) > 0 for o in optimizers.values())
+    if scaled:
+        # The updates went through the loss-scaling optimizers: finite steps count up to the
+        # next scale increase (overflowing ones are skipped and halve the scale, from 2**15).
+        assert all(int(o.step_counter) > 0 for o in optimizers.values())
     after = [w.numpy() for w in model.trainable_weights]
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
     if cls.family == "image":
