@@ -170,6 +170,12 @@ def _ensure_lock_model(c: MlflowClient, lock: str, name: str) -> None:
             raise
 
 
+def _pause(delay: float, cap: float) -> float:
+    """Sleep `delay` plus jitter (contenders must not retry in lockstep); the next delay."""
+    time.sleep(delay + random.uniform(0, delay))
+    return min(delay * 2, cap)
+
+
 def _take_ticket(c: MlflowClient, lock: str, owner: str, deadline: float) -> int:
     """A new version of the lock model: its number is our place in the queue."""
     delay = 0.05
@@ -182,8 +188,7 @@ def _take_ticket(c: MlflowClient, lock: str, owner: str, deadline: float) -> int
             # contention it can still give up. Retry that until the lock's deadline.
             if e.error_code not in _TRANSIENT or time.monotonic() > deadline:
                 raise
-        time.sleep(delay + random.uniform(0, delay))
-        delay = min(delay * 2, 1.0)
+        delay = _pause(delay, cap=1.0)
 
 
 def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadline: float) -> str:
@@ -204,8 +209,7 @@ def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadli
                 c.delete_model_version(lock, str(head))
         if now > deadline:
             return "timeout"
-        time.sleep(delay + random.uniform(0, delay))
-        delay = min(delay * 2, 2.0)
+        delay = _pause(delay, cap=2.0)
 
 
 def _metric_of(version: Any) -> tuple[str, str, float] | None:

@@ -268,7 +268,7 @@ class Trainer:
         global_bs = cfg.batch_size
 
         single = isinstance(strategy, tf.distribute.OneDeviceStrategy)
-        run_steps = self._compile_steps(model, optimizers, strategy, step_var, jit=single)
+        run_steps = self._compile_steps(model, optimizers, strategy, step_var, allow_jit=single)
         if self.logger and not latest:
             self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
             self.logger.params(
@@ -294,8 +294,9 @@ class Trainer:
             )
             iterator = iter(dist)
             todo = steps_per_epoch - skip
+            step = int(step_var.numpy())
             while count < todo:
-                n = self._steps_this_call(count, todo, step_var, last_ckpt)
+                n = self._steps_this_call(count, todo, step, last_ckpt)
                 sums_t, n_done, bad, last_out = run_steps(iterator, tf.constant(n, tf.int32))
                 # One host sync per call (not per step): a GPU keeps its queue full.
                 count += int(n_done)
@@ -349,7 +350,7 @@ class Trainer:
         optimizers: dict[str, Any],
         strategy: tf.distribute.Strategy,
         step_var: tf.Variable,
-        jit: bool,
+        allow_jit: bool,
     ) -> Callable[..., Any]:
         """The compiled loop: up to `n` optimizer steps per call, like Keras's
         `steps_per_execution`, with the metric sums and the divergence check kept in the graph
@@ -358,7 +359,7 @@ class Trainer:
         cfg = self.cfg
         global_bs = cfg.batch_size
         replica_step = model.train_step_replica
-        if jit and cfg.jit_compile:
+        if allow_jit and cfg.jit_compile:
             # XLA compiles the step itself; the loop around it reads an iterator, which XLA
             # cannot. No XLA across replicas: it has no CPU collectives.
             replica_step = tf.function(model.train_step_replica, jit_compile=True)
@@ -396,15 +397,13 @@ class Trainer:
 
         return run_steps if cfg.steps_per_call > 1 else run_one
 
-    def _steps_this_call(
-        self, count: int, todo: int, step_var: tf.Variable, last: tuple[int, float]
-    ) -> int:
+    def _steps_this_call(self, count: int, todo: int, step: int, last: tuple[int, float]) -> int:
         """Steps for the next call: `steps_per_call`, but never past the epoch's end or the
         next step-interval checkpoint (a retry must lose at most one interval)."""
         n = min(self.cfg.steps_per_call, todo - count)
         every = self.cfg.checkpoint_every_steps
         if every:
-            n = min(n, max(1, last[0] + every - int(step_var.numpy())))
+            n = min(n, max(1, last[0] + every - step))
         return n
 
     def _mid_epoch_checkpoint_due(self, step: int, last: tuple[int, float]) -> bool:

@@ -22,8 +22,6 @@ import tensorflow as tf
 
 from zoo import config as cfgmod
 
-PRECISIONS = cfgmod.PRECISIONS
-
 
 @contextlib.contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
@@ -90,8 +88,8 @@ class TrainConfig:
             f"checkpoint_every_seconds={self.checkpoint_every_seconds} must be >= 0 (0 = off)",
         )
         cfgmod.require(
-            self.precision in PRECISIONS,
-            f"{name}: precision={self.precision!r} is not one of {', '.join(PRECISIONS)}",
+            self.precision in cfgmod.PRECISIONS,
+            f"{name}: precision={self.precision!r} is not one of {', '.join(cfgmod.PRECISIONS)}",
         )
         cfgmod.require(
             self.distribution in ("auto", "single", "mirrored", "multi_worker"),
@@ -168,9 +166,10 @@ class GenerativeModel(keras.Model):
         norm (before clipping to `clip_norm`, when that is > 0).
 
         Under a LossScaleOptimizer (mixed_float16) the backward pass starts from the loss scale
-        instead of 1 (= differentiating the scaled loss) and the optimizer unscales; the norm and the clip are of the unscaled gradients. A
-        step whose scaled gradients overflow is skipped by the optimizer (which lowers the
-        scale): that is routine, not divergence, so its norm is reported as 0.
+        instead of 1 (= differentiating the scaled loss) and the optimizer unscales; the norm
+        and the clip are of the unscaled gradients. A step whose scaled gradients overflow is
+        skipped by the optimizer (which lowers the scale): that is routine, not divergence, so
+        its norm is reported as 0.
         """
         scale = None
         if isinstance(opt, keras.optimizers.LossScaleOptimizer):
