@@ -82,6 +82,13 @@ def _n_held_out(n: int, test_fraction: float, src: str, unit: str) -> int:
     return k
 
 
+def _size(r: RawImages | RawText) -> str:
+    """'9 characters' / '1617 images': a split's size in its own unit."""
+    if isinstance(r, RawText):
+        return f"{len(r.text)} characters"
+    return f"{len(r.images)} images"
+
+
 def split(raw: RawImages | RawText, test_fraction: float = 0.1) -> dict[str, RawImages | RawText]:
     """Deterministic split, no shuffling: the held-out part is the tail.
 
@@ -294,8 +301,16 @@ def publish(splits: Splits, store: ObjectStore, source: str, shards: int = 4) ->
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ConfigError(f"shards={shards!r} must be an integer >= 1")
     kind = _kind_of(splits)
-    for r in splits.values():
-        validate(r)
+    for name, r in splits.items():
+        try:
+            validate(r)
+        except DataError as e:  # say which split, and how big each is: often just too small
+            sizes = ", ".join(f"{n} {_size(s)}" for n, s in splits.items())
+            detail = str(e).removeprefix(f"{r.source}: ")
+            raise DataError(
+                f"{r.source}: the {name!r} split ({sizes}) is unusable: {detail} "
+                "(more data or another test_fraction)"
+            ) from None
     if kind == "image":
         shapes = {tuple(r.images.shape[1:]) for r in splits.values()}  # type: ignore[union-attr]
         labelled = {r.labels is not None for r in splits.values()}  # type: ignore[union-attr]

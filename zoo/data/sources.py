@@ -332,6 +332,13 @@ def images_from_npz_bytes(data: bytes, name: str, source: str) -> RawImages:
         and x.max() <= 1.0
     ):
         x = np.rint(x.astype(np.float64) * 255.0).astype(np.uint8)
+    elif x.dtype.kind == "f" and x.size and x.ndim >= 1 and not np.isfinite(x).all():
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{name}: record {i}: {xk!r} holds NaN or Inf ({int(bad.sum())} record(s) do); "
+            "valid: uint8 0..255 or float in [0, 1]"
+        )
     else:
         rng = f", values {x.min()}..{x.max()}" if x.size and x.dtype.kind in "iuf" else ""
         raise DataError(
