@@ -3,27 +3,41 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean toolchain
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[cpu,test]"
+	$(BIN)/pip install --quiet -e ".[cpu,local,test]"
 	touch $@
 
 ## demo: set up, then run the VAE pipeline end to end in embedded mode on the offline digits data
 demo: setup
 	$(BIN)/genpipe run vae
 
-## test: set up, then lint and run the whole test suite (starts its own SeaweedFS + MLflow)
-test: setup lint
+## test: set up, then lint and run the whole test suite (starts its own SeaweedFS + MLflow; builds
+## the CPU image and runs a pipeline in containers, see tests/images/test_containers.py)
+test: setup lint toolchain
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## bench: run every benchmark one at a time (minutes; tables in bench/results/, see bench/README.md)
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+## toolchain: the OCI tools the image tests use (podman, buildah, runc, debootstrap), from Debian's
+## packages when missing (as root); no Docker engine or Docker Hub needed
+OCI_TOOLS := podman buildah runc debootstrap
+toolchain:
+	@missing=""; for t in $(OCI_TOOLS); do command -v $$t >/dev/null || PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; \
+	    apt-get install -y --no-install-recommends $(OCI_TOOLS) >/dev/null \
+	      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(OCI_TOOLS) >/dev/null; }; \
+	  else echo "missing:$$missing (Debian: sudo apt-get install --no-install-recommends $(OCI_TOOLS))"; exit 1; fi; \
+	fi
 
 lint: setup
 	$(BIN)/ruff check .

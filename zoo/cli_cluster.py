@@ -26,7 +26,7 @@ from zoo.errors import ConfigError, GenpipeError
 out = Console(soft_wrap=True)  # long URLs and ids stay on one line
 err = Console(stderr=True, soft_wrap=True)
 
-IMAGE_VARIANTS = ("cpu", "gpu")
+IMAGE_VARIANTS = ("cpu", "gpu", "serving")
 DEFAULT_REPOSITORY = "ghcr.io/genpipe/genpipe"
 PROFILE_HELP = "Cluster profile: cpu | gke | eks | aks | generic-nvidia, or a profile YAML path."
 
@@ -150,72 +150,6 @@ def load_registered(ref: str, dest: Path) -> tuple[Any, dict[str, str]]:
     return model, info
 
 
-def _docker() -> Any:
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        return docker.from_env()
-    except DockerException as e:
-        raise GenpipeError(
-            f"cannot reach a Docker engine (DOCKER_HOST or /var/run/docker.sock): {e}"
-        ) from None
-
-
-def source_root() -> Path:
-    """The source checkout holding images/ (the Docker build context)."""
-    root = Path(zoo.__file__).resolve().parent.parent
-    if not (root / "images" / "Dockerfile.cpu").is_file():
-        raise GenpipeError(
-            f"{root} has no images/Dockerfile.cpu: build from a genpipe source checkout"
-        )
-    return root
-
-
-def build(tag: str, variant: str, version: str, on_log: Any = print) -> str:
-    """Build images/Dockerfile.VARIANT from the source root as `tag`; returns the image id."""
-    from docker.errors import APIError, DockerException
-
-    from zoo.tracking import git_commit
-
-    client = _docker()
-    image_id = ""
-    try:
-        stream = client.api.build(
-            path=str(source_root()),
-            dockerfile=f"images/Dockerfile.{variant}",
-            tag=tag,
-            buildargs={"GENPIPE_VERSION": version, "GIT_COMMIT": git_commit()},
-            rm=True,
-            decode=True,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                raise GenpipeError(f"docker build {tag} failed: {chunk['error'].strip()}")
-            if chunk.get("stream", "").strip():
-                on_log(chunk["stream"].rstrip())
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-    except (APIError, DockerException) as e:
-        raise GenpipeError(f"docker build {tag} failed: {e}") from None
-    if not image_id:
-        raise GenpipeError(f"docker build {tag} reported no image id")
-    return image_id
-
-
-def push_image(tag: str) -> None:
-    """Push `tag`; a registry error in the progress stream becomes a GenpipeError."""
-    from docker.errors import APIError, DockerException
-
-    repository, _, version = tag.rpartition(":")
-    try:
-        for chunk in _docker().api.push(repository, tag=version, stream=True, decode=True):
-            if "error" in chunk:
-                raise GenpipeError(f"docker push {tag} failed: {chunk['error'].strip()}")
-    except (APIError, DockerException) as e:
-        raise GenpipeError(f"docker push {tag} failed: {e}") from None
-
-
 def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     host_opt = typer.Option("", "--host", help="KFP API URL (env GENPIPE_KFP_HOST).")
     token_opt = typer.Option(
@@ -312,7 +246,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     def schedule_cmd(
         model: str = typer.Argument(..., help="Model to retrain on a schedule."),
         cron: str = typer.Option(
-            "", help="KFP 6-field cron, seconds first: '0 0 3 * * *' = 03:00 daily."
+            "",
+            help="KFP 6-field cron, seconds first: '0 0 3 * * *' = 03:00 daily; or @daily, @every 6h.",
         ),
         every: str = typer.Option("", help="Interval instead of cron: 24h, 90m, 1d12h."),
         schedule_name: str = typer.Option(
@@ -340,7 +275,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         retries: int = retries_opt,
         service_account: str = service_account_opt,
     ) -> None:
-        """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one."""
+        """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one
+        once the new one is accepted."""
         from zoo.kfp_client import cron_expression, interval_seconds
 
         if bool(cron) == bool(every):
@@ -522,50 +458,80 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
             print(text, end="")
 
     images = typer.Typer(
-        help="Build or push the component images (Docker engine).", no_args_is_help=True
+        help="Build or push the component images (Docker engine, podman or buildah).",
+        no_args_is_help=True,
     )
     app.add_typer(images, name="images")
+    builder_opt = typer.Option(
+        "auto",
+        help="auto (a reachable Docker engine, else podman, else buildah), docker, podman, buildah.",
+    )
 
     def _variants(variant: str) -> list[str]:
+        from zoo.images_build import variants
+
+        have = variants()
         if variant == "all":
-            return list(IMAGE_VARIANTS)
-        if variant not in IMAGE_VARIANTS:
-            raise ConfigError(f"--variant {variant!r} is not one of cpu, gpu, all")
+            return have
+        if variant not in have:
+            raise ConfigError(f"--variant {variant!r} is not one of {', '.join([*have, 'all'])}")
         return [variant]
 
     @images.command("build")
     def images_build(
-        variant: str = typer.Option("all", help="cpu, gpu or all."),
+        variant: str = typer.Option("all", help="cpu, gpu, serving or all."),
         repository: str = typer.Option(
             DEFAULT_REPOSITORY, help="Image repository (registry/name)."
         ),
         version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
+        base_image: str = typer.Option(
+            "",
+            "--base-image",
+            help="Base image (default: the Dockerfile's, python:3.11-slim-bookworm pinned by digest).",
+        ),
+        ca_cert: list[Path] = typer.Option(
+            [],
+            "--ca-cert",
+            help="Extra CA certificate (PEM) for downloads during the build, e.g. a proxy's; repeatable. A build secret: no image layer keeps it.",
+        ),
+        builder: str = builder_opt,
         push: bool = typer.Option(False, "--push", help="Push after building."),
     ) -> None:
-        """Build images/Dockerfile.{cpu,gpu} as REPOSITORY:VERSION-VARIANT."""
-        for v in _variants(variant):
-            tag = image_tag(repository, v, version)
-            image_id = build(
-                tag,
+        """Build images/Dockerfile.{cpu,gpu,serving} as REPOSITORY:VERSION-VARIANT."""
+        from zoo.images_build import build_image, detect_builder, push_image
+
+        chosen = _variants(variant)
+        tags = [image_tag(repository, v, version) for v in chosen]  # refuse before building
+        tool = detect_builder(builder)
+        for v, tag in zip(chosen, tags, strict=True):
+            image_id = build_image(
                 v,
-                version or zoo.__version__,
+                tag,
+                builder=tool,
+                version=version or zoo.__version__,
+                base_image=base_image,
+                ca_certs=ca_cert,
                 on_log=lambda line: err.print(line, highlight=False, markup=False),
             )
-            out.print(f"built {tag} ({image_id})")
+            out.print(f"built {tag} ({image_id}) with {tool}")
             if push:
-                push_image(tag)
+                push_image(tool, tag, on_log=lambda line: err.print(line, highlight=False))
                 out.print(f"pushed {tag}")
 
     @images.command("push")
     def images_push(
-        variant: str = typer.Option("all", help="cpu, gpu or all."),
+        variant: str = typer.Option("all", help="cpu, gpu, serving or all."),
         repository: str = typer.Option(
             DEFAULT_REPOSITORY, help="Image repository (registry/name)."
         ),
         version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
+        builder: str = builder_opt,
     ) -> None:
-        """Push REPOSITORY:VERSION-VARIANT (log in with `docker login` first)."""
-        for v in _variants(variant):
-            tag = image_tag(repository, v, version)
-            push_image(tag)
+        """Push REPOSITORY:VERSION-VARIANT (log in with `docker login` / `podman login` first)."""
+        from zoo.images_build import detect_builder, push_image
+
+        tags = [image_tag(repository, v, version) for v in _variants(variant)]
+        tool = detect_builder(builder)
+        for tag in tags:
+            push_image(tool, tag, on_log=lambda line: err.print(line, highlight=False))
             out.print(f"pushed {tag}")

