@@ -28,6 +28,13 @@ FAKE = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKEKEYSHOULDNOTLEAK",
     "AWS_SECRET_ACCESS_KEY": "fake-secret-should-not-leak",
     "POSTGRES_PASSWORD": "fake-pg-password-should-not-leak",
+    "MINIO_ROOT_USER": "fake-root-user-should-not-leak",
+    "MINIO_ROOT_PASSWORD": "fake-root-password-should-not-leak",
+    "MLFLOW_AUTH_ADMIN_USERNAME": "fake-mlflow-admin-should-not-leak",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "fake-mlflow-admin-password-should-not-leak",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "fake-flask-key-should-not-leak",
+    "MLFLOW_TRACKING_USERNAME": "fake-mlflow-user-should-not-leak",
+    "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-password-should-not-leak",
 }
 WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
@@ -52,12 +59,14 @@ def overlay(name: str) -> tuple[dict[str, Any], ...]:
 
 @cache
 def secrets(tmp: str) -> tuple[dict[str, Any], ...]:
-    """k8s/secrets built from its .env.example templates filled with fake values."""
+    """k8s/secrets built from its .env.example templates filled with fake values, distinct per
+    file (`<fake>@<file>`), so a test can tell which identity a Secret carries."""
     work = Path(tmp) / "secrets"
     shutil.copytree(K8S / "secrets", work)
     for example in work.glob("*.env.example"):
+        stem = example.name.removesuffix(".env.example")
         lines = [
-            f"{k}={FAKE[k]}" if (k := line.split("=", 1)[0]) in FAKE else line
+            f"{k}={FAKE[k]}@{stem}" if (k := line.split("=", 1)[0]) in FAKE else line
             for line in example.read_text().splitlines()
         ]
         (work / example.name.removesuffix(".example")).write_text("\n".join(lines) + "\n")
@@ -120,6 +129,10 @@ def test_pod_security_resources_and_pinned_images(name):
         assert spec["serviceAccountName"] != "default", where
         for c in spec["containers"] + spec.get("initContainers", []):
             csc = c["securityContext"]
+            # uid 10001 everywhere; PostgreSQL's image runs as its own `postgres` user (999).
+            uid = csc.get("runAsUser", sc["runAsUser"])
+            assert uid == (999 if c["image"].startswith("postgres:") else 10001), (where, uid)
+            assert csc.get("runAsNonRoot", sc["runAsNonRoot"]) is True, where
             assert csc["allowPrivilegeEscalation"] is False, where
             assert csc["capabilities"] == {"drop": ["ALL"]}, where
             assert csc["readOnlyRootFilesystem"] is True, where
@@ -158,7 +171,7 @@ def test_secrets_cover_every_reference(tmp_path_factory):
     have = {(s["metadata"]["namespace"], s["metadata"]["name"]): set(s["data"]) for s in generated}
     kserve = have[("kubeflow", "genpipe-kserve-s3")]
     assert kserve == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    ann = find(generated, "Secret", "genpipe-kserve-s3")["metadata"]["annotations"]
+    ann = find(generated, "Secret", "genpipe-kserve-s3", "kubeflow")["metadata"]["annotations"]
     assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"} <= set(ann)
     # The pipeline steps' Secret in the pipeline namespace has the keys platform.py maps.
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= have[("kubeflow", SECRET_S3)]
@@ -171,7 +184,8 @@ def test_secrets_cover_every_reference(tmp_path_factory):
         }
         for obj in (o for o in objs if o["kind"] in WORKLOADS):
             ns = obj["metadata"]["namespace"]
-            for c in pod_spec(obj)["containers"]:
+            spec = pod_spec(obj)
+            for c in spec["containers"] + spec.get("initContainers", []):
                 for e in c.get("env", []):
                     ref = e.get("valueFrom", {})
                     if "secretKeyRef" in ref:
@@ -191,7 +205,11 @@ def test_secrets_cover_every_reference(tmp_path_factory):
         ]
         sa = find(objs, "ServiceAccount", "genpipe-kserve", "kubeflow")
         assert sa["secrets"] == [{"name": "genpipe-kserve-s3"}]
-    assert SECRET_MLFLOW not in {n for _, n in have}  # optional: MLflow without auth
+    # MLflow requires auth: pipeline steps get their (non-admin) user from this Secret.
+    assert have[("kubeflow", SECRET_MLFLOW)] == {
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    }
 
 
 def test_mlflow_server_postgres_backend_and_proxied_s3_artifacts():
@@ -199,11 +217,15 @@ def test_mlflow_server_postgres_backend_and_proxied_s3_artifacts():
     mlflow = pod_spec(find(objs, "Deployment", "mlflow"))["containers"][0]
     args = mlflow["args"]
     assert mlflow["command"] == ["mlflow", "server"]
-    assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    # The driver the image has (psycopg2): SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3.
+    assert any(a.startswith("--backend-store-uri=postgresql+psycopg2://") for a in args)
     assert "--serve-artifacts" in args
     assert "--artifacts-destination=$(GENPIPE_MLFLOW_ARTIFACTS_DESTINATION)" in args
     env = {e["name"] for e in mlflow["env"]}
     assert {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
+    for e in mlflow["env"]:  # its own object-store user, not MinIO's root
+        if e["name"].startswith("AWS_"):
+            assert e["valueFrom"]["secretKeyRef"]["name"] == "genpipe-s3-mlflow", e
     cm = find(objs, "ConfigMap", "genpipe-config", "genpipe")["data"]
     assert cm["GENPIPE_MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://genpipe-mlflow/")
     for kind in ("StatefulSet",):
