@@ -8,8 +8,14 @@ exists, else no auth (a port-forwarded standalone KFP).
 
 Pipelines are uploaded once per content: the version is named by the SHA-256 of the compiled
 YAML, so submitting an unchanged pipeline reuses the existing version. Recurring runs cannot
-be edited in place, so (re)scheduling a name deletes the recurring runs with that display name
-and creates a new one.
+be edited in place, so (re)scheduling a name creates the new recurring run first and only then
+deletes the older ones with that display name: a schedule the server refuses leaves the old
+one running.
+
+In multi-user Kubeflow the API server authorizes every call with SubjectAccessReviews on
+`pipelines.kubeflow.org` resources; `KFP_RBAC` lists, per method here, the (resource, verb)
+pairs it checks, and the Role `genpipe-kfp-submitter` (k8s/pipeline-namespace/rbac.yaml) grants
+exactly their union.
 """
 
 from __future__ import annotations
@@ -38,6 +44,51 @@ ENV_SA_TOKEN_PATH = "KF_PIPELINES_SA_TOKEN_PATH"  # the name kfp itself reads
 DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 _EVERY_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+# The (resource, verb) pairs on API group pipelines.kubeflow.org that KFP's API server checks
+# (one SubjectAccessReview each) in multi-user mode for each method of `Kfp` below. Sources,
+# kubeflow/pipelines backend/src/apiserver: resource and verb names from common/const.go
+# (RbacResourceType*, RbacResourceVerb*); server/pipeline_server.go ListPipelines -> list,
+# ListPipelineVersions -> list (on `pipelines`: a version has no resource of its own, so
+# `pipelines/versions` is never checked), DeletePipelineVersion -> delete;
+# server/pipeline_upload_server.go UploadPipeline and UploadPipelineVersion -> create;
+# server/experiment_server.go ListExperiments -> list, CreateExperiment -> create (kfp's
+# create_experiment looks the name up with a list first); server/run_server.go CreateRun ->
+# create on `runs` plus `get` on the referenced pipeline (canAccessReferencedPipeline), GetRun
+# -> get; server/job_server.go (recurring runs are `jobs`) ListRecurringRuns -> list,
+# CreateRecurringRun -> create plus `get` on the referenced pipeline, DeleteRecurringRun ->
+# delete, DisableRecurringRun -> disable, EnableRecurringRun -> enable. Reads of a pipeline
+# without a namespace (a shared one) are not checked. The delete of KFP's default version and
+# the `get` on a referenced pipeline name the pipeline (`genpipe-MODEL`).
+KFP_RBAC: dict[str, frozenset[tuple[str, str]]] = {
+    "ensure_pipeline_version": frozenset(
+        {("pipelines", "list"), ("pipelines", "create"), ("pipelines", "delete")}
+    ),
+    "experiment_id": frozenset({("experiments", "list"), ("experiments", "create")}),
+    "create_run": frozenset({("runs", "create"), ("pipelines", "get")}),
+    "wait": frozenset({("runs", "get")}),
+    "recurring_runs": frozenset({("jobs", "list")}),
+    "schedule": frozenset(
+        {("jobs", "list"), ("jobs", "create"), ("jobs", "delete"), ("pipelines", "get")}
+    ),
+    "pause": frozenset({("jobs", "list"), ("jobs", "disable")}),
+    "resume": frozenset({("jobs", "list"), ("jobs", "enable")}),
+    "delete": frozenset({("jobs", "list"), ("jobs", "delete")}),
+}
+# The Kfp methods each CLI command calls (`submit --wait` adds `wait`).
+COMMAND_CALLS: dict[str, tuple[str, ...]] = {
+    "submit": ("ensure_pipeline_version", "experiment_id", "create_run", "wait"),
+    "schedule": ("ensure_pipeline_version", "experiment_id", "schedule"),
+    "schedules list": ("recurring_runs",),
+    "schedules pause": ("pause",),
+    "schedules resume": ("resume",),
+    "schedules delete": ("delete",),
+}
+
+
+def kfp_rbac_needs(commands: tuple[str, ...] = tuple(COMMAND_CALLS)) -> set[tuple[str, str]]:
+    """Every (resource, verb) pair the given CLI commands need from KFP's authorizer."""
+    return {pair for c in commands for m in COMMAND_CALLS[c] for pair in KFP_RBAC[m]}
 
 
 class KfpError(GenpipeError):
@@ -93,16 +144,96 @@ def resolve_host(host: str = "", env: dict[str, str] | None = None) -> str:
     return host.rstrip("/")
 
 
+# KFP's API server (server/api_converter.go toModelJob) and its ScheduledWorkflow controller
+# parse cron with robfig/cron v1's cron.Parse: seconds minutes hours day-of-month month
+# day-of-week, each a list of `*`/`?`, N, N-M or names (jan-dec, sun-sat), with an optional
+# /STEP; or a descriptor. (That parser also takes 5 fields, reading them seconds-first, so the
+# usual Unix `0 3 * * *` would run hourly: refused here.)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("seconds", 0, 59, {}),
+    ("minutes", 0, 59, {}),
+    ("hours", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, {m: i + 1 for i, m in enumerate(_MONTHS)}),
+    ("day-of-week", 0, 6, {d: i for i, d in enumerate(_WEEKDAYS)}),
+)
+_CRON_DESCRIPTORS = (
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+)
+_GO_DURATION = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$")
+_CRON_HELP = "KFP cron: seconds minutes hours day-of-month month day-of-week, e.g. '0 0 3 * * *'"
+
+
 def cron_expression(cron: str) -> str:
-    """Check a KFP cron: 6 fields, seconds first (robfig/cron), e.g. '0 0 3 * * *'."""
-    fields = cron.split()
+    """Check a KFP cron the way KFP parses it (robfig/cron v1, 6 fields, seconds first, or a
+    descriptor such as @daily / @every 1h30m); the normalized expression, or one ConfigError
+    naming the field and its valid range."""
+    spec = " ".join(cron.split())
+    if spec.startswith("@"):
+        if spec in _CRON_DESCRIPTORS:
+            return spec
+        if spec.startswith("@every ") and _GO_DURATION.match(spec[len("@every ") :]):
+            return spec
+        raise ConfigError(
+            f"--cron {cron!r}: unknown descriptor; use one of {', '.join(_CRON_DESCRIPTORS)} "
+            "or '@every DURATION' (e.g. @every 1h30m)"
+        )
+    fields = spec.split()
     if len(fields) != 6:
-        hint = f" (did you mean '0 {cron.strip()}'?)" if len(fields) == 5 else ""
+        hint = f" (did you mean '0 {spec}'?)" if len(fields) == 5 else ""
         raise ConfigError(
             f"--cron {cron!r} has {len(fields)} fields; KFP cron has 6, seconds first, "
             f"e.g. '0 0 3 * * *' for 03:00 every day{hint}"
         )
-    return " ".join(fields)
+    for value, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in value.split(","):
+            if part:  # robfig skips empty list items
+                problem = _cron_part_problem(part, low, high, names)
+                if problem:
+                    named = f" or names {list(names)[0]}-{list(names)[-1]}" if names else ""
+                    raise ConfigError(
+                        f"--cron {cron!r}: {name} {part!r} {problem}; valid: {low}-{high}{named}, "
+                        f"*, ?, lists, ranges and /steps ({_CRON_HELP})"
+                    )
+    return spec
+
+
+def _cron_part_problem(part: str, low: int, high: int, names: dict[str, int]) -> str:
+    """Why one list item of a cron field is invalid ('' if it is valid)."""
+    range_part, slash, step = part.partition("/")
+    if slash:
+        if "/" in step:
+            return "has more than one '/'"
+        if not re.fullmatch(r"\+?\d+", step) or int(step) == 0:
+            return f"has step {step!r}, not a positive whole number"
+    if range_part in ("*", "?"):
+        return ""
+    bounds = range_part.split("-")
+    if len(bounds) > 2:
+        return "has more than one '-'"
+    values = []
+    for b in bounds:
+        if b.lower() in names:
+            values.append(names[b.lower()])
+        elif re.fullmatch(r"\+?\d+", b):
+            values.append(int(b))
+        else:
+            return f"has {b!r}, which is not a number" + (" or a name" if names else "")
+    start = values[0]
+    end = values[-1] if len(values) == 2 else (high if slash else start)
+    if not (low <= start <= high and low <= end <= high):
+        return "is out of range"
+    if start > end:
+        return f"starts after it ends ({start} > {end})"
+    return ""
 
 
 def interval_seconds(every: str) -> int:
@@ -142,9 +273,14 @@ def _api(what: str) -> Iterator[None]:
         detail = ""
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             body = json.loads(e.body)
-            detail = body.get("message") or body.get("error") or ""
+            # google.rpc.Status: details[].error_message is KFP's message for users, `message`
+            # the internal chain; the upload endpoints answer {"error_message", ...}.
+            details = [d.get("error_message") for d in body.get("details") or []]
+            detail = next((d for d in details if d), "") or body.get("error_message") or ""
+            detail = detail or body.get("message") or body.get("error") or ""
         if not detail and isinstance(e.body, str):
             detail = e.body.strip()[:300]
+        detail = " ".join(str(detail).split())  # one line
         hint = " (check --token/--cookie)" if e.status in (401, 403) else ""
         raise KfpError(f"KFP {what} failed: HTTP {e.status} {e.reason}{hint}: {detail}") from None
     except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -326,13 +462,11 @@ class Kfp:
         every_seconds: int = 0,
         service_account: str = "",
     ) -> tuple[str, int]:
-        """Create recurring run `name`, replacing any with that name; (id, replaced count)."""
+        """Create recurring run `name`, then delete the older ones with that name (so a
+        schedule the server refuses leaves the old one in place); (id, replaced count)."""
         if bool(cron) == bool(every_seconds):
             raise ConfigError("give exactly one of --cron or --every")
         old = self.recurring_runs_named(name)
-        for r in old:
-            with _api(f"delete recurring run {r.recurring_run_id}"):
-                self.client.delete_recurring_run(r.recurring_run_id)
         with _api("create recurring run"):
             created = self.client.create_recurring_run(
                 experiment_id=experiment_id,
@@ -349,7 +483,21 @@ class Kfp:
                 enabled=True,
                 service_account=service_account or None,
             )
-        return created.recurring_run_id, len(old)
+        new_id = created.recurring_run_id
+        for r in old:
+            if r.recurring_run_id == new_id:
+                continue
+            try:
+                with _api(f"delete recurring run {r.recurring_run_id}"):
+                    self.client.delete_recurring_run(r.recurring_run_id)
+            except KfpError as e:
+                # Both schedules exist now: say so, rather than leave a silent duplicate.
+                raise KfpError(
+                    f"created recurring run {name!r} ({new_id}), but the previous one "
+                    f"{r.recurring_run_id} is still scheduled: {e}; delete it with "
+                    f"`genpipe schedules delete` once it is gone from `genpipe schedules list`"
+                ) from None
+        return new_id, len(old)
 
     def _ids(self, name: str) -> list[str]:
         runs = self.recurring_runs_named(name)

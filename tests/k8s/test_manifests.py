@@ -260,12 +260,30 @@ def test_network_policies_default_deny_and_narrow_ingress():
 
 
 def test_rbac_is_least_privilege():
+    """The Role grants exactly the (resource, verb) pairs KFP's API server checks for
+    genpipe's calls (zoo/kfp_client.py KFP_RBAC, from KFP's server/*_server.go): none missing
+    (a 403 on multi-user Kubeflow), none unused, no wildcard, no subresource (KFP checks
+    none); `get`/`delete` on pipelines name the pipeline, so only genpipe's own."""
+    from zoo import models
+    from zoo.kfp_client import kfp_rbac_needs
+
     objs = overlay("cpu")
     role = find(objs, "Role", "genpipe-kfp-submitter", "kubeflow")
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["pipelines.kubeflow.org"]
-    assert set(rule["verbs"]) == {"get", "list", "create"}  # nothing destructive, no wildcards
-    assert "*" not in rule["resources"]
+    granted: list[tuple[str, str]] = []
+    named: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["pipelines.kubeflow.org"]
+        for resource in rule["resources"]:
+            assert "*" not in resource and "/" not in resource, resource
+            for verb in rule["verbs"]:
+                assert verb != "*"
+                granted.append((resource, verb))
+                if rule.get("resourceNames"):
+                    named[(resource, verb)] = set(rule["resourceNames"])
+    assert len(granted) == len(set(granted))  # each pair once: no broader duplicate
+    assert set(granted) == kfp_rbac_needs()
+    ours = {f"genpipe-{m.replace('_', '-')}" for m in models.names()}  # pipelineInfo names
+    assert named == {("pipelines", "get"): ours, ("pipelines", "delete"): ours}
     binding = find(objs, "RoleBinding", "genpipe-retrain-submits-pipelines", "kubeflow")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "genpipe-retrain", "namespace": "genpipe"}
