@@ -445,3 +445,454 @@ def test_inference_service_example_is_what_deploy_renders():
         profile=load_profile("cpu"),
     )
     assert rendered == example
+
+
+# --- least privilege: object-store identities, MLflow auth, egress ------------------------------
+
+ROOT_SECRET = "genpipe-s3-root"
+ROOT_READERS = {("StatefulSet", "minio"), ("Job", "genpipe-s3-setup")}
+
+
+def secret_refs(obj: dict[str, Any]) -> set[str]:
+    """Names of the Secrets a workload's containers read (env, envFrom) or mount."""
+    spec = pod_spec(obj)
+    names = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    for c in spec["containers"] + spec.get("initContainers", []):
+        names |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        names |= {s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s}
+    return names
+
+
+def decoded(secret: dict[str, Any]) -> dict[str, str]:
+    import base64
+
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_object_store_root_credentials_never_leave_minio_and_its_setup_job(name, tmp_path_factory):
+    objs = overlay(name)
+    readers = {
+        (o["kind"], o["metadata"]["name"])
+        for o in objs
+        if o["kind"] in WORKLOADS and ROOT_SECRET in secret_refs(o)
+    }
+    expected = ROOT_READERS if name != "kubeflow-minio" else set()
+    assert readers == expected
+    for o in objs:  # MinIO's root variables come from the root Secret, nowhere else
+        if o["kind"] in WORKLOADS:
+            for c in pod_spec(o)["containers"]:
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+                    if ref.get("name") in ("genpipe-s3", "genpipe-kserve-s3", "genpipe-s3-mlflow"):
+                        assert not e["name"].startswith("MINIO_ROOT"), (o["metadata"]["name"], e)
+    generated = secrets(str(tmp_path_factory.mktemp("k8s")))
+    root = decoded(find(generated, "Secret", ROOT_SECRET))
+    assert find(generated, "Secret", ROOT_SECRET)["metadata"]["namespace"] == "genpipe"
+    for s in generated:
+        if s["metadata"]["name"] == ROOT_SECRET:
+            continue
+        values = set(decoded(s).values())
+        assert not values & set(root.values()), s["metadata"]["name"]
+        if s["metadata"]["namespace"] != "genpipe":
+            assert not {k for k in s["data"] if k.startswith("MINIO_ROOT")}
+
+    # Each client's Secret holds its own identity, filled from its own template.
+    def identity(ns: str, secret: str) -> str:
+        return decoded(find(generated, "Secret", secret, ns))["AWS_ACCESS_KEY_ID"]
+
+    assert identity("kubeflow", SECRET_S3).endswith("@s3")
+    assert identity("kubeflow", "genpipe-kserve-s3").endswith("@s3-serving")
+    assert identity("genpipe", "genpipe-s3-mlflow").endswith("@s3-mlflow")
+    assert identity("genpipe", SECRET_S3) == identity("kubeflow", SECRET_S3)
+    assert identity("genpipe", "genpipe-kserve-s3") == identity("kubeflow", "genpipe-kserve-s3")
+
+
+def iam_allows(policy: dict[str, Any], action: str, resource: str, prefix: str = "") -> bool:
+    """Allow-statement evaluation as MinIO does it for these policies: action and ARN globs,
+    and the StringLike s3:prefix condition of ListBucket."""
+    from fnmatch import fnmatchcase
+
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and set(st) <= {
+            "Sid",
+            "Effect",
+            "Action",
+            "Resource",
+            "Condition",
+        }
+        if not any(fnmatchcase(action, a) for a in st["Action"]):
+            continue
+        if not any(fnmatchcase(resource, r) for r in st["Resource"]):
+            continue
+        cond = st.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+        if cond is not None and not any(fnmatchcase(prefix, p) for p in cond):
+            continue
+        return True
+    return False
+
+
+def test_object_store_policies_are_scoped_and_attached_to_the_right_users():
+    import json
+
+    from zoo.kserve import storage_uri
+
+    objs = overlay("cpu")
+    cm = find(objs, "ConfigMap", "genpipe-s3-policies")["data"]
+    pol = {k.removesuffix(".json"): json.loads(v) for k, v in cm.items()}
+    assert set(pol) == {"genpipe-pipelines", "genpipe-mlflow", "genpipe-serving"}
+    arn = "arn:aws:s3:::"
+    for p in pol.values():  # nothing administrative, no wildcard action or bucket
+        actions = {a for st in p["Statement"] for a in st["Action"]}
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), actions
+        assert not any(
+            iam_allows(p, a, f"{arn}genpipe")
+            for a in ("s3:CreateBucket", "s3:DeleteBucket", "s3:PutBucketPolicy")
+        )
+
+    bucket = find(objs, "ConfigMap", "genpipe-config", "kubeflow")["data"]["GENPIPE_BUCKET"]
+    pipes, mlflow, serving = pol["genpipe-pipelines"], pol["genpipe-mlflow"], pol["genpipe-serving"]
+    data = f"{arn}{bucket}/datasets/abc/shard-0.tfrecord"
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert iam_allows(pipes, action, data)
+        assert not iam_allows(pipes, action, f"{arn}genpipe-mlflow/artifacts/1/x")
+        assert not iam_allows(pipes, action, f"{arn}other-bucket/x")
+        assert iam_allows(mlflow, action, f"{arn}genpipe-mlflow/artifacts/1/x")
+        assert not iam_allows(mlflow, action, data)
+    assert iam_allows(pipes, "s3:ListBucket", f"{arn}{bucket}", prefix="datasets/")
+
+    # Serving: read the registered model's files where `genpipe deploy` points KServe, nothing else.
+    dest = find(objs, "ConfigMap", "genpipe-config", "genpipe")["data"]
+    uri = storage_uri(
+        "mlflow-artifacts:/3/models/m-abc/artifacts", dest["GENPIPE_MLFLOW_ARTIFACTS_DESTINATION"]
+    )
+    b, key = uri.removeprefix("s3://").split("/", 1)
+    assert iam_allows(serving, "s3:GetObject", f"{arn}{b}/{key}/model.keras")
+    assert iam_allows(serving, "s3:ListBucket", f"{arn}{b}", prefix=key)
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert not iam_allows(serving, action, f"{arn}{b}/{key}/model.keras")
+    assert not iam_allows(serving, "s3:GetObject", data)
+    assert not iam_allows(serving, "s3:ListBucket", f"{arn}{b}", prefix="")
+    assert not iam_allows(serving, "s3:ListBucket", f"{arn}{bucket}", prefix="datasets/")
+
+    # The setup Job attaches each policy to the user of the Secret that client reads.
+    job = find(objs, "Job", "genpipe-s3-setup")
+    (c,) = pod_spec(job)["containers"]
+    assert c["image"].startswith("quay.io/minio/mc:RELEASE.")
+    # `policy attach` of an attached policy succeeds only since mc RELEASE.2024-10-08.
+    assert c["image"].split(":RELEASE.")[1] >= "2024-10-08"
+    env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in c["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    script = c["args"][0]
+    attached = dict(re.findall(r"mc admin policy attach store (\S+) --user \"\$(\w+)\"", script))
+    assert {p: env[v] for p, v in attached.items()} == {
+        "genpipe-pipelines": SECRET_S3,
+        "genpipe-mlflow": "genpipe-s3-mlflow",
+        "genpipe-serving": "genpipe-kserve-s3",
+    }
+    for var in re.findall(r"mc admin user add store \"\$(\w+)\" \"\$(\w+)\"", script):
+        assert env[var[0]] == env[var[1]]  # key and secret of one identity
+    assert "--ignore-existing" in script and f"store/{bucket} " in script + " "
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "policies")
+    assert all(f"{mount['mountPath']}/$p.json" in script for _ in pol)
+    vol = next(v for v in pod_spec(job)["volumes"] if v["name"] == "policies")
+    assert vol["configMap"]["name"] == "genpipe-s3-policies"
+    # KServe's ServiceAccount carries the read-only user, pipeline steps the pipelines user.
+    sa = find(objs, "ServiceAccount", "genpipe-kserve", "kubeflow")
+    assert sa["secrets"] == [{"name": "genpipe-kserve-s3"}]
+
+
+def test_mlflow_requires_basic_auth_from_secrets():
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    objs = overlay("cpu")
+    spec = pod_spec(find(objs, "Deployment", "mlflow"))
+    (c,) = spec["containers"]
+    args = c["args"]
+    assert "--app-name=basic-auth" in args
+    env = {e["name"]: e for e in c["env"]}
+    for var in (
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    ):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "genpipe-mlflow-admin", "key": var}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "genpipe-postgres"
+    # No credential on a command line (the process list shows it) or in a ConfigMap.
+    for a in args:
+        assert not re.search(r"://[^/@]*:[^/@]*@", a), a
+    ini = find(objs, "ConfigMap", "genpipe-mlflow-auth")["data"]["basic_auth.ini"]
+    import configparser
+
+    conf = configparser.ConfigParser()
+    conf.read_string(ini)
+    assert conf["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    db = conf["mlflow"]["database_uri"]
+    assert db.startswith("postgresql+psycopg2://mlflow@postgres.genpipe.svc.cluster.local:5432/")
+    assert db.rsplit("/", 1)[1] == "mlflow_auth"  # apart from the tracking schema
+    assert not {"admin_password", "admin_username"} & set(conf["mlflow"])
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "auth-config")
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"{mount['mountPath']}/basic_auth.ini"
+    # The Host guard admits exactly the names clients use, never a lookalike or a wildcard.
+    (hosts,) = [a.split("=", 1)[1].split(",") for a in args if a.startswith("--allowed-hosts=")]
+    assert not [h for h in hosts if "*" in h]
+    for ns in ("genpipe", "kubeflow"):
+        uri = find(objs, "ConfigMap", "genpipe-config", ns)["data"]["MLFLOW_TRACKING_URI"]
+        assert is_allowed_host_header(hosts, uri.split("//", 1)[1].rstrip("/"))
+    assert is_allowed_host_header(hosts, "localhost:5000")  # kubectl port-forward
+    for bad in (
+        "mlflow.genpipe.attacker.example:5000",
+        "evil.example",
+        "mlflow.genpipe.svc.cluster.local.evil:5000",
+    ):
+        assert not is_allowed_host_header(hosts, bad), bad
+    (origins,) = [a.split("=", 1)[1] for a in args if a.startswith("--cors-allowed-origins=")]
+    assert "*" not in origins
+    # The Job that makes the pipelines' user: admin only from the admin Secret, the user from
+    # the Secret the pipeline steps read, and the script from the repository.
+    job = find(objs, "Job", "genpipe-mlflow-users")
+    (jc,) = pod_spec(job)["containers"]
+    jenv = {e["name"]: e["valueFrom"] for e in jc["env"] if "valueFrom" in e}
+    assert jenv["MLFLOW_AUTH_ADMIN_PASSWORD"]["secretKeyRef"]["name"] == "genpipe-mlflow-admin"
+    assert jenv["MLFLOW_TRACKING_USERNAME"]["secretKeyRef"]["name"] == SECRET_MLFLOW
+    assert jenv["MLFLOW_TRACKING_PASSWORD"]["secretKeyRef"]["name"] == SECRET_MLFLOW
+    script = find(objs, "ConfigMap", "genpipe-mlflow-users")["data"]["mlflow-users.py"]
+    assert script == (K8S / "base" / "mlflow-users.py").read_text()
+    # The admin Secret is read by the server and that Job only.
+    readers = {
+        o["metadata"]["name"]
+        for o in objs
+        if o["kind"] in WORKLOADS and "genpipe-mlflow-admin" in secret_refs(o)
+    }
+    assert readers == {"mlflow", "genpipe-mlflow-users"}
+
+
+def test_only_the_retrain_cronjob_uses_the_kfp_submitter_service_account():
+    objs = overlay("gke")
+    for o in objs:
+        if o["kind"] in WORKLOADS:
+            sa = pod_spec(o)["serviceAccountName"]
+            is_cron = (o["kind"], o["metadata"]["name"]) == ("CronJob", "genpipe-retrain")
+            assert (sa == "genpipe-retrain") == is_cron, (o["kind"], o["metadata"]["name"], sa)
+        if o["kind"] == "ServiceAccount":
+            assert o["automountServiceAccountToken"] is False, o["metadata"]["name"]
+
+
+NS_LABELS = {
+    "genpipe": {"kubernetes.io/metadata.name": "genpipe"},
+    # The pipeline namespace, labelled as docs/kubernetes.md says.
+    "kubeflow": {"kubernetes.io/metadata.name": "kubeflow", "genpipe.io/access": "true"},
+    "kube-system": {"kubernetes.io/metadata.name": "kube-system"},
+}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels + matchExpressions) applied to `labels`."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for ex in selector.get("matchExpressions", []):
+        key, op, values = ex["key"], ex["operator"], ex.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict[str, Any], policy_ns: str, other: dict[str, Any]) -> bool:
+    if "ipBlock" in peer:  # only addresses outside the pod network are modelled as IPs
+        import ipaddress
+
+        if "ip" not in other:
+            return False
+        ip = ipaddress.ip_address(other["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if "ip" in other:
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = selects(peer["namespaceSelector"], NS_LABELS[other["ns"]])
+    else:
+        ns_ok = other["ns"] == policy_ns
+    return ns_ok and selects(peer.get("podSelector", {}), other["labels"])
+
+
+def _ports_match(ports: list[dict[str, Any]] | None, port: int, proto: str) -> bool:
+    return ports is None or any(
+        p.get("protocol", "TCP") == proto and p.get("port") in (None, port) for p in ports
+    )
+
+
+def allowed(objs, src: dict[str, Any], dst: dict[str, Any], port: int, proto="TCP") -> bool:
+    """Whether NetworkPolicies let `src` (a pod: ns + labels) connect to `dst` (a pod, or an
+    external {"ip": ...}) on port/proto: the egress side of src and the ingress side of dst."""
+    pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
+
+    def side(kind: str, pod: dict[str, Any], peer: dict[str, Any], key: str, field: str) -> bool:
+        mine = [
+            p
+            for p in pols
+            if p["metadata"]["namespace"] == pod["ns"]
+            and kind in p["spec"]["policyTypes"]
+            and selects(p["spec"]["podSelector"], pod["labels"])
+        ]
+        if not mine:
+            return True  # not isolated in this direction
+        return any(
+            _ports_match(rule.get("ports"), port, proto)
+            and (
+                rule.get(field) is None
+                or any(_peer_matches(x, p["metadata"]["namespace"], peer) for x in rule[field])
+            )
+            for p in mine
+            for rule in p["spec"].get(key, [])
+        )
+
+    egress_ok = side("Egress", src, dst, "egress", "to")
+    ingress_ok = "ip" in dst or side("Ingress", dst, src, "ingress", "from")
+    return egress_ok and ingress_ok
+
+
+def pod_of(obj: dict[str, Any]) -> dict[str, Any]:
+    tmpl = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return {"ns": obj["metadata"]["namespace"], "labels": tmpl["template"]["metadata"]["labels"]}
+
+
+def _name(n: str) -> dict[str, Any]:
+    return {"ns": "genpipe", "labels": {"app.kubernetes.io/name": n}}
+
+
+DNS = ({"ns": "kube-system", "labels": {"k8s-app": "kube-dns"}}, 53)
+POSTGRES, MINIO, MLFLOW = (_name("postgres"), 5432), (_name("minio"), 9000), (_name("mlflow"), 5000)
+KFP_API = ({"ns": "kubeflow", "labels": {"app": "ml-pipeline"}}, 8888)
+KFP_GRPC = ({"ns": "kubeflow", "labels": {"app": "ml-pipeline"}}, 8887)
+MLMD = ({"ns": "kubeflow", "labels": {"component": "metadata-grpc-server"}}, 8080)
+KF_STORE = ({"ns": "kubeflow", "labels": {"app": "seaweedfs"}}, 8333)
+KF_MINIO = ({"ns": "kubeflow", "labels": {"app": "minio"}}, 9000)
+API_SERVER = ({"ip": "172.18.0.2"}, 6443)  # the `kubernetes` Service's endpoint, kubeadm port
+INTERNET_HTTP = ({"ip": "93.184.216.34"}, 80)
+INTERNET_DB = ({"ip": "93.184.216.34"}, 5432)
+STEP = {
+    "ns": "kubeflow",
+    "labels": {
+        "genpipe.io/pipeline": "true",
+        "workflows.argoproj.io/workflow": "vae-abc12",
+        "pipelines.kubeflow.org/v2_component": "true",
+    },
+}
+WORKER = {
+    "ns": "kubeflow",
+    "labels": {
+        "genpipe.io/pipeline": "true",
+        "training.kubeflow.org/replica-type": "worker",
+        "training.kubeflow.org/job-name": "vae-abc12",
+    },
+}
+ALL_TARGETS = {
+    "dns": DNS,
+    "postgres": POSTGRES,
+    "minio": MINIO,
+    "mlflow": MLFLOW,
+    "kfp-api": KFP_API,
+    "kfp-grpc": KFP_GRPC,
+    "mlmd": MLMD,
+    "kf-store": KF_STORE,
+    "kf-minio": KF_MINIO,
+    "api-server": API_SERVER,
+    "internet-http": INTERNET_HTTP,
+    "internet-db": INTERNET_DB,
+    "worker-peer": (WORKER, 2222),
+}
+
+
+@pytest.mark.parametrize("name", ["cpu", "gke", "kubeflow-minio"])
+def test_egress_is_denied_by_default_and_each_pod_reaches_only_what_it_needs(name):
+    objs = overlay(name)
+    pols = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o["spec"]
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+    }
+    assert pols[("genpipe", "default-deny-egress")] == {
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+    }
+    store = {"kf-store", "kf-minio"} if name == "kubeflow-minio" else {"minio"}
+    expected = {
+        "postgres": {"dns"},
+        "minio": {"dns"},
+        "mlflow": {"dns", "postgres"} | store,
+        "genpipe-s3-setup": {"dns", "minio"},
+        "genpipe-mlflow-users": {"dns", "mlflow"},
+        "genpipe-retrain": {"dns", "kfp-api"},
+        "genpipe-gpu-check": {"dns"},  # needs nothing; DNS is allowed namespace-wide
+    }
+    seen = set()
+    for obj in (o for o in objs if o["kind"] in WORKLOADS):
+        src, who = pod_of(obj), obj["metadata"]["name"]
+        assert src["ns"] == "genpipe", who
+        seen.add(who)
+        reach = {
+            t
+            for t, (dst, port) in ALL_TARGETS.items()
+            if allowed(objs, src, dst, port, "UDP" if port == 53 else "TCP")
+        }
+        assert reach == expected[who], (name, who, reach)
+    assert seen == set(expected) - ({"genpipe-gpu-check"} if name != "gke" else set()) - (
+        {"minio", "genpipe-s3-setup"} if name == "kubeflow-minio" else set()
+    )
+    # DNS over TCP too; nothing else on port 53 (not a way out).
+    mlflow = pod_of(find(objs, "Deployment", "mlflow"))
+    assert allowed(objs, mlflow, DNS[0], 53, "TCP")
+    assert not allowed(objs, mlflow, {"ip": "8.8.8.8"}, 53, "UDP")
+
+    # Pipeline steps (Argo pods labelled genpipe.io/pipeline=true) in the pipeline namespace.
+    step_store = {"kf-store", "kf-minio"} | (set() if name == "kubeflow-minio" else {"minio"})
+    step = {
+        t
+        for t, (dst, port) in ALL_TARGETS.items()
+        if allowed(objs, STEP, dst, port, "UDP" if port == 53 else "TCP")
+    }
+    assert step == {"dns", "mlflow", "kfp-api", "kfp-grpc", "mlmd", "api-server"} | step_store
+    assert allowed(objs, STEP, {"ip": "10.96.0.1"}, 443)  # the `kubernetes` Service (GKE/EKS)
+    # TFJob workers: no Kubernetes API, no KFP, but each other on TF's port.
+    worker = {
+        t
+        for t, (dst, port) in ALL_TARGETS.items()
+        if allowed(objs, WORKER, dst, port, "UDP" if port == 53 else "TCP")
+    }
+    assert worker == {"dns", "mlflow", "worker-peer"} | (
+        {"kf-store", "kf-minio"} if name == "kubeflow-minio" else {"minio"}
+    )
+    # The shared pipeline namespace is not isolated as a whole: KFP's own pods stay untouched.
+    kfp_pod = {"ns": "kubeflow", "labels": {"app": "ml-pipeline"}}
+    assert allowed(objs, kfp_pod, {"ip": "93.184.216.34"}, 443)
+
+
+def test_ingress_admits_only_each_services_clients():
+    objs = overlay("cpu")
+    retrain = pod_of(find(objs, "CronJob", "genpipe-retrain"))
+    setup = pod_of(find(objs, "Job", "genpipe-s3-setup"))
+    users = pod_of(find(objs, "Job", "genpipe-mlflow-users"))
+    mlflow = pod_of(find(objs, "Deployment", "mlflow"))
+    other_ns = {"ns": "kube-system", "labels": {"app": "x"}}
+    assert allowed(objs, mlflow, *POSTGRES)
+    for src in (setup, users, retrain, STEP):
+        assert not allowed(objs, src, *POSTGRES)
+    assert allowed(objs, users, *MLFLOW) and allowed(objs, STEP, *MLFLOW)
+    assert not allowed(objs, setup, *MLFLOW) and not allowed(objs, other_ns, *MLFLOW)
+    assert allowed(objs, setup, *MINIO) and allowed(objs, STEP, *MINIO)
+    assert not allowed(objs, retrain, *MINIO) and not allowed(objs, other_ns, *MINIO)
