@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations` here: KFP reads the component signature's real types.
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,11 +18,13 @@ def run(
     preset: str = "default",
     overrides: str = "{}",
     platform_overrides: str = "{}",
+    tfjob: str = "",
 ) -> dict[str, Any]:
     """Train `model` on the dataset behind `manifest_uri`; the model lands in `output_dir`.
 
     `platform_overrides` are the cluster profile's train_defaults (e.g. mixed precision on
-    GPUs); `overrides` (the run's own) win over them.
+    GPUs); `overrides` (the run's own) win over them. `tfjob` (compiled in from a profile with
+    workers >= 2) is a TFJob template: this task then launches the workers and waits.
 
     Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
     pipeline run, same MLflow run) resumes instead of starting over.
@@ -39,11 +40,9 @@ def run(
         **_json_object(overrides, "overrides"),
     }
     cfg = models.resolve_config(model, preset, merged, where="overrides")
-    if cfg.distribution == "multi_worker" and os.environ.get("GENPIPE_TFJOB_WORKERS"):
+    if tfjob:
         # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
-        return _run_tfjob(
-            model, manifest_uri, mlflow_run_id, output_dir, preset, json.dumps(merged)
-        )
+        return _run_tfjob(tfjob, model, manifest_uri, mlflow_run_id, output_dir, preset, merged)
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
     c = tracking.client()
@@ -79,27 +78,46 @@ def _json_object(text: str, name: str) -> dict[str, Any]:
 
 
 def _run_tfjob(
+    template: str,
     model: str,
     manifest_uri: str,
     mlflow_run_id: str,
     output_dir: str,
     preset: str,
-    overrides: str,
+    merged: dict[str, Any],
+    **kube: Any,
 ) -> dict[str, Any]:
-    """Train in a TFJob (zoo.distributed), then register the model its chief uploaded."""
+    """Train in a TFJob (zoo.tfjob), then log the model its chief uploaded.
+
+    `kube` goes to zoo.tfjob.launch (Kubernetes API clients; tests pass stand-ins).
+    """
     import time
 
-    from zoo import distributed, tracking
+    from zoo import models, tfjob, tracking
+    from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
 
+    spec = tfjob.parse_template(template)
+    distribution = models.resolve_config(model, preset, merged, where="overrides").distribution
+    if distribution not in ("auto", "multi_worker"):
+        workers = spec["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]
+        raise ConfigError(
+            f"overrides distribution={distribution!r}: this pipeline trains on {workers} TFJob "
+            "workers, which needs multi_worker (or auto); compile with workers: 1 instead"
+        )
+    # The workers' TF_CONFIG names them all: multi_worker, stated rather than detected.
+    merged = {**merged, "distribution": "multi_worker"}
+    models.resolve_config(model, preset, merged, where="overrides")
     t0 = time.perf_counter()
-    model_uri = distributed.launch_from_component(
-        model, manifest_uri, mlflow_run_id, preset, overrides or "{}"
+    tfjob.launch(
+        spec, model, manifest_uri, mlflow_run_id, preset, json.dumps(merged, sort_keys=True), **kube
     )
+    store = ObjectStore.from_env()
+    model_uri = store.uri(tfjob.model_prefix(mlflow_run_id))
     out = Path(output_dir)
     shutil.rmtree(out, ignore_errors=True)
-    ObjectStore.from_env().download_prefix(model_uri, out)
+    store.download_prefix(model_uri, out)
     c = tracking.client()
     metrics = dict(c.get_run(mlflow_run_id).data.metrics)
     return {
@@ -120,6 +138,7 @@ def train(
     dataset: Input[Dataset],
     trained_model: Output[Model],
     platform_overrides: str = "{}",
+    tfjob: str = "",
 ) -> NamedTuple("TrainOutputs", [("model_uri", str), ("train_wall_s", float)]):
     """KFP interface of train (imports inside: KFP runs this function's source alone)."""
     from collections import namedtuple
@@ -136,6 +155,7 @@ def train(
         preset,
         overrides,
         platform_overrides,
+        tfjob,
     )
     trained_model.metadata.update(
         {

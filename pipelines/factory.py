@@ -2,12 +2,15 @@
 
     ingest -> train -> evaluate -> [blessed] register
 
-Platform config (image, GPU, node selectors, tolerations, resources, secrets) is applied in
-one place, `pipelines.platform.apply_platform`, from a cluster profile.
+Platform config (image, GPU, node selectors, tolerations, resources, secrets, security
+context, timeouts) is applied in one place, `pipelines.platform`, from a cluster profile. With
+`workers` >= 2 (a profile field, or the `workers` argument) the train task launches a TFJob
+whose template `pipelines.platform.tfjob_template` compiles into the task's inputs.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
 
+import dataclasses
 import json
 from typing import Any
 
@@ -17,7 +20,7 @@ from components.evaluate import evaluate
 from components.ingest import ingest
 from components.register import register
 from components.train import train
-from pipelines.platform import Profile, apply_platform, load_profile
+from pipelines.platform import ROLES, Profile, apply_platform, load_profile, tfjob_template
 from zoo.errors import ConfigError
 from zoo.models import REGISTRY
 
@@ -32,13 +35,28 @@ def components(image: str) -> dict[str, Any]:
     }
 
 
+def role_components(profile: Profile) -> dict[str, Any]:
+    """The four KFP components, each on its role's image (GPU image only where a GPU is used)."""
+    return {
+        role: dsl.component(
+            _FUNCS[role], base_image=profile.image_for(role), install_kfp_package=False
+        )
+        for role in ROLES
+    }
+
+
 def build_pipeline(
     model_name: str,
     profile: Profile | str = "cpu",
     image: str | None = None,
     retries: int = 2,
+    workers: int | None = None,
 ) -> Any:
-    """The KFP pipeline for `model_name` (a registry name), configured for a cluster profile."""
+    """The KFP pipeline for `model_name` (a registry name), configured for a cluster profile.
+
+    `image` replaces the profile's image (the CPU roles get its `-cpu` twin); `workers`
+    replaces the profile's `workers` (>= 2: the train task launches a TFJob of that many).
+    """
     if model_name not in REGISTRY:
         raise ConfigError(
             f"unknown model {model_name!r}; registered models: {', '.join(sorted(REGISTRY))}"
@@ -46,7 +64,14 @@ def build_pipeline(
     if retries < 0:
         raise ConfigError(f"retries={retries} must be >= 0")
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    ops = components(image or prof.image)
+    if image:
+        prof = prof.with_image(image)
+    if workers is not None:
+        prof = dataclasses.replace(prof, workers=workers)  # checked again (ConfigError)
+    ops = role_components(prof)
+    # The TFJob the train task creates: everything but the run's own parts, fixed at compile
+    # time (a constant input, so in the YAML and the task's cache key), never an env var.
+    tfjob = json.dumps(tfjob_template(prof), sort_keys=True) if prof.multi_worker else ""
 
     def configure(task: Any, role: str) -> Any:
         # Every pipeline run is a tracked experiment, and the data behind `source` can change
@@ -57,7 +82,9 @@ def build_pipeline(
             # Components are idempotent (content-addressed data, resumable checkpoints, one
             # MLflow run per pipeline run, one model version per MLflow run), so retries are safe.
             task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
-        return apply_platform(task, prof, role)
+        return apply_platform(
+            task, prof, role, tfjob_launcher=role == "train" and prof.multi_worker
+        )
 
     @dsl.pipeline(
         name=f"genpipe-{model_name.replace('_', '-')}",
@@ -93,6 +120,7 @@ def build_pipeline(
                 platform_overrides=json.dumps(prof.train_defaults, sort_keys=True),
                 mlflow_run_id=ing.outputs["mlflow_run_id"],
                 dataset=ing.outputs["dataset"],
+                tfjob=tfjob,
             ),
             "train",
         )
@@ -129,11 +157,12 @@ def compile_pipeline(
     profile: Profile | str = "cpu",
     image: str | None = None,
     retries: int = 2,
+    workers: int | None = None,
 ) -> str:
     """Compile the model's pipeline to KFP IR YAML at `output`."""
     from kfp import compiler
 
     compiler.Compiler().compile(
-        build_pipeline(model_name, profile, image, retries), package_path=output
+        build_pipeline(model_name, profile, image, retries, workers), package_path=output
     )
     return output

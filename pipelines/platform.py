@@ -1,8 +1,11 @@
 """The one place where platform config is applied to KFP pipeline tasks.
 
 A `Profile` says where each pipeline step (role) runs: image, CPU/memory, GPU, node selector,
-tolerations. Profiles come from `pipelines/profiles.yaml` (by name) or a user YAML file (by
-path). `apply_platform` turns a profile plus a role into calls on a `kfp.dsl.PipelineTask`.
+tolerations, timeout, and how many TFJob workers train. Profiles come from
+`pipelines/profiles.yaml` (by name) or a user YAML file (by path). `apply_platform` turns a
+profile plus a role into calls on a `kfp.dsl.PipelineTask`; `tfjob_template` turns the same
+profile into the TFJob the train task launches when `workers` >= 2, with the same scheduling,
+env references and security settings, so every pod genpipe starts is configured here.
 
 Credentials reach the containers only as Kubernetes Secret references (`use_secret_as_env`), and
 endpoints as ConfigMap references: the compiled pipeline YAML names the Secret and its keys but
@@ -12,6 +15,7 @@ never holds a value, so it can be committed, shared and uploaded to KFP safely.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ import yaml
 from kfp import dsl, kubernetes
 
 import zoo
+from zoo import tfjob
 from zoo.config import PRECISIONS
 from zoo.errors import ConfigError
 from zoo.settings import (
@@ -56,6 +61,10 @@ CONFIG_MAP_REQUIRED_KEYS = {ENV_S3_ENDPOINT: ENV_S3_ENDPOINT, ENV_MLFLOW_URI: EN
 CONFIG_MAP_OPTIONAL_KEYS = {ENV_BUCKET: ENV_BUCKET}
 
 ROLES = ("ingest", "train", "evaluate", "register")
+# `launcher`: the train task of a multi-worker pipeline, which only creates the TFJob and waits
+# (no GPU, small); its resources are configured like a role's.
+LAUNCHER = "launcher"
+RESOURCE_ROLES = (*ROLES, LAUNCHER)
 RESOURCE_FIELDS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Exists", "Equal")
@@ -74,11 +83,43 @@ _PROFILE_KEYS = (
     "resources",
     "image_pull_policy",
     "train_defaults",
+    "cpu_image",
+    "workers",
+    "timeouts",
+    "tfjob_ttl_seconds",
 )
 #: Training settings a profile may default (the hardware decides them; the user's overrides
 #: still win): the type each must have.
 TRAIN_DEFAULT_KEYS: dict[str, type] = {"precision": str, "steps_per_call": int, "jit_compile": bool}
 _BUILTIN_FILE = "profiles.yaml"
+
+# The numeric user and group of the genpipe images (images/Dockerfile.*: USER 10001:10001).
+RUN_AS_USER = 10001
+RUN_AS_GROUP = 10001
+# The launcher's pod outlives its TFJob's activeDeadlineSeconds (the train timeout) by this
+# much, so it can report the operator's verdict and log the model instead of being killed.
+LAUNCHER_GRACE_S = 1800
+# What the workers' pods and containers run with: the Pod Security Standards "restricted"
+# profile, plus a read-only root filesystem (the images send every cache to /tmp, an emptyDir).
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_GROUP,
+    "fsGroup": RUN_AS_GROUP,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+TMP_VOLUME = "tmp"
+# On every pod genpipe starts (pipeline steps and TFJob workers): the egress NetworkPolicies
+# in k8s/pipeline-namespace select genpipe's pods by it.
+POD_LABELS = {"genpipe.io/pipeline": "true"}
 
 # The same patterns kfp 2.17 checks in PipelineTask.set_cpu_*/set_memory_* (it raises a bare
 # ValueError at pipeline build time); checking at load time lets the error name file and key.
@@ -113,7 +154,37 @@ class RoleResources:
 def default_resources() -> dict[str, RoleResources]:
     """Per-role resources from the `defaults` block of the built-in profiles.yaml."""
     raw = _builtin_document()["defaults"]["resources"]
-    return {role: RoleResources(**raw[role]) for role in ROLES}
+    return {role: RoleResources(**raw[role]) for role in RESOURCE_ROLES}
+
+
+def default_timeouts() -> dict[str, int]:
+    """Per-role timeouts (seconds) from the `defaults` block of the built-in profiles.yaml."""
+    return dict(_builtin_document()["defaults"]["timeouts"])
+
+
+@dataclass(frozen=True)
+class EnvSource:
+    """Keys of one Secret or ConfigMap that become env vars (key name = variable name)."""
+
+    kind: str  # "secret" | "config_map"
+    name: str
+    keys: tuple[str, ...]
+    optional: bool
+
+
+def env_sources() -> tuple[EnvSource, ...]:
+    """What every genpipe pod (pipeline task or TFJob worker) reads from the cluster.
+
+    The MLflow Secret is optional: a tracking server without auth needs none, and the pod must
+    still start. A missing required key fails the pod at start (CreateContainerConfigError
+    names it) rather than deep inside a step.
+    """
+    return (
+        EnvSource("secret", SECRET_S3, tuple(S3_SECRET_KEYS), False),
+        EnvSource("secret", SECRET_MLFLOW, tuple(MLFLOW_SECRET_KEYS), True),
+        EnvSource("config_map", CONFIG_MAP, tuple(CONFIG_MAP_REQUIRED_KEYS), False),
+        EnvSource("config_map", CONFIG_MAP, tuple(CONFIG_MAP_OPTIONAL_KEYS), True),
+    )
 
 
 @dataclass
@@ -136,10 +207,20 @@ class Profile:
     image_pull_policy: str = "IfNotPresent"
     # Config defaults for the train step on this hardware, e.g. {precision: mixed_float16}.
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    # Image of the roles outside gpu_roles; None: the image's `-gpu` tag as `-cpu`.
+    cpu_image: str | None = None
+    # TFJob worker pods that train (>= 2: the train task launches a TFJob and waits).
+    workers: int = 1
+    # activeDeadlineSeconds per role: a hung step fails instead of holding its node forever.
+    timeouts: dict[str, int] = field(default_factory=default_timeouts)
+    # How long a finished TFJob (and its pods' logs) stays before the operator deletes it.
+    tfjob_ttl_seconds: int = 3600
 
     def __post_init__(self) -> None:
         if isinstance(self.image, str):
             self.image = self.image.replace("{version}", zoo.__version__)
+        if isinstance(self.cpu_image, str):
+            self.cpu_image = self.cpu_image.replace("{version}", zoo.__version__)
         try:
             _validate(self)
         except _Invalid as e:
@@ -148,6 +229,36 @@ class Profile:
     @property
     def has_accelerator(self) -> bool:
         return bool(self.accelerator_type) and self.accelerator_limit > 0
+
+    @property
+    def multi_worker(self) -> bool:
+        """Whether the train task launches a TFJob instead of training itself."""
+        return self.workers >= 2
+
+    def gpu_role(self, role: str) -> bool:
+        """Whether `role`'s pods get the accelerator, node selector and tolerations."""
+        return role in self.gpu_roles
+
+    def image_for(self, role: str) -> str:
+        """The image of `role`: the GPU image for accelerated roles, else the CPU image.
+
+        A GPU image is several GB of CUDA libraries; ingest and register never use them.
+        """
+        if self.has_accelerator and not self.gpu_role(role):
+            return self.cpu_image or cpu_variant(self.image)
+        return self.image
+
+    def with_image(self, image: str) -> Profile:
+        """This profile with `image` (e.g. `--image`); the CPU image follows its tag."""
+        return dataclasses.replace(self, image=image, cpu_image=cpu_variant(image))
+
+
+def cpu_variant(image: str) -> str:
+    """The CPU twin of a genpipe image: tag `X-gpu` -> `X-cpu`; other images unchanged."""
+    repo, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag and "@" not in image and tag.endswith("-gpu"):
+        return f"{repo}:{tag[: -len('gpu')]}cpu"
+    return image
 
 
 def profile_names() -> list[str]:
@@ -182,20 +293,32 @@ def resolve_profile(profile: Profile | str) -> Profile:
 
 
 def apply_platform(
-    task: dsl.PipelineTask, profile: Profile, role: str, *, image: str | None = None
+    task: dsl.PipelineTask,
+    profile: Profile,
+    role: str,
+    *,
+    image: str | None = None,
+    tfjob_launcher: bool = False,
 ) -> dsl.PipelineTask:
     """Configure `task` as pipeline role `role` on `profile`; returns the task.
 
     Sets CPU/memory for the role, accelerator + node selector + tolerations for
     `profile.gpu_roles`, the S3 and MLflow credentials as Secret references, endpoints as
-    ConfigMap references and the image pull policy. Unknown roles raise ConfigError.
+    ConfigMap references, the image pull policy, a non-root security context and the role's
+    timeout (activeDeadlineSeconds). Unknown roles raise ConfigError.
+
+    `tfjob_launcher` (train only): the task launches a TFJob and waits, so it gets the small
+    `launcher` resources, no GPU and no GPU-pool scheduling, a timeout that outlives the job's
+    own deadline, and its namespace as GENPIPE_POD_NAMESPACE (where it creates the job).
 
     The container image stays the component's `base_image` (builders pass
-    `image or profile.image` there) unless `image` is given, which overrides it per task.
+    `profile.image_for(role)` there) unless `image` is given, which overrides it per task.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown pipeline role {role!r}: valid roles are {', '.join(ROLES)}")
-    res = profile.resources[role]
+    if tfjob_launcher and role != "train":
+        raise ConfigError(f"only the train role can launch a TFJob, not {role!r}")
+    res = profile.resources[LAUNCHER if tfjob_launcher else role]
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
     if image:
@@ -203,7 +326,7 @@ def apply_platform(
         # override that a builder already baked into the component.
         task.set_container_image(image)
 
-    if role in profile.gpu_roles:
+    if profile.gpu_role(role) and not tfjob_launcher:
         if profile.has_accelerator:
             task.set_accelerator_type(profile.accelerator_type)
             task.set_accelerator_limit(profile.accelerator_limit)
@@ -220,23 +343,135 @@ def apply_platform(
                 toleration_seconds=tol.get("toleration_seconds"),
             )
 
-    # Every role talks to the object store and to MLflow. The MLflow secret is optional: a
-    # tracking server without auth needs no Secret, and the pod must still start.
-    kubernetes.use_secret_as_env(task, secret_name=SECRET_S3, secret_key_to_env=S3_SECRET_KEYS)
-    kubernetes.use_secret_as_env(
-        task, secret_name=SECRET_MLFLOW, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True
-    )
-    kubernetes.use_config_map_as_env(
-        task, config_map_name=CONFIG_MAP, config_map_key_to_env=CONFIG_MAP_REQUIRED_KEYS
-    )
-    kubernetes.use_config_map_as_env(
-        task,
-        config_map_name=CONFIG_MAP,
-        config_map_key_to_env=CONFIG_MAP_OPTIONAL_KEYS,
-        optional=True,
-    )
+    # Every role talks to the object store and to MLflow.
+    for src in env_sources():
+        keys = {k: k for k in src.keys}
+        if src.kind == "secret":
+            kubernetes.use_secret_as_env(
+                task, secret_name=src.name, secret_key_to_env=keys, optional=src.optional
+            )
+        else:
+            kubernetes.use_config_map_as_env(
+                task, config_map_name=src.name, config_map_key_to_env=keys, optional=src.optional
+            )
     kubernetes.set_image_pull_policy(task, profile.image_pull_policy)
+    for key, value in POD_LABELS.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    # kfp-kubernetes 2.17 sets the identity fields; KFP's backend adds its own defaults
+    # (no privilege escalation, capabilities dropped). A read-only root filesystem is not
+    # offered for pipeline pods: KFP's launcher writes artifacts under the root filesystem.
+    kubernetes.set_security_context(
+        task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_GROUP, run_as_non_root=True
+    )
+    timeout = profile.timeouts[role] + (LAUNCHER_GRACE_S if tfjob_launcher else 0)
+    kubernetes.set_timeout(task, timeout)
+    if tfjob_launcher:
+        kubernetes.use_field_path_as_env(
+            task, env_name=tfjob.ENV_POD_NAMESPACE, field_path="metadata.namespace"
+        )
     return task
+
+
+# --- pods genpipe creates itself (TFJob workers; KServe predictors) ---------------------------
+
+
+def env_refs() -> list[dict[str, Any]]:
+    """`env` entries of a container: the same Secret/ConfigMap keys as the pipeline pods."""
+    out = []
+    for src in env_sources():
+        ref = "secretKeyRef" if src.kind == "secret" else "configMapKeyRef"
+        for key in src.keys:
+            out.append(
+                {
+                    "name": key,
+                    "valueFrom": {ref: {"name": src.name, "key": key, "optional": src.optional}},
+                }
+            )
+    return out
+
+
+def pod_scheduling(profile: Profile, role: str) -> dict[str, Any]:
+    """PodSpec fields placing a pod of `role`: nodeSelector and tolerations (gpu_roles only)."""
+    if not profile.gpu_role(role):
+        return {}
+    out: dict[str, Any] = {}
+    if profile.node_selector:
+        out["nodeSelector"] = dict(sorted(profile.node_selector.items()))
+    if profile.tolerations:
+        out["tolerations"] = [
+            {("tolerationSeconds" if k == "toleration_seconds" else k): v for k, v in t.items()}
+            for t in profile.tolerations
+        ]
+    return out
+
+
+def container_resources(profile: Profile, role: str) -> dict[str, Any]:
+    """A container's `resources` for `role`: the profile's CPU/memory, plus its GPU limit."""
+    res = profile.resources[role]
+    limits: dict[str, Any] = {"cpu": res.cpu_limit, "memory": res.memory_limit}
+    if profile.has_accelerator and profile.gpu_role(role):
+        assert profile.accelerator_type is not None  # has_accelerator
+        limits[profile.accelerator_type] = profile.accelerator_limit
+    return {"requests": {"cpu": res.cpu_request, "memory": res.memory_request}, "limits": limits}
+
+
+def tfjob_template(profile: Profile, workers: int | None = None) -> dict[str, Any]:
+    """The TFJob (kubeflow.org/v1) a multi-worker train task creates, minus the run's parts.
+
+    Compiled into the pipeline as the train task's constant input `tfjob`; at run time
+    `zoo.tfjob.render` adds the job's name, namespace, run label and the workers' command.
+    Workers run the train role's image (the launcher's own), resources, GPU, node selector and
+    tolerations; a restricted security context with a read-only root filesystem and an
+    emptyDir /tmp; no service-account token (they call no Kubernetes API); the pipeline pods'
+    Secret/ConfigMap env. The job is deleted `tfjob_ttl_seconds` after it finishes, its running
+    pods at once (cleanPodPolicy Running; finished pods keep their logs until the TTL), and it
+    fails after the train timeout.
+    """
+    n = profile.workers if workers is None else workers
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"a TFJob needs workers >= 2, got {n!r} (profile {profile.name!r})")
+    labels = {
+        "app.kubernetes.io/name": "genpipe",
+        "app.kubernetes.io/component": "train-worker",
+        **POD_LABELS,
+    }
+    container = {
+        "name": tfjob.TF_CONTAINER,
+        "image": profile.image_for("train"),
+        "imagePullPolicy": profile.image_pull_policy,
+        "env": env_refs(),
+        "ports": [{"name": tfjob.TF_PORT_NAME, "containerPort": tfjob.TF_PORT, "protocol": "TCP"}],
+        "resources": container_resources(profile, "train"),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+    }
+    pod = {
+        "automountServiceAccountToken": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        **pod_scheduling(profile, "train"),
+        "containers": [container],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+    }
+    return {
+        "apiVersion": tfjob.TFJOB_API_VERSION,
+        "kind": tfjob.TFJOB_KIND,
+        "metadata": {"labels": {"app.kubernetes.io/name": "genpipe"}},
+        "spec": {
+            "runPolicy": {
+                "cleanPodPolicy": "Running",
+                "ttlSecondsAfterFinished": profile.tfjob_ttl_seconds,
+                "activeDeadlineSeconds": profile.timeouts["train"],
+                "backoffLimit": 2,
+            },
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "replicas": n,
+                    "restartPolicy": "OnFailure",
+                    "template": {"metadata": {"labels": labels}, "spec": pod},
+                }
+            },
+        },
+    }
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -338,6 +573,14 @@ def _build(
             ),
             "image_pull_policy": _str(merged.get("image_pull_policy"), "image_pull_policy"),
             "train_defaults": copy.deepcopy(merged.get("train_defaults") or {}),
+            "cpu_image": _image(merged["cpu_image"], "cpu_image")
+            if merged.get("cpu_image") is not None
+            else None,
+            "workers": _int(merged.get("workers", 1), "workers"),
+            "timeouts": _timeouts(
+                defaults["timeouts"], (base or {}).get("timeouts"), raw.get("timeouts")
+            ),
+            "tfjob_ttl_seconds": _int(merged.get("tfjob_ttl_seconds", 3600), "tfjob_ttl_seconds"),
         }
         # Check here, not only in Profile.__post_init__, so the message names file and key.
         _validate(SimpleNamespace(**kwargs))
@@ -355,9 +598,10 @@ def _resources(
         if not isinstance(layer, dict):
             raise _Invalid("resources", f"expected a mapping of role -> resources, got {layer!r}")
         for role, fields in layer.items():
-            if role not in ROLES:
+            if role not in RESOURCE_ROLES:
                 raise _Invalid(
-                    f"resources.{role}", f"unknown role; valid roles are {', '.join(ROLES)}"
+                    f"resources.{role}",
+                    f"unknown role; valid roles are {', '.join(RESOURCE_ROLES)}",
                 )
             if not isinstance(fields, dict):
                 raise _Invalid(
@@ -370,13 +614,32 @@ def _resources(
                         f"unknown key; valid keys are {', '.join(RESOURCE_FIELDS)}",
                     )
     out = {}
-    for role in ROLES:
+    for role in RESOURCE_ROLES:
         values = dict(defaults[role])
         for layer in layers:
             values.update(layer.get(role) or {})
         out[role] = RoleResources(
             **{f: _quantity(values.get(f), f"resources.{role}.{f}") for f in RESOURCE_FIELDS}
         )
+    return out
+
+
+def _timeouts(
+    defaults: dict[str, Any], base: dict[str, Any] | None, raw: dict[str, Any] | None
+) -> dict[str, int]:
+    """Per-role timeouts in seconds: `raw` over `base` over `defaults`, role by role."""
+    out = dict(defaults)
+    for layer in (base, raw):
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise _Invalid("timeouts", f"expected a mapping of role -> seconds, got {layer!r}")
+        for role, seconds in layer.items():
+            if role not in ROLES:
+                raise _Invalid(
+                    f"timeouts.{role}", f"unknown role; valid roles are {', '.join(ROLES)}"
+                )
+            out[role] = _int(seconds, f"timeouts.{role}")
     return out
 
 
@@ -408,10 +671,10 @@ def _quantity(value: Any, key: str) -> str:
     return str(value) if isinstance(value, (int, float)) else _str(value, key)
 
 
-def _image(value: Any) -> str:
-    image = _str(value, "image").replace("{version}", zoo.__version__)
+def _image(value: Any, key: str = "image") -> str:
+    image = _str(value, key).replace("{version}", zoo.__version__)
     if "{" in image or "}" in image:
-        raise _Invalid("image", f"{value!r}: the only placeholder is {{version}}")
+        raise _Invalid(key, f"{value!r}: the only placeholder is {{version}}")
     return image
 
 
@@ -459,14 +722,9 @@ def _roles(value: Any, key: str) -> tuple[str, ...]:
 def _validate(p: Any) -> None:
     """Raise _Invalid for the first bad value of `p` (a Profile or the same attributes)."""
     _str(p.name, "name")
-    _str(p.image, "image")
-    ref = p.image.rsplit("/", 1)[-1]
-    if "@" not in ref and ":" not in ref:
-        raise _Invalid("image", f"{p.image!r} has no tag: pin a version, never the implicit latest")
-    if ref.endswith(":latest"):
-        raise _Invalid(
-            "image", f"{p.image!r}: `latest` moves; pin a version so runs are reproducible"
-        )
+    _check_image(p.image, "image")
+    if p.cpu_image is not None:
+        _check_image(p.cpu_image, "cpu_image")
     if p.image_pull_policy not in IMAGE_PULL_POLICIES:
         raise _Invalid(
             "image_pull_policy",
@@ -494,12 +752,36 @@ def _validate(p: Any) -> None:
             raise _Invalid(f"node_selector.{k}", f"labels must map strings to strings, got {v!r}")
     for i, tol in enumerate(p.tolerations):
         _check_toleration(tol, f"tolerations[{i}]")
-    missing = [r for r in ROLES if r not in p.resources]
+    missing = [r for r in RESOURCE_ROLES if r not in p.resources]
     if missing:
         raise _Invalid(f"resources.{missing[0]}", "missing")
-    for role in ROLES:
+    for role in RESOURCE_ROLES:
         _check_resources(p.resources[role], f"resources.{role}")
     _check_train_defaults(p.train_defaults)
+    if isinstance(p.workers, bool) or not isinstance(p.workers, int) or p.workers < 1:
+        raise _Invalid(
+            "workers",
+            f"{p.workers!r} must be an integer >= 1 (1 trains in the train task's pod, "
+            ">= 2 launches a TFJob of that many worker pods)",
+        )
+    for role in ROLES:
+        seconds = p.timeouts.get(role) if isinstance(p.timeouts, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise _Invalid(
+                f"timeouts.{role}", f"{seconds!r} must be an integer number of seconds >= 1"
+            )
+    ttl = p.tfjob_ttl_seconds
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+        raise _Invalid("tfjob_ttl_seconds", f"{ttl!r} must be an integer number of seconds >= 0")
+
+
+def _check_image(image: Any, key: str) -> None:
+    _str(image, key)
+    ref = image.rsplit("/", 1)[-1]
+    if "@" not in ref and ":" not in ref:
+        raise _Invalid(key, f"{image!r} has no tag: pin a version, never the implicit latest")
+    if ref.endswith(":latest"):
+        raise _Invalid(key, f"{image!r}: `latest` moves; pin a version so runs are reproducible")
 
 
 def _check_train_defaults(defaults: Any) -> None:

@@ -31,14 +31,14 @@ from zoo import config as cfgmod
 from zoo.errors import DataError, TrainingDiverged
 from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
 from zoo.storage import ObjectStore
+from zoo.tfconfig import cluster_info
 from zoo.tracking import RunLogger
 
 
 def make_strategy(distribution: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for a config's `distribution` setting."""
     gpus = tf.config.list_physical_devices("GPU")
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    multi = len(tf_config.get("cluster", {}).get("worker", [])) > 1
+    multi = cluster_info().num_workers > 1  # one TF_CONFIG parser (zoo.tfconfig)
     if distribution == "multi_worker" or (distribution == "auto" and multi):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if distribution == "mirrored" or (distribution == "auto" and len(gpus) > 1):
@@ -127,8 +127,6 @@ def build_for_training(
 
 
 def _is_chief() -> bool:
-    from zoo.distributed import cluster_info
-
     return cluster_info().is_chief
 
 

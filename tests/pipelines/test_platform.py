@@ -392,6 +392,15 @@ def test_user_profile_in_profiles_yaml_layout(tmp_path: Path) -> None:
         ("extends: cpu\ntrain_defaults: {jit_compile: 1}\n", "train_defaults.jit_compile"),
         ("extends: cpu\ntrain_defaults: {epochs: 3}\n", "train_defaults.epochs"),
         ("extends: cpu\ntrain_defaults: [mixed_float16]\n", "train_defaults"),
+        ("extends: gke\nworkers: 0\n", "workers"),
+        ("extends: gke\nworkers: two\n", "workers"),
+        ("extends: gke\nworkers: true\n", "workers"),
+        ("extends: gke\ntimeouts: {train: 0}\n", "timeouts.train"),
+        ("extends: gke\ntimeouts: {train: 1h}\n", "timeouts.train"),
+        ("extends: gke\ntimeouts: {serve: 60}\n", "timeouts.serve"),
+        ("extends: gke\ntfjob_ttl_seconds: -1\n", "tfjob_ttl_seconds"),
+        ("extends: gke\ncpu_image: ghcr.io/genpipe/genpipe:latest\n", "cpu_image"),
+        ("extends: gke\nresources: {launcher: {cpu_request: lots}}\n", "resources.launcher"),
     ],
 )
 def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -445,7 +454,10 @@ def test_real_vae_pipeline_on_gke(tmp_path: Path) -> None:
         assert names, f"no {role} executor in {sorted(executors)}"
         for n in names:
             container = executors[n]["container"]
-            assert container["image"] == gke.image
+            # GPU image only where a GPU is used; ingest and register on the CPU image.
+            assert container["image"] == (
+                gke.image if role in ("train", "evaluate") else gke.image.replace("-gpu", "-cpu")
+            )
             assert container["resources"]["resourceMemoryLimit"] == gke.resources[role].memory_limit
             assert {s["secretName"] for s in k8s[n]["secretAsEnv"]} == {SECRET_S3, SECRET_MLFLOW}
             assert {c["configMapName"] for c in k8s[n]["configMapAsEnv"]} == {CONFIG_MAP}
@@ -487,3 +499,171 @@ def test_profile_train_defaults_are_compiled_into_the_train_task(
     train = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
     assert json.loads(train["platform_overrides"]["runtimeValue"]["constant"]) == expected
     assert load_profile(profile).train_defaults == expected
+
+
+# --- pod security, timeouts, CPU image, multi-worker (issue 12) -------------------------------
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_pipeline_pod_runs_non_root_with_a_timeout_and_the_policy_label(
+    compiled: dict[str, dict[str, Any]], name: str
+) -> None:
+    """kfp-kubernetes 2.17 offers both; without them a hung step holds its node forever and
+    pods run as whatever the image says."""
+    profile = load_profile(name)
+    platform = compiled[name]["platform"]
+    for role in ROLES:
+        k8s = platform[f"exec-{role}"]
+        assert k8s["securityContext"] == {
+            "runAsUser": "10001",
+            "runAsGroup": "10001",
+            "runAsNonRoot": True,
+        }
+        assert k8s["activeDeadlineSeconds"] == str(profile.timeouts[role])
+        # The egress NetworkPolicies of k8s/pipeline-namespace select genpipe's pods by it.
+        assert k8s["podMetadata"]["labels"] == {"genpipe.io/pipeline": "true"}
+
+
+def test_timeouts_are_per_role_and_user_profiles_override_one(tmp_path: Path) -> None:
+    p = load_profile(str(write(tmp_path, "t.yaml", "extends: gke\ntimeouts: {train: 600}\n")))
+    gke = load_profile("gke")
+    assert p.timeouts == {**gke.timeouts, "train": 600}
+    assert len(set(gke.timeouts.values())) > 1  # really per role
+    platform = compile_with(p, tmp_path)["platform"]
+    assert platform["exec-train"]["activeDeadlineSeconds"] == "600"
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_gpu_profiles_run_cpu_roles_on_the_cpu_image(tmp_path: Path, name: str) -> None:
+    """The GPU image carries GBs of CUDA; ingest and register never use it."""
+    _, executors, _ = compile_factory(tmp_path, profile=name)
+    images = {role: executors[f"exec-{role}"]["container"]["image"] for role in ROLES}
+    gpu = f"ghcr.io/genpipe/genpipe:{zoo.__version__}-gpu"
+    cpu = f"ghcr.io/genpipe/genpipe:{zoo.__version__}-cpu"
+    assert images == {"ingest": cpu, "train": gpu, "evaluate": gpu, "register": cpu}
+
+
+def test_cpu_image_follows_an_image_override_or_is_set_explicitly(tmp_path: Path) -> None:
+    _, executors, _ = compile_factory(tmp_path, profile="aks", image="reg.example/gp:2.0-gpu")
+    assert executors["exec-ingest"]["container"]["image"] == "reg.example/gp:2.0-cpu"
+    assert executors["exec-train"]["container"]["image"] == "reg.example/gp:2.0-gpu"
+    path = write(tmp_path, "c.yaml", "extends: eks\ncpu_image: reg.example/slim:{version}\n")
+    p = load_profile(str(path))
+    assert p.image_for("register") == f"reg.example/slim:{zoo.__version__}"
+    assert p.image_for("evaluate") == p.image
+    assert load_profile("cpu").image_for("ingest") == load_profile("cpu").image
+
+
+def _tfjob_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The TFJob the compiled train task creates: its template input, rendered for a run."""
+    from zoo import tfjob
+
+    constant = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["tfjob"]
+    template = tfjob.parse_template(constant["runtimeValue"]["constant"])
+    return tfjob.render(
+        template,
+        mlflow_run_id="abc123",
+        namespace="kubeflow-user",
+        command=tfjob.worker_command(
+            "vae", "s3://genpipe/datasets/x/manifest.json", "abc123", "default", "{}"
+        ),
+    )
+
+
+def _compile_spec(tmp_path: Path, **kwargs: Any) -> tuple[dict, dict]:
+    factory = pytest.importorskip("pipelines.factory")
+    path = tmp_path / "mw.yaml"
+    compiler.Compiler().compile(factory.build_pipeline("vae", **kwargs), package_path=str(path))
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_multi_worker_pipeline_carries_the_profile_into_the_tfjob(
+    tmp_path: Path, name: str
+) -> None:
+    """Issue 12, defect 4: the TFJob is compiled in (no ConfigMap env that never arrives),
+    valid against the upstream CRD, scheduled like the profile's GPU pods, locked down and
+    cleaned up; the launcher asks for no GPU."""
+    import upstream_contracts
+
+    spec, k8s = _compile_spec(tmp_path, profile=name, workers=2)
+    job = _tfjob_of(spec)
+    upstream_contracts.assert_valid(job)
+    profile = load_profile(name)
+    selector, tolerations = EXPECTED[name]
+    run_policy = job["spec"]["runPolicy"]
+    assert run_policy["cleanPodPolicy"] in ("All", "Running")
+    assert run_policy["ttlSecondsAfterFinished"] == profile.tfjob_ttl_seconds > 0
+    assert run_policy["activeDeadlineSeconds"] == profile.timeouts["train"]
+    worker = job["spec"]["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 2
+    pod = worker["template"]["spec"]
+    assert pod["nodeSelector"] == selector
+    assert pod["tolerations"] == tolerations
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert worker["template"]["metadata"]["labels"]["genpipe.io/pipeline"] == "true"
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["privileged"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == profile.accelerator_limit
+    assert c["resources"]["requests"]["memory"] == profile.resources["train"].memory_request
+    # The workers run the launcher's own image, read from the compiled pipeline.
+    launcher = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert c["image"] == launcher["image"] == profile.image
+    # Same Secret/ConfigMap keys as every pipeline pod, as references only.
+    refs = {(e["name"], next(iter(e["valueFrom"].values()))["name"]) for e in c["env"]}
+    expected = {
+        (kv["envVar"], s["secretName"])
+        for s in k8s["exec-train"]["secretAsEnv"]
+        for kv in s["keyToEnv"]
+    } | {
+        (kv["envVar"], m["configMapName"])
+        for m in k8s["exec-train"]["configMapAsEnv"]
+        for kv in m["keyToEnv"]
+    }
+    assert refs == expected and all("value" not in e for e in c["env"])
+    # The launcher only waits: no GPU, no GPU-pool placement, small, and it outlives the job.
+    assert "accelerator" not in launcher["resources"]
+    assert "nodeSelector" not in k8s["exec-train"] and "tolerations" not in k8s["exec-train"]
+    assert (
+        launcher["resources"]["resourceMemoryLimit"] == profile.resources["launcher"].memory_limit
+    )
+    assert int(k8s["exec-train"]["activeDeadlineSeconds"]) > run_policy["activeDeadlineSeconds"]
+    assert k8s["exec-train"]["fieldPathAsEnv"] == [
+        {"name": "GENPIPE_POD_NAMESPACE", "fieldPath": "metadata.namespace"}
+    ]
+    # evaluate still gets the GPU.
+    evaluate = spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]
+    assert evaluate["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
+def test_single_worker_pipeline_trains_in_its_own_gpu_pod(tmp_path: Path) -> None:
+    spec, k8s = _compile_spec(tmp_path, profile="gke")
+    params = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert params["tfjob"]["runtimeValue"]["constant"] == ""
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "fieldPathAsEnv" not in k8s["exec-train"]
+
+
+def test_workers_from_a_user_profile_file(tmp_path: Path) -> None:
+    """The documented way on: a profile with `extends:` and `workers:`."""
+    path = write(tmp_path, "gke-4.yaml", "extends: gke\nworkers: 4\ntfjob_ttl_seconds: 600\n")
+    spec, _ = _compile_spec(tmp_path, profile=str(path))
+    job = _tfjob_of(spec)
+    assert job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 4
+    assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 600
+    with pytest.raises(ConfigError, match="workers"):
+        _compile_spec(tmp_path, profile="gke", workers=0)

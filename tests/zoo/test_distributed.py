@@ -1,14 +1,21 @@
-"""Multi-worker training for real (two processes on 127.0.0.1) and the TFJob manifests.
+"""Multi-worker training: TF_CONFIG, the TFJob the train task creates, and the worker.
 
-The two-worker test runs our Trainer under MultiWorkerMirroredStrategy in two OS processes
-that find each other through TF_CONFIG on free ports, on a dataset published to and fetched
-from the session's real object store. Manifests are validated with kubernetes-validate: a
-TFJob is a CRD, so its PodTemplateSpec is checked against the core schema (as a PodTemplate)
-and the TFJob fields structurally.
+* Two MultiWorkerMirroredStrategy workers on 127.0.0.1 (real OS processes finding each other
+  through TF_CONFIG) train on a dataset from the session's real object store.
+* The TFJob is rendered from the template a real compiled pipeline carries and validated
+  against the upstream TFJob CRD (tests/upstream_contracts.py, ../shared/specs).
+* The train component's launcher runs end to end against a stand-in Training Operator that
+  validates the TFJob against the CRD, starts its worker pods as local processes (their env
+  resolved from the manifest's Secret/ConfigMap references only, TF_CONFIG written like the
+  operator does) and reports status conditions and worker 0's log the way the Kubernetes API
+  does. The Kubernetes API itself is the one part not exercised (no cluster here).
+* Layering: zoo's library and operations modules import neither pipelines nor components, and
+  the trainer no longer imports the distributed entry point (no import cycle).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,17 +26,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import kubernetes_validate
 import numpy as np
 import pytest
+import upstream_contracts
+import yaml
 from kubernetes.client.exceptions import ApiException
 
-from zoo import distributed as zd
+from zoo import tfconfig, tfjob
 from zoo.data import fetch, load_source, publish, split
 from zoo.errors import ConfigError, GenpipeError
 
-K8S_VERSION = "1.30.0"
 ROOT = Path(__file__).resolve().parents[2]
+GPU_PROFILES = ["gke", "eks", "aks", "generic-nvidia"]
 
 WORKER = textwrap.dedent(
     """
@@ -78,7 +86,7 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory, stack: Any) -> Path:
 def test_two_workers_end_with_identical_weights_and_falling_loss(
     digits_dir: Path, tmp_path: Path, store: Any
 ) -> None:
-    ports = zd.free_ports(2)
+    ports = tfconfig.free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
     ckpt_uri = store.uri(f"checkpoints/test-mw-{uuid.uuid4().hex[:8]}")
     script = tmp_path / "worker.py"
@@ -89,7 +97,7 @@ def test_two_workers_end_with_identical_weights_and_falling_loss(
         out.mkdir()
         env = {
             **os.environ,
-            "TF_CONFIG": zd.make_tf_config(workers, i),
+            "TF_CONFIG": tfconfig.make_tf_config(workers, i),
             "CUDA_VISIBLE_DEVICES": "",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONPATH": str(ROOT),
@@ -139,16 +147,16 @@ def test_two_workers_end_with_identical_weights_and_falling_loss(
 
 
 def test_tf_config_round_trip_and_chief() -> None:
-    raw = zd.make_tf_config(["a:1", "b:2", "c:3"], 2)
+    raw = tfconfig.make_tf_config(["a:1", "b:2", "c:3"], 2)
     assert json.loads(raw) == {
         "cluster": {"worker": ["a:1", "b:2", "c:3"]},
         "task": {"type": "worker", "index": 2},
     }
-    info = zd.cluster_info({"TF_CONFIG": raw})
+    info = tfconfig.cluster_info({"TF_CONFIG": raw})
     assert (info.num_workers, info.task_index, info.is_chief) == (3, 2, False)
-    assert zd.cluster_info({"TF_CONFIG": zd.make_tf_config(["a:1", "b:2"], 0)}).is_chief
-    assert zd.cluster_info({}) == zd.ClusterInfo(1, "worker", 0)
-    assert len(set(zd.free_ports(3))) == 3
+    assert tfconfig.cluster_info({"TF_CONFIG": tfconfig.make_tf_config(["a:1", "b:2"], 0)}).is_chief
+    assert tfconfig.cluster_info({}) == tfconfig.ClusterInfo(1, "worker", 0)
+    assert len(set(tfconfig.free_ports(3))) == 3
 
 
 @pytest.mark.parametrize(
@@ -157,121 +165,101 @@ def test_tf_config_round_trip_and_chief() -> None:
 )
 def test_tf_config_bad_input_names_the_value(workers: list[str], index: int, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
-        zd.make_tf_config(workers, index)
-
-
-def test_bad_tf_config_env_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="TF_CONFIG is not JSON"):
-        zd.cluster_info({"TF_CONFIG": "{not json"})
-
-
-# --- manifests -----------------------------------------------------------------------------------
-
-
-def _spec(**kw: Any) -> zd.TFJobSpec:
-    base = {
-        "name": zd.job_name("0123456789abcdef0123456789ABCDEF"),
-        "image": "ghcr.io/genpipe/genpipe:0.1.0-gpu",
-        "command": zd.worker_command("vae", "s3://b/datasets/x/manifest.json", "r1", "tiny", "{}"),
-        "workers": 3,
-        "namespace": "team-a",
-        "gpus_per_worker": 1,
-        "env": {"GENPIPE_LOG": "info"},
-        "secret_env": [("genpipe-s3", False), ("genpipe-mlflow", True)],
-        "config_map_env": [("genpipe-config", False)],
-        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
-        "tolerations": [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-            {"key": "spot", "operator": "Equal", "value": "true", "toleration_seconds": 60},
-        ],
-    }
-    return zd.TFJobSpec(**{**base, **kw})
-
-
-def _check_tfjob_structure(m: dict[str, Any]) -> None:
-    """The TFJob CRD's fields (kubeflow.org/v1), checked by hand: there is no offline schema."""
-    assert m["apiVersion"] == "kubeflow.org/v1" and m["kind"] == "TFJob"
-    assert set(m) == {"apiVersion", "kind", "metadata", "spec"}
-    assert set(m["spec"]) <= {"runPolicy", "tfReplicaSpecs", "successPolicy", "enableDynamicWorker"}
-    assert m["spec"]["runPolicy"]["cleanPodPolicy"] in ("None", "Running", "All")
-    assert isinstance(m["spec"]["runPolicy"]["backoffLimit"], int)
-    replicas = m["spec"]["tfReplicaSpecs"]
-    assert set(replicas) <= {"Chief", "PS", "Worker", "Evaluator"} and replicas
-    for r in replicas.values():
-        assert set(r) <= {"replicas", "restartPolicy", "template"}
-        assert isinstance(r["replicas"], int) and r["replicas"] >= 1
-        assert r["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
-        containers = r["template"]["spec"]["containers"]
-        # The operator injects TF_CONFIG into, and reads the port of, the "tensorflow" container.
-        tf_c = [c for c in containers if c["name"] == zd.TF_CONTAINER]
-        assert len(tf_c) == 1
-        assert {"name": "tfjob-port", "containerPort": 2222, "protocol": "TCP"} in tf_c[0]["ports"]
-
-
-def _validate_pod_template(template: dict[str, Any]) -> None:
-    pod_template = {
-        "apiVersion": "v1",
-        "kind": "PodTemplate",
-        "metadata": {"name": "worker"},
-        "template": template,
-    }
-    kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
-
-
-def test_tfjob_manifest_validates_and_carries_the_run() -> None:
-    spec = _spec()
-    m = zd.tfjob_manifest(spec)
-    _check_tfjob_structure(m)
-    worker = m["spec"]["tfReplicaSpecs"]["Worker"]
-    assert worker["replicas"] == 3
-    _validate_pod_template(worker["template"])
-    c = worker["template"]["spec"]["containers"][0]
-    assert c["command"][:4] == ["python", "-m", "zoo.distributed", "worker"]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    # Credentials are references only, never values.
-    assert {"secretRef": {"name": "genpipe-s3", "optional": False}} in c["envFrom"]
-    assert not any("SECRET" in e["name"] for e in c["env"])
-    pod = worker["template"]["spec"]
-    assert pod["tolerations"][1]["tolerationSeconds"] == 60
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
-    assert m["metadata"]["namespace"] == "team-a" and len(m["metadata"]["name"]) <= 63
-
-
-def test_cpu_tfjob_manifest_validates_without_gpu_fields() -> None:
-    m = zd.tfjob_manifest(
-        _spec(gpus_per_worker=0, node_selector={}, tolerations=[], secret_env=[], env={})
-    )
-    _check_tfjob_structure(m)
-    tmpl = m["spec"]["tfReplicaSpecs"]["Worker"]["template"]
-    _validate_pod_template(tmpl)
-    assert "nvidia.com/gpu" not in tmpl["spec"]["containers"][0]["resources"]["limits"]
-    assert "nodeSelector" not in tmpl["spec"] and "tolerations" not in tmpl["spec"]
-
-
-def test_schema_check_catches_a_broken_template() -> None:
-    """The validator is not a rubber stamp: a wrong type in the PodTemplateSpec fails."""
-    tmpl = zd.tfjob_manifest(_spec())["spec"]["tfReplicaSpecs"]["Worker"]["template"]
-    tmpl["spec"]["containers"][0]["ports"][0]["containerPort"] = "2222"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        _validate_pod_template(tmpl)
+        tfconfig.make_tf_config(workers, index)
 
 
 @pytest.mark.parametrize(
-    ("kw", "needle"),
+    ("raw", "needle"),
     [
-        ({"name": "Bad_Name"}, "DNS-1123"),
-        ({"workers": 0}, "workers=0"),
-        ({"image": "ghcr.io/genpipe/genpipe"}, "pinned tag"),
-        ({"gpus_per_worker": -1}, "gpus_per_worker=-1"),
-        ({"command": []}, "command"),
+        ("{not json", "TF_CONFIG is not JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"task": {"index": "x"}}', "task.index 'x'"),
     ],
 )
-def test_bad_tfjob_spec_names_the_value(kw: dict[str, Any], needle: str) -> None:
+def test_bad_tf_config_env_is_a_config_error(raw: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
-        zd.tfjob_manifest(_spec(**kw))
+        tfconfig.cluster_info({"TF_CONFIG": raw})
 
 
-# --- job state and waiting (a fake Kubernetes API: the only way without a cluster) -------------
+# --- the TFJob a compiled pipeline creates -----------------------------------------------------
+
+
+def compiled_tfjob(tmp_path: Path, profile: Any, workers: int | None = None) -> tuple[dict, dict]:
+    """(template from the compiled train task's constant input `tfjob`, the pipeline spec)."""
+    from kfp import compiler
+
+    from pipelines.factory import build_pipeline
+
+    path = tmp_path / "p.yaml"
+    compiler.Compiler().compile(build_pipeline("vae", profile, workers=workers), str(path))
+    spec = next(yaml.safe_load_all(path.read_text()))
+    constant = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["tfjob"]
+    return tfjob.parse_template(constant["runtimeValue"]["constant"]), spec
+
+
+def rendered(template: dict[str, Any], run_id: str = "0123456789abcdef0123456789ABCDEF") -> dict:
+    return tfjob.render(
+        template,
+        mlflow_run_id=run_id,
+        namespace="team-a",
+        command=tfjob.worker_command(
+            "vae", "s3://b/datasets/x/manifest.json", run_id, "tiny", "{}"
+        ),
+    )
+
+
+@pytest.mark.parametrize("profile", [*GPU_PROFILES, "cpu"])
+def test_rendered_tfjob_is_valid_against_the_upstream_crd(tmp_path: Path, profile: str) -> None:
+    template, spec = compiled_tfjob(tmp_path, profile, workers=3)
+    job = rendered(template)
+    upstream_contracts.assert_valid(job)
+    assert job["metadata"]["name"] == "genpipe-train-0123456789abcdef0123456789abcdef"
+    assert job["metadata"]["namespace"] == "team-a"
+    worker = job["spec"]["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 3
+    c = worker["template"]["spec"]["containers"][0]
+    assert c["name"] == "tensorflow" and c["command"][:4] == [
+        "python",
+        "-m",
+        "zoo.distributed",
+        "worker",
+    ]
+    # The workers' image is the launcher's own, compiled in (no GENPIPE_IMAGE to forget).
+    assert c["image"] == spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"]
+
+
+def test_crd_check_is_not_a_rubber_stamp(tmp_path: Path) -> None:
+    """The old manifest's envFrom + cleanPodPolicy None passed; typos and wrong types fail."""
+    job = rendered(compiled_tfjob(tmp_path, "gke", workers=2)[0])
+    bad = json.loads(json.dumps(job))
+    bad["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["ports"][0][
+        "containerPort"
+    ] = "2222"
+    assert upstream_contracts.crd_errors(bad)
+    bad = json.loads(json.dumps(job))
+    bad["spec"]["runPolicy"]["ttlSecondAfterFinished"] = 60  # typo: an unknown field
+    assert upstream_contracts.crd_errors(bad)
+
+
+def test_render_keeps_the_template_and_names_bad_input(tmp_path: Path) -> None:
+    template, _ = compiled_tfjob(tmp_path, "aks", workers=2)
+    before = json.dumps(template, sort_keys=True)
+    rendered(template)
+    assert json.dumps(template, sort_keys=True) == before  # a retry renders the same job
+    with pytest.raises(ConfigError, match="namespace 'Team_A'"):
+        tfjob.render(template, mlflow_run_id="r1", namespace="Team_A", command=["x"])
+    with pytest.raises(ConfigError, match="train input tfjob is not JSON"):
+        tfjob.parse_template("{nope")
+    with pytest.raises(ConfigError, match="exactly one Worker"):
+        tfjob.parse_template(json.dumps({**template, "spec": {"tfReplicaSpecs": {}}}))
+    assert tfjob.wait_seconds(rendered(template)) == 172800 + tfjob.DEADLINE_GRACE_S
+
+
+def test_namespace_comes_from_the_downward_api(tmp_path: Path) -> None:
+    assert tfjob.current_namespace({tfjob.ENV_POD_NAMESPACE: "team-b"}) == "team-b"
+
+
+# --- job state and waiting (a stand-in Kubernetes API: there is no cluster here) ---------------
 
 
 def _job(*conds: tuple[str, str, str]) -> dict[str, Any]:
@@ -279,14 +267,14 @@ def _job(*conds: tuple[str, str, str]) -> dict[str, Any]:
 
 
 def test_job_state_reads_operator_conditions() -> None:
-    assert zd.job_state({}).phase == "Pending"
-    assert zd.job_state(_job(("Created", "True", ""))).phase == "Created"
+    assert tfjob.job_state({}).phase == "Pending"
+    assert tfjob.job_state(_job(("Created", "True", ""))).phase == "Created"
     running = _job(("Created", "False", ""), ("Running", "True", "2 workers"))
-    assert zd.job_state(running) == zd.JobState("Running", "2 workers")
+    assert tfjob.job_state(running) == tfjob.JobState("Running", "2 workers")
     done = _job(("Running", "False", ""), ("Succeeded", "True", "ok"))
-    assert zd.job_state(done).done and zd.job_state(done).phase == "Succeeded"
+    assert tfjob.job_state(done).done and tfjob.job_state(done).phase == "Succeeded"
     failed = _job(("Running", "True", ""), ("Failed", "True", "worker-1 OOMKilled"))
-    assert zd.job_state(failed) == zd.JobState("Failed", "worker-1 OOMKilled")
+    assert tfjob.job_state(failed) == tfjob.JobState("Failed", "worker-1 OOMKilled")
 
 
 class FakeKube:
@@ -327,7 +315,7 @@ def test_wait_streams_log_once_and_returns_on_success() -> None:
         ["", "epoch 1\n", "epoch 1\nepoch 2\n"],
     )
     out: list[str] = []
-    state = zd.wait_tfjob("j", "ns", poll_s=0, custom_api=kube, core_api=kube, out=out.append)
+    state = tfjob.wait_tfjob("j", "ns", poll_s=0, custom_api=kube, core_api=kube, out=out.append)
     assert state.phase == "Succeeded"
     assert [line for line in out if line.startswith("epoch")] == ["epoch 1", "epoch 2"]
     assert any("phase=Running" in line for line in out)
@@ -336,12 +324,247 @@ def test_wait_streams_log_once_and_returns_on_success() -> None:
 def test_wait_raises_with_the_operators_message_on_failure() -> None:
     kube = FakeKube([_job(("Failed", "True", "worker-1 exited 137"))], ["boom\n"])
     with pytest.raises(GenpipeError, match="worker-1 exited 137"):
-        zd.wait_tfjob("j", "ns", poll_s=0, custom_api=kube, core_api=kube, out=lambda s: None)
+        tfjob.wait_tfjob("j", "ns", poll_s=0, custom_api=kube, core_api=kube, out=lambda s: None)
 
 
-def test_submit_reuses_an_existing_job_on_retry() -> None:
+def test_submit_reuses_an_existing_job_on_retry(tmp_path: Path) -> None:
     kube = FakeKube([_job(("Running", "True", ""))], [""])
-    m = zd.tfjob_manifest(_spec())
-    assert zd.submit_tfjob(m, custom_api=kube) == m
-    assert zd.submit_tfjob(m, custom_api=kube) == _job(("Running", "True", ""))
+    m = rendered(compiled_tfjob(tmp_path, "gke", workers=2)[0])
+    assert tfjob.submit_tfjob(m, custom_api=kube) == m
+    assert tfjob.submit_tfjob(m, custom_api=kube) == _job(("Running", "True", ""))
     assert len(kube.created) == 1
+
+
+def test_launch_creates_the_rendered_job_in_the_pods_namespace(tmp_path: Path) -> None:
+    template, _ = compiled_tfjob(tmp_path, "aks", workers=2)
+    kube = FakeKube([_job(("Succeeded", "True", ""))], [""])
+    job = tfjob.launch(
+        template,
+        "vae",
+        "s3://b/m.json",
+        "run1",
+        "tiny",
+        "{}",
+        namespace="team-a",
+        custom_api=kube,
+        core_api=kube,
+        poll_s=0,
+        out=lambda s: None,
+    )
+    ((_, _, ns, plural, body),) = kube.created
+    assert (ns, plural, body) == ("team-a", "tfjobs", job)
+    upstream_contracts.assert_valid(body)
+
+
+# --- the launcher end to end, against a stand-in Training Operator ------------------------------
+
+
+class LocalTrainingOperator:
+    """Runs a TFJob's worker pods as local processes, as the Training Operator runs pods.
+
+    On create it validates the TFJob against the upstream CRD, then starts `replicas` copies
+    of the `tensorflow` container's command with an environment built ONLY from the
+    container's own env entries (values, and secretKeyRef/configMapKeyRef resolved from the
+    given cluster objects, honouring `optional`), plus TF_CONFIG as the operator writes it
+    (every worker on 127.0.0.1 here). Status conditions and worker 0's log come back the way
+    the Kubernetes API returns them.
+    """
+
+    def __init__(
+        self,
+        secrets: dict[str, dict[str, str]],
+        config_maps: dict[str, dict[str, str]],
+        workdir: Path,
+    ) -> None:
+        self.objects = {"secretKeyRef": secrets, "configMapKeyRef": config_maps}
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        self.created: list[dict[str, Any]] = []
+
+    def _env(self, container: dict[str, Any]) -> dict[str, str]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(ROOT),
+            "HOME": str(self.workdir),
+            "CUDA_VISIBLE_DEVICES": "",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TMPDIR": str(self.workdir),
+        }
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+                continue
+            ((kind, ref),) = e["valueFrom"].items()
+            value = self.objects[kind].get(ref["name"], {}).get(ref["key"])
+            if value is None:
+                assert ref.get("optional"), f"pod would not start: {ref} is missing"
+                continue
+            env[e["name"]] = value
+        return env
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body):  # noqa: ANN001
+        upstream_contracts.assert_valid(body)
+        self.created.append(body)
+        worker = body["spec"]["tfReplicaSpecs"]["Worker"]
+        (container,) = worker["template"]["spec"]["containers"]
+        hosts = [f"127.0.0.1:{p}" for p in tfconfig.free_ports(worker["replicas"])]
+        command = [sys.executable, *container["command"][1:]]  # the image's `python`
+        for i in range(worker["replicas"]):
+            log = self.workdir / f"worker-{i}.log"
+            self.logs.append(log)
+            env = {**self._env(container), "TF_CONFIG": tfconfig.make_tf_config(hosts, i)}
+            with open(log, "w") as f:
+                self.procs.append(
+                    subprocess.Popen(command, env=env, stdout=f, stderr=subprocess.STDOUT)
+                )
+        return body
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):  # noqa: ANN001
+        codes = [p.poll() for p in self.procs]
+        if any(c not in (None, 0) for c in codes):
+            bad = next(i for i, c in enumerate(codes) if c not in (None, 0))
+            self.stop()
+            return _job(("Failed", "True", f"worker-{bad} exited {codes[bad]}"))
+        if all(c == 0 for c in codes):
+            return _job(("Running", "False", ""), ("Succeeded", "True", "TFJob succeeded"))
+        return _job(("Running", "True", ""))
+
+    def list_namespaced_pod(self, ns, label_selector):  # noqa: ANN001
+        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name="worker-0"))])
+
+    def read_namespaced_pod_log(self, name, ns, container):  # noqa: ANN001
+        return self.logs[0].read_text()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.slow
+def test_launcher_trains_in_a_tfjob_and_logs_the_chiefs_model(stack: Any, tmp_path: Path) -> None:
+    from components import ingest
+    from components.train import _run_tfjob
+    from pipelines.platform import CONFIG_MAP, SECRET_MLFLOW, SECRET_S3
+    from zoo import tracking
+
+    env = dict(stack.env)
+    secret_keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    mlflow_keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    operator = LocalTrainingOperator(
+        secrets={
+            SECRET_S3: {k: env[k] for k in secret_keys},
+            SECRET_MLFLOW: {k: env[k] for k in mlflow_keys if k in env},
+        },
+        config_maps={
+            CONFIG_MAP: {k: v for k, v in env.items() if k not in secret_keys + mlflow_keys}
+        },
+        workdir=tmp_path,
+    )
+    ing = ingest.run("digits", "vae", f"test-tfjob-{uuid.uuid4().hex[:6]}", "pipeline-run-1")
+    template, _ = compiled_tfjob(tmp_path, "cpu", workers=2)
+    out: list[str] = []
+    try:
+        result = _run_tfjob(
+            json.dumps(template),
+            "vae",
+            ing["manifest_uri"],
+            ing["mlflow_run_id"],
+            str(tmp_path / "model"),
+            "tiny",
+            {"epochs": 2, "steps_per_epoch": 4, "batch_size": 32},
+            namespace="team-a",
+            custom_api=operator,
+            core_api=operator,
+            poll_s=1,
+            out=out.append,
+        )
+    finally:
+        operator.stop()
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in operator.logs)
+    assert all(p.returncode == 0 for p in operator.procs), logs
+    (job,) = operator.created
+    assert job["metadata"]["namespace"] == "team-a"
+    # Workers were told multi_worker explicitly, with the run's overrides.
+    command = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
+        "command"
+    ]
+    overrides = json.loads(command[command.index("--overrides") + 1])
+    assert overrides == {
+        "epochs": 2,
+        "steps_per_epoch": 4,
+        "batch_size": 32,
+        "distribution": "multi_worker",
+    }
+    assert any("phase=Succeeded" in line for line in out)
+    # The chief logged to the run, and the launcher logged the model it uploaded.
+    run = tracking.client().get_run(ing["mlflow_run_id"])
+    assert run.data.metrics["train_wall_s"] > 0
+    assert result["model_uri"] and (tmp_path / "model" / "config.json").is_file()
+    assert "train_samples_per_s_overall" in run.data.metrics
+
+
+def test_launcher_refuses_a_single_device_distribution(tmp_path: Path) -> None:
+    from components.train import _run_tfjob
+
+    template, _ = compiled_tfjob(tmp_path, "gke", workers=2)
+    with pytest.raises(ConfigError, match="distribution='single'.*2 TFJob workers"):
+        _run_tfjob(
+            json.dumps(template),
+            "vae",
+            "s3://b/m.json",
+            "r1",
+            str(tmp_path / "m"),
+            "tiny",
+            {"distribution": "single"},
+        )
+
+
+# --- layering -----------------------------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_zoo_imports_no_upper_layer_and_has_no_distributed_cycle() -> None:
+    """zoo is the library/operations layer: pipelines and components sit above it. Only the
+    CLI modules (zoo/cli*.py, the top layer, kept in the package) may import them."""
+    offenders = {}
+    for path in sorted((ROOT / "zoo").rglob("*.py")):
+        if path.parent == ROOT / "zoo" and path.name.startswith(("cli", "__main__")):
+            continue
+        upward = sorted(m for m in _imports(path) if m.split(".")[0] in ("pipelines", "components"))
+        if upward:
+            offenders[str(path.relative_to(ROOT))] = upward
+    assert offenders == {}
+    # The trainer needs only TF_CONFIG parsing, not the worker entry point that imports it.
+    train_imports = _imports(ROOT / "zoo" / "train.py")
+    assert not any(m.startswith("zoo.distributed") for m in train_imports), train_imports
+    assert not any(
+        m.startswith(("zoo.train", "zoo.distributed", "zoo.tfjob"))
+        for m in _imports(ROOT / "zoo" / "tfconfig.py")
+    )
+
+
+def test_worker_entry_point_runs_as_a_module() -> None:
+    """`python -m zoo.distributed worker` is what every TFJob pod runs."""
+    r = subprocess.run(
+        [sys.executable, "-m", "zoo.distributed", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--manifest-uri" in r.stdout and "--mlflow-run-id" in r.stdout
