@@ -140,6 +140,9 @@ def test_pod_security_resources_and_pinned_images(name):
                 assert {"cpu", "memory"} <= set(c["resources"][part]), (where, part)
             ref = c["image"].rsplit("/", 1)[-1]
             assert ":" in ref and not ref.endswith(":latest"), (where, c["image"])
+            if not c["image"].startswith("ghcr.io/genpipe/"):  # ours: built and tagged by you
+                # Third-party images by tag AND digest: a re-pushed tag cannot change what runs.
+                assert re.search(r":[^/@:]+@sha256:[0-9a-f]{64}$", c["image"]), (where, c["image"])
             # Credentials only by reference: no env var that looks secret has a literal value.
             for e in c.get("env", []):
                 if re.search(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY", e["name"]):
