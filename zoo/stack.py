@@ -6,10 +6,15 @@
     STATE/stack.json         chosen ports, so `status` / `down` / `env` find the stack
     STATE/credentials.json   S3 access/secret key (mode 0600), generated on the first `up`
     STATE/s3.json            SeaweedFS identities built from it (mode 0600)
+    STATE/seaweedfs-security/  SeaweedFS JWT keys and gRPC mTLS CA + certificate, new at
+                             every start of SeaweedFS (see `_write_weed_security`)
     STATE/seaweedfs/         SeaweedFS master, volume and filer data
+    STATE/run/               SeaweedFS's local Unix sockets
     STATE/mlflow.db          MLflow backend store (sqlite)
     STATE/logs/*.log         server output, quoted in errors
     STATE/*.pid              process ids (each the leader of its own process group)
+
+Everything in it is owner-only (0700 dirs, 0600 files: `_make_private`).
 
 MLflow serves artifacts as a proxy (`mlflow-artifacts:/` URIs) onto
 s3://genpipe-mlflow/artifacts on the same SeaweedFS, so clients need only MLFLOW_TRACKING_URI
@@ -26,6 +31,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import string
 import subprocess
 import sys
@@ -226,11 +232,26 @@ def env(state_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
     }
 
 
+def _make_private(state: Path) -> None:
+    """The state dir and everything in it owner-only (0700 dirs, no group/other bits on files).
+
+    New files are created so (`_write_private`, servers started with umask 077); this also
+    tightens what an older version or a loose umask left (e.g. MLflow's 0644 sqlite files).
+    """
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for root, dirs, files in os.walk(state):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            with contextlib.suppress(OSError):  # gone meanwhile (a server's temp file)
+                st = os.lstat(name)
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                    os.chmod(name, stat.S_IMODE(st.st_mode) & ~0o077)
+
+
 @contextlib.contextmanager
 def _lock(state: Path) -> Iterator[None]:
     """Serialise up/down on one state dir (two `genpipe run`s may call ensure_up at once)."""
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(state / ".lock", "w") as f:
+    _make_private(state)
+    with os.fdopen(os.open(state / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -338,8 +359,12 @@ def _stop(pid: int, timeout: float) -> None:
     _reap(pid)
 
 
-def _remove_weed_sockets(ports: Ports) -> None:
-    """Delete the Unix sockets weed leaves in /tmp (named by port) once it has stopped."""
+def _remove_weed_sockets(state: Path, ports: Ports) -> None:
+    """Delete the Unix sockets weed leaves (named by port in /tmp, ours in STATE/run) once it
+    has stopped."""
+    for path in (state / "run").glob("*.sock"):
+        with contextlib.suppress(OSError):
+            path.unlink()
     names = [f"seaweedfs-filer-{ports.filer}.sock", f"seaweedfs-s3-{ports.s3}.sock"]
     for name in ("master", "volume", "filer", "s3"):
         names.append(f"seaweedfs-{name}-grpc-{getattr(ports, name) + GRPC_OFFSET}.sock")
@@ -373,10 +398,10 @@ def _spawn(
     state: Path, name: str, cmd: list[str], extra_env: dict[str, str], drop: tuple[str, ...] = ()
 ) -> int:
     log = _log_path(state, name)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _rotate(log)
     proc_env = {k: v for k, v in os.environ.items() if k not in drop} | extra_env
-    with open(log, "a") as out:
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as out:
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         out.write(f"\n=== genpipe: starting {name} at {stamp}: {' '.join(cmd)}\n")
         out.flush()
@@ -389,11 +414,12 @@ def _spawn(
                 env=proc_env,
                 cwd=state,  # MLflow and weed drop stray files into their working directory
                 start_new_session=True,  # survives the CLI; `down` stops the whole group
+                umask=0o077,  # its databases, volumes, sockets: owner-only
             )
         except OSError as e:
             raise StackError(f"cannot start {name} ({cmd[0]}): {e}") from e
     _CHILDREN.append(proc)
-    _pid_file(state, name).write_text(f"{proc.pid}\n")
+    _write_private(_pid_file(state, name), f"{proc.pid}\n")
     return proc.pid
 
 
@@ -503,16 +529,126 @@ def _write_s3_config(state: Path, creds: Credentials) -> Path:
     return path
 
 
+def _weed_tls(conf: Path) -> dict[str, Path]:
+    """A fresh CA and one certificate (server and client) for SeaweedFS's gRPC mutual TLS.
+
+    Every gRPC port then refuses a peer without a certificate from this CA, which lives only
+    in the 0700 config dir: nobody else can read its key, so nobody else can join.
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "genpipe-seaweedfs-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "genpipe-seaweedfs")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    files = {
+        "ca": (conf / "ca.crt", ca.public_bytes(pem)),
+        "cert": (conf / "weed.crt", cert.public_bytes(pem)),
+        "key": (
+            conf / "weed.key",
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        ),
+    }
+    for path, data in files.values():
+        _write_private(path, data.decode())
+    return {name: path for name, (path, _) in files.items()}
+
+
+def _write_weed_security(state: Path) -> Path:
+    """SeaweedFS's security.toml (new keys at every start) in a 0700 dir; returns the dir.
+
+    SeaweedFS checks S3 signatures only on its S3 port; by default its master, volume and
+    filer ports (HTTP and gRPC) serve and change every object for anyone. With this file
+    (and `-disableHttp`, `-filer.disableHttp` in `_start_weed`, which turn the master's and
+    the filer's HTTP APIs off: /dir/assign would hand out write JWTs):
+    * volume HTTP: every read, write and delete needs a JWT signed with `jwt.signing(.read)`,
+      which the master issues over gRPC only;
+    * filer: JWTs (`jwt.filer_signing(.read)`) for whatever of its HTTP API remains and for
+      its IAM gRPC service;
+    * every gRPC port (TCP and the Unix sockets weed adds in /tmp): mutual TLS with a CA and
+      certificate that only this state dir holds (`_weed_tls`).
+    """
+    conf = state / "seaweedfs-security"
+    conf.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(conf, 0o700)  # mkdir's mode does not apply to an existing dir
+    tls = _weed_tls(conf)
+    alphabet = string.ascii_letters + string.digits
+
+    def jwt(section: str) -> str:
+        return f'[{section}]\nkey = "{_random_key(48, alphabet)}"\nexpires_after_seconds = 10\n\n'
+
+    text = "".join(
+        jwt(s)
+        for s in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+    )
+    text += "[access]\nui = false\n\n[filer.expose_directory_metadata]\nenabled = false\n\n"
+    text += f'[grpc]\nca = "{tls["ca"]}"\n\n'
+    for part in ("master", "volume", "filer", "s3", "client"):
+        text += f'[grpc.{part}]\ncert = "{tls["cert"]}"\nkey = "{tls["key"]}"\n\n'
+    _write_private(conf / "security.toml", text)
+    return conf
+
+
+def _weed_socket(state: Path, name: str) -> list[str]:
+    """weed's option for its local Unix socket `name`: in the state dir (0700), not in
+    world-writable /tmp; none (weed's /tmp default, still keyed) for a path too long for one.
+    """
+    path = state / "run" / f"{name}.sock"
+    return [f"-{name}.localSocket={path}"] if len(str(path)) < 100 else []
+
+
 def _start_weed(state: Path, ports: Ports, creds: Credentials) -> int:
     data = state / "seaweedfs"
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state / "run").mkdir(mode=0o700, exist_ok=True)
     cmd = [
         _weed_binary(),
+        f"-config_dir={_write_weed_security(state)}",
         "server",
         f"-ip={HOST}",
         f"-ip.bind={HOST}",
         f"-dir={data}",
         f"-master.port={ports.master}",
+        "-disableHttp",  # the master's HTTP API: our servers use its gRPC
         f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
         "-master.telemetry=false",  # no phoning home from a laptop (or an offline CI)
         # A lone master still holds a raft election on restart; the 10 s default timeout
@@ -523,8 +659,13 @@ def _start_weed(state: Path, ports: Ports, creds: Credentials) -> int:
         "-volume.preStopSeconds=0",  # default 10 s grace is for load balancers, not us
         "-filer",
         f"-filer.port={ports.filer}",
+        *_weed_socket(state, "filer"),
+        "-filer.disableHttp",  # S3 and the volume server do without it
+        "-filer.disableDirListing",
+        "-filer.exposeDirectoryData=false",
         "-s3",
         f"-s3.port={ports.s3}",
+        *_weed_socket(state, "s3"),
         f"-s3.config={_write_s3_config(state, creds)}",
         "-s3.port.iceberg=0",  # extra catalog servers (default ports 8181/9101) unused here
         "-s3.port.lance=0",
@@ -762,7 +903,7 @@ def down(state_dir: str | os.PathLike[str] | None = None, timeout: float = 30.0)
                 _stop(pid, timeout)
                 stopped.append(name)
                 if name == WEED:  # our weed held these ports, so the sockets were its own
-                    _remove_weed_sockets(load_ports(state) or Ports())
+                    _remove_weed_sockets(state, load_ports(state) or Ports())
             _pid_file(state, name).unlink(missing_ok=True)
     return stopped
 

@@ -98,6 +98,25 @@ def test_secrets_are_owner_only(stack) -> None:
     assert creds.secret_key not in repr(creds)
 
 
+def test_everything_in_the_state_dir_is_owner_only(stack) -> None:
+    """MLflow's sqlite store was 0644; logs, pid files and weed's data were group/world-readable."""
+    assert stat.S_IMODE(stack.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((stack.state_dir / "mlflow.db").stat().st_mode) == 0o600
+    loose = [
+        f"{p.relative_to(stack.state_dir)} {oct(stat.S_IMODE(p.lstat().st_mode))}"
+        for p in stack.state_dir.rglob("*")
+        if not p.is_symlink() and p.lstat().st_mode & 0o077
+    ]
+    assert loose == []
+    # what an older version (or a loose umask) left is tightened by the next up/down
+    old = stack.state_dir / "logs" / "old.log"
+    old.write_text("x")
+    old.chmod(0o644)
+    zstack.up(stack.state_dir)
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    old.unlink()
+
+
 # ------------------------------------------------------------------ S3
 
 

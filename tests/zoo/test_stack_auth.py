@@ -64,6 +64,7 @@ def test_exported_credentials_drive_tracking_and_registry(auth_stack, monkeypatc
 
 def test_credentials_file_is_private(auth_stack):
     state, env = auth_stack
-    mode = (state / "mlflow-auth.json").stat().st_mode & 0o777
-    assert mode == 0o600
+    for name in ("mlflow-auth.json", "mlflow-auth.db", "mlflow-auth.ini", "mlflow.db"):
+        mode = (state / name).stat().st_mode & 0o777
+        assert mode == 0o600, f"{name} has mode {oct(mode)}"
     assert env["MLFLOW_TRACKING_PASSWORD"] not in (state / "mlflow-auth.ini").read_text()
