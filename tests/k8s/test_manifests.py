@@ -857,10 +857,15 @@ def test_egress_is_denied_by_default_and_each_pod_reaches_only_what_it_needs(nam
     assert seen == set(expected) - ({"genpipe-gpu-check"} if name != "gke" else set()) - (
         {"minio", "genpipe-s3-setup"} if name == "kubeflow-minio" else set()
     )
-    # DNS over TCP too; nothing else on port 53 (not a way out).
+    # DNS over TCP too, and node-local caches (NodeLocal DNSCache, GKE Cloud DNS) on link-local
+    # addresses; but no outside resolver, and never the cloud metadata server's HTTP API.
     mlflow = pod_of(find(objs, "Deployment", "mlflow"))
-    assert allowed(objs, mlflow, DNS[0], 53, "TCP")
-    assert not allowed(objs, mlflow, {"ip": "8.8.8.8"}, 53, "UDP")
+    for src in (mlflow, STEP, WORKER):
+        assert allowed(objs, src, DNS[0], 53, "TCP")
+        assert allowed(objs, src, {"ip": "169.254.20.10"}, 53, "UDP")
+        assert allowed(objs, src, {"ip": "169.254.169.254"}, 53, "UDP")
+        assert not allowed(objs, src, {"ip": "8.8.8.8"}, 53, "UDP")
+        assert not allowed(objs, src, {"ip": "169.254.169.254"}, 80)
 
     # Pipeline steps (Argo pods labelled genpipe.io/pipeline=true) in the pipeline namespace.
     step_store = {"kf-store", "kf-minio"} | (set() if name == "kubeflow-minio" else {"minio"})
