@@ -16,8 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipelines.platform import CONFIG_MAP, SECRET_MLFLOW, SECRET_S3, load_profile
+from pipelines.platform import CONFIG_MAP, POD_LABELS, SECRET_MLFLOW, SECRET_S3, load_profile
 from zoo.kfp_client import DEFAULT_SA_TOKEN_PATH
+from zoo.tfjob import LABEL_JOB_NAME, LABEL_REPLICA_TYPE, TF_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -788,10 +789,12 @@ KF_MINIO = ({"ns": "kubeflow", "labels": {"app": "minio"}}, 9000)
 API_SERVER = ({"ip": "172.18.0.2"}, 6443)  # the `kubernetes` Service's endpoint, kubeadm port
 INTERNET_HTTP = ({"ip": "93.184.216.34"}, 80)
 INTERNET_DB = ({"ip": "93.184.216.34"}, 5432)
+# The labels pipelines/platform.py puts on every pipeline step and TFJob worker, plus what Argo
+# and the Training Operator add themselves.
 STEP = {
     "ns": "kubeflow",
     "labels": {
-        "genpipe.io/pipeline": "true",
+        **POD_LABELS,
         "workflows.argoproj.io/workflow": "vae-abc12",
         "pipelines.kubeflow.org/v2_component": "true",
     },
@@ -799,9 +802,9 @@ STEP = {
 WORKER = {
     "ns": "kubeflow",
     "labels": {
-        "genpipe.io/pipeline": "true",
-        "training.kubeflow.org/replica-type": "worker",
-        "training.kubeflow.org/job-name": "vae-abc12",
+        **POD_LABELS,
+        LABEL_REPLICA_TYPE: "worker",
+        LABEL_JOB_NAME: "vae-abc12",
     },
 }
 ALL_TARGETS = {
@@ -817,7 +820,7 @@ ALL_TARGETS = {
     "api-server": API_SERVER,
     "internet-http": INTERNET_HTTP,
     "internet-db": INTERNET_DB,
-    "worker-peer": (WORKER, 2222),
+    "worker-peer": (WORKER, TF_PORT),
 }
 
 
