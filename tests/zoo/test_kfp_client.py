@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import kfp_contract_server as kcs
+import kfp_server_api
 import pytest
 import yaml
 
@@ -467,7 +468,9 @@ def raw(
     if data is not None:
         req.add_header("Content-Type", ctype)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        # No HTTP(S)_PROXY from the environment: the server is on loopback.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -787,3 +790,31 @@ def test_concurrent_upload_of_the_same_content_reuses_the_version(kfp_server, ca
         == version["pipeline_version_id"]
     )
     assert "unchanged, reused" in out
+
+
+def test_role_deletes_versions_of_genpipes_pipelines_only(sa_token):
+    """`delete` on pipelines is scoped by resourceNames (KFP names the pipeline in the review):
+    the ServiceAccount cannot delete another team's pipeline versions in the namespace."""
+    objs = kcs.rendered("cpu")
+    ns = role_namespace(objs)
+    with multi_user_server(objs) as server:
+        content = b"pipelineInfo: {name: other}\nroot: {}\n"
+        for name in ("someone-elses", "genpipe-vae"):
+            server.pipelines[name] = {
+                "pipeline_id": name,
+                "name": name,
+                "display_name": name,
+                "namespace": ns,
+                "created_at": kcs.now(),
+            }
+            server.add_version(name, "v1", content)
+        kfp = Kfp(server.url, KfpAuth(token_path=str(sa_token)), ns)
+        ids = {v["pipeline_id"]: k for k, v in server.versions.items()}
+        with pytest.raises(kfp_server_api.ApiException) as denied:
+            kfp.client.delete_pipeline_version("someone-elses", ids["someone-elses"])
+        assert denied.value.status == 403
+        body = json.loads(denied.value.body)
+        assert body["code"] == 7 and "Resource:pipelines" in body["details"][0]["error_message"]
+        kfp.client.delete_pipeline_version("genpipe-vae", ids["genpipe-vae"])
+        assert set(server.versions) == {ids["someone-elses"]}
+        assert [(d["verb"], d["name"]) for d in server.denied()] == [("delete", "someone-elses")]
