@@ -26,13 +26,14 @@ def run(
     """Score the trained model in `model_dir` and decide its blessing."""
     from components.common import fetch_dataset
     from zoo import images, models, registration, tracking
-    from zoo.blessing import decide, parse_thresholds
+    from zoo.blessing import check_thresholds, decide
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
+    limits = check_thresholds(thresholds, meta["model"], "thresholds")  # before the work
     t0 = time.perf_counter()
     result = evaluate(model, data, seed=0)
     # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
@@ -47,7 +48,7 @@ def run(
     metrics["eval_champion_wall_s"] = time.perf_counter() - t0
     blessing = decide(
         metrics,
-        parse_thresholds(thresholds, cls.default_thresholds),
+        limits,
         cls.primary_metric,
         cls.lower_is_better,
         champion_value=champ_value,
@@ -65,6 +66,8 @@ def run(
     logger.tags(
         {
             "genpipe.blessed": str(blessing.blessed).lower(),
+            # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
+            "genpipe.not_blessed": "; ".join(blessing.failures),
             registration.TAG_PRIMARY: f"{cls.primary_metric}={blessing.value:.6g}",
         }
     )
@@ -163,17 +166,21 @@ def evaluate(
 
     from components.common import read_dataset_artifact
     from components.evaluate import run
+    from zoo import tracking
 
     ds = read_dataset_artifact(dataset.path)
-    out = run(
-        ds["manifest_uri"],
-        trained_model.path,
-        mlflow_run_id,
-        registered_name,
-        thresholds,
-        champion_tolerance,
-        report.path,
-    )
+    with tracking.run_status(mlflow_run_id) as status:
+        out = run(
+            ds["manifest_uri"],
+            trained_model.path,
+            mlflow_run_id,
+            registered_name,
+            thresholds,
+            champion_tolerance,
+            report.path,
+        )
+        # Not blessed: register is skipped, so this is the pipeline's last task.
+        status.final = not out["blessing"]["blessed"]
     for k, v in out["metrics"].items():
         metrics.log_metric(k, float(v))
     b = out["blessing"]

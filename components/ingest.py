@@ -20,8 +20,9 @@ def run(
     shards: int = 4,
 ) -> dict[str, Any]:
     """Ingest `source` for `model`; returns manifest URI, fingerprint and the MLflow run id."""
-    import mlflow
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     from zoo import models, tracking
     from zoo.data import RawText, load_source, publish, split, validate
@@ -42,25 +43,35 @@ def run(
 
     c = tracking.client()
     run_id = tracking.get_or_create_run(c, experiment, pipeline_run_id, model)
-    logger = tracking.RunLogger(c, run_id)
-    logger.tags({tracking.TAG_DATASET: manifest["fingerprint"]})
-    logger.params(
-        {
-            "source": source,
-            "fingerprint": manifest["fingerprint"],
-            "test_fraction": test_fraction,
-            **{f"{name}_count": s["count"] for name, s in manifest["splits"].items()},
-        },
-        prefix="dataset.",
-    )
-    logger.json(manifest, "dataset/manifest.json")
-    with mlflow.start_run(run_id=run_id):
+    with tracking.run_status(run_id):
+        logger = tracking.RunLogger(c, run_id)
+        logger.tags({tracking.TAG_DATASET: manifest["fingerprint"]})
+        logger.params(
+            {
+                "source": source,
+                "fingerprint": manifest["fingerprint"],
+                "test_fraction": test_fraction,
+                **{f"{name}_count": s["count"] for name, s in manifest["splits"].items()},
+            },
+            prefix="dataset.",
+        )
+        logger.json(manifest, "dataset/manifest.json")
         ds = MetaDataset(
             source=_source_for_mlflow(manifest["uri"]),
             name=source,
             digest=manifest["fingerprint"][:20],
         )
-        mlflow.log_input(ds, context="training")
+        # Through the client, not `with mlflow.start_run(...)`: leaving that block would end
+        # the run FINISHED before training even starts (see tracking.run_status).
+        c.log_inputs(
+            run_id,
+            [
+                DatasetInput(
+                    ds._to_mlflow_entity(),
+                    [InputTag(MLFLOW_DATASET_CONTEXT, "training")],
+                )
+            ],
+        )
     return {
         "manifest_uri": manifest["uri"],
         "fingerprint": manifest["fingerprint"],

@@ -17,6 +17,7 @@ def run(
     from zoo import models, tracking
     from zoo.registration import TAG_PRIMARY, register, standard_tags
 
+    tracking.check_registered_name(registered_name, "registered_name")
     c = tracking.client()
     run = c.get_run(mlflow_run_id)
     primary = run.data.tags.get(TAG_PRIMARY, "=nan")
@@ -54,10 +55,12 @@ def register(
     from collections import namedtuple
 
     from components.register import run
+    from zoo import tracking
 
-    out = run(
-        registered_name, mlflow_run_id, better_than_champion, champion_version, pipeline_run_id
-    )
+    with tracking.run_status(mlflow_run_id, final=True):  # the pipeline's last task
+        out = run(
+            registered_name, mlflow_run_id, better_than_champion, champion_version, pipeline_run_id
+        )
     print(f"registered {out['name']} v{out['version']} aliases={out['aliases']}: {out['reason']}")
     return namedtuple("RegisterOutputs", ["version", "aliases"])(
         out["version"], ",".join(out["aliases"])

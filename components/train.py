@@ -145,18 +145,20 @@ def train(
 
     from components.common import read_dataset_artifact
     from components.train import run
+    from zoo import tracking
 
     ds = read_dataset_artifact(dataset.path)
-    out = run(
-        model,
-        ds["manifest_uri"],
-        mlflow_run_id,
-        trained_model.path,
-        preset,
-        overrides,
-        platform_overrides,
-        tfjob,
-    )
+    with tracking.run_status(mlflow_run_id):  # a diverged or killed training ends the run
+        out = run(
+            model,
+            ds["manifest_uri"],
+            mlflow_run_id,
+            trained_model.path,
+            preset,
+            overrides,
+            platform_overrides,
+            tfjob,
+        )
     trained_model.metadata.update(
         {
             "model": model,

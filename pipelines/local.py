@@ -51,14 +51,18 @@ class LocalRunResult:
 
 
 def check_run_args(
-    model: str, preset: str, overrides: dict[str, Any], thresholds: str
+    model: str, preset: str, overrides: dict[str, Any], thresholds: str, registered_name: str = ""
 ) -> dict[str, Any]:
-    """Validate a run's model, config overrides and thresholds; ConfigError names the bad value."""
+    """Validate a run's model, config overrides, thresholds (metrics the model reports) and
+    registered model name; ConfigError names the bad value."""
     from zoo import models
-    from zoo.blessing import parse_thresholds
+    from zoo.blessing import check_thresholds
+    from zoo.tracking import check_registered_name
 
     cfg = models.resolve_config(model, preset, overrides)
-    parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
+    check_thresholds(thresholds, model, "--thresholds")
+    if registered_name:
+        check_registered_name(registered_name, "--name")
     return {"epochs": cfg.epochs}
 
 
@@ -142,11 +146,11 @@ def _run(
     with open(log_path, "w", encoding="utf-8") as log:
         stream = _EventStream(log, on_event)
         try:
-            with contextlib.redirect_stdout(stream):
+            with contextlib.redirect_stdout(stream), _recording_exit_codes(stream):
                 task = pipeline(**pipeline_args)
-        except RuntimeError as e:
+        except RuntimeError as e:  # kfp's message colours task names: plain text here
             raise GenpipeError(
-                stream.failure_message(log_path) or f"{e} (log: {log_path})"
+                stream.failure_message(log_path) or f"{_ANSI.sub('', str(e))} (log: {log_path})"
             ) from None
     wall = time.perf_counter() - t0
     # In the warm server when there is one: this process then never imports MLflow.
@@ -156,6 +160,40 @@ def _run(
         wall_s=wall,
         local_dir=Path(fields["local_dir"]) if fields["local_dir"] else None,
     )
+
+
+@contextlib.contextmanager
+def _recording_exit_codes(stream: _EventStream) -> Any:
+    """Tell `stream` each task process's exit code (kfp.local keeps only pass/fail), so a
+    task that died without an error line (a signal, the OOM killer) is reported by its cause."""
+    from kfp.local import subprocess_task_handler as sth
+
+    inner = sth.run_local_subprocess  # kfp's, or the warm server's (pipelines.warm)
+
+    def run_local_subprocess(full_command: list[str], env_vars: Any = None) -> int:
+        code = inner(full_command, env_vars)
+        stream.task_exit(code)
+        return code
+
+    sth.run_local_subprocess = run_local_subprocess
+    try:
+        yield
+    finally:
+        sth.run_local_subprocess = inner
+
+
+def exit_cause(code: int) -> str:
+    """A task process's exit code in words: 'killed by SIGKILL (out of memory?)', 'exit code 2'."""
+    import signal
+
+    if code < 0 or code > 128:
+        try:
+            name = signal.Signals(-code if code < 0 else code - 128).name
+        except ValueError:
+            return f"exit code {code}"
+        oom = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"{'killed by ' if code < 0 else f'exit code {code}: killed by '}{name}{oom}"
+    return f"exit code {code}"
 
 
 def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
@@ -176,6 +214,8 @@ _ERROR = re.compile(
     r"^\s*(?:zoo\.errors\.|[\w.]*)(?P<kind>\w*Error|TrainingDiverged): (?P<msg>.+)$"
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: a task says what it waits on (zoo.tracking.call, the promotion lock): shown, not just logged
+_WAITING = re.compile(r"(?P<msg>waiting for (?:MLflow|the promotion lock) .+)$")
 
 
 class _EventStream(io.TextIOBase):
@@ -187,6 +227,7 @@ class _EventStream(io.TextIOBase):
         self.buf = ""
         self.task = ""
         self.failures: list[tuple[str, str]] = []  # (task, error line)
+        self.errors_this_task = 0  # error lines since the running task started
 
     def write(self, s: str) -> int:
         self.log.write(s)
@@ -206,14 +247,24 @@ class _EventStream(io.TextIOBase):
     def _line(self, line: str) -> None:
         if m := _TASK_START.search(line):
             self.task = m["task"]
+            self.errors_this_task = 0
             self._emit("task_start", {"task": self.task})
         elif m := _TASK_END.search(line):
             self._emit("task_end", {"task": m["task"], "status": m["status"]})
         elif m := _PROGRESS.search(line):
             fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
             self._emit("progress", {"task": self.task, **fields})
+        elif m := _WAITING.search(line):
+            self._emit("waiting", {"task": self.task, "message": m["msg"]})
         elif m := _ERROR.match(line):
             self.failures.append((self.task, f"{m['kind']}: {m['msg']}" if m["kind"] else m["msg"]))
+            self.errors_this_task += 1
+
+    def task_exit(self, code: int) -> None:
+        """A task process ended; one that failed with no error line of its own is recorded
+        by its exit cause (a signal or an exit code)."""
+        if code != 0 and not self.errors_this_task:
+            self.failures.append((self.task, exit_cause(code)))
 
     def failure_message(self, log_path: Path) -> str | None:
         if not self.failures:

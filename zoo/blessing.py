@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 from zoo.errors import ConfigError
@@ -25,6 +26,8 @@ class Blessing:
     value: float
     champion_version: str = ""
     champion_value: float | None = None
+    #: why it was not blessed, one plain clause each ("test_fid 61.2 > max 60")
+    failures: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +65,75 @@ def parse_thresholds(text: str, defaults: Thresholds, where: str = "thresholds")
     return out
 
 
+#: What each model's `eval_batch` returns per held-out example (zoo/models/*.py);
+#: tests/zoo/test_blessing.py checks this table against the models themselves.
+EVAL_BATCH_METRICS: dict[str, tuple[str, ...]] = {
+    "vae": ("neg_elbo", "recon", "kl"),
+    "dcgan": ("d_real_logit",),
+    "wgan_gp": ("d_real_logit",),
+    "cgan": ("d_real_logit",),
+    "ddpm": ("denoise_mse",),
+    "realnvp": ("nll", "bits_per_dim"),
+    "pixelcnn": ("nll", "bits_per_dim"),
+    "char_rnn": ("loss",),
+    "gpt": ("loss",),
+}
+#: zoo.evaluation.image.sample_metrics (class checks and cond_accuracy only with labels)
+IMAGE_SAMPLE_METRICS = (
+    "fid",
+    "kid",
+    "eval_samples",
+    "precision",
+    "recall",
+    "fid_floor",
+    "kid_floor",
+    "feature_classifier_accuracy",
+    "gen_class_entropy_bits",
+    "gen_class_max_share",
+    "gen_classes_covered",
+    "gen_class_tv",
+)
+#: zoo.evaluation.text.metrics_from_loss
+TEXT_METRICS = ("loss", "bits_per_char", "perplexity")
+
+
+def known_metrics(model: str) -> list[str]:
+    """The held-out metric names `evaluate` reports for `model` (what thresholds may name).
+
+    Conditional models also report `<split>_cond_accuracy_<label>` per label.
+    """
+    from zoo import models
+
+    cls = models.get(model)
+    split = cls.heldout_split
+    if cls.family == "text":
+        names = TEXT_METRICS
+    else:
+        names = EVAL_BATCH_METRICS[model] + IMAGE_SAMPLE_METRICS
+        if getattr(cls, "conditional", False):
+            names += ("cond_accuracy",)
+    return [f"{split}_{n}" for n in names]
+
+
+def check_thresholds(text: str, model: str, where: str = "--thresholds") -> Thresholds:
+    """`parse_thresholds` over the model's defaults, refusing metrics the model never reports
+    (a misspelt metric would otherwise train fully and then fail the blessing)."""
+    from zoo import models
+
+    cls = models.get(model)
+    parsed = parse_thresholds(text, cls.default_thresholds, where)
+    known = known_metrics(model)
+    per_label = re.compile(rf"{cls.heldout_split}_cond_accuracy_\d+")
+    conditional = getattr(cls, "conditional", False)
+    for metric in parsed:
+        if metric not in known and not (conditional and per_label.fullmatch(metric)):
+            raise ConfigError(
+                f"{where}: model {model!r} reports no metric {metric!r}; "
+                f"its metrics: {', '.join(known)}"
+            )
+    return parsed
+
+
 def decide(
     metrics: dict[str, float],
     thresholds: Thresholds,
@@ -77,22 +149,24 @@ def decide(
             f"champion_tolerance={tolerance} must be >= 0 (a fraction, e.g. 0.01 = 1%)"
         )
     reasons: list[str] = []
-    ok = True
+    failures: list[str] = []
     for metric, (op, bound) in sorted(thresholds.items()):
         if metric not in metrics:
-            ok = False
+            failures.append(f"{metric} missing from the evaluation (threshold {op} {bound:g})")
             reasons.append(f"{metric}: missing from evaluation (threshold {op} {bound:g})")
             continue
         v = metrics[metric]
         passed = math.isfinite(v) and (v <= bound if op == "max" else v >= bound)
-        ok &= passed
+        if not passed:
+            failures.append(f"{metric} {v:.4g} {'>' if op == 'max' else '<'} {op} {bound:g}")
         reasons.append(
             f"{metric}={v:.4g} {'<=' if op == 'max' else '>='} {bound:g}: {'pass' if passed else 'FAIL'}"
         )
     value = metrics.get(primary, float("nan"))
     if not math.isfinite(value):
-        ok = False
+        failures.append(f"{primary} is {value}")
         reasons.append(f"{primary}={value} is not finite")
+    ok = not failures
     better = False
     if champion_value is None:
         better = ok
@@ -103,6 +177,11 @@ def decide(
         no_worse = sign * (value - champion_value) <= margin
         better = sign * (value - champion_value) < 0
         ok &= no_worse
+        if not no_worse:
+            failures.append(
+                f"{primary} {value:.4g} worse than champion v{champion_version} "
+                f"{champion_value:.4g} by more than the tolerance {tolerance:.1%}"
+            )
         reasons.append(
             f"{primary}={value:.4g} vs champion v{champion_version} {champion_value:.4g} "
             f"(tolerance {tolerance:.1%}): {'better' if better else 'within tolerance' if no_worse else 'WORSE'}"
@@ -115,4 +194,5 @@ def decide(
         value=float(value),
         champion_version=champion_version,
         champion_value=champion_value,
+        failures=failures,
     )

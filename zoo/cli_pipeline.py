@@ -14,6 +14,9 @@ from rich.table import Table
 from zoo.errors import ConfigError
 
 out = Console()
+err = Console(stderr=True)
+#: `genpipe run`'s exit code when the pipeline ran but the model was not blessed
+NOT_BLESSED_EXIT = 3
 
 
 def _parse_sets(sets: list[str]) -> dict[str, str]:
@@ -44,6 +47,8 @@ def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
                 progress.update(
                     bars[name], total=1, completed=1, info="done" if ok else "[red]failed[/red]"
                 )
+            elif kind == "waiting":  # an outage or a held lock: say what the task waits on
+                progress.console.print(f"{name}: {f['message']}", highlight=False)
             elif kind == "progress" and name in bars:
                 progress.update(
                     bars[name],
@@ -101,6 +106,10 @@ def register(app: typer.Typer) -> None:
         """Run MODEL's pipeline (ingest -> train -> evaluate -> register) locally with kfp.local.
 
         Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
+
+        Exit codes: 0 blessed (registered), 1 error (one line; the run's MLflow run is
+        FAILED), 2 bad usage, 3 trained and evaluated but not blessed (nothing registered;
+        the failed thresholds are printed).
         """
         from pipelines import warm
         from zoo import models
@@ -122,6 +131,7 @@ def register(app: typer.Typer) -> None:
             preset=preset,
             overrides=overrides,
             thresholds=thresholds,
+            registered_name=name,
         )
         out.print(
             f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={checked['epochs']})"
@@ -159,6 +169,10 @@ def register(app: typer.Typer) -> None:
         else:
             out.print("registered:   no (not blessed; see evaluation/report.html)")
         out.print(f"wall time:    {res.wall_s:.1f} s")
+        if not res.blessed:
+            because = res.tags.get("genpipe.not_blessed", "") or "see evaluation/report.html"
+            err.print(f"not blessed: {because}", highlight=False, soft_wrap=True)
+            raise typer.Exit(NOT_BLESSED_EXIT)
 
     @app.command("compile")
     def compile_cmd(

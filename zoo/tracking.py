@@ -7,10 +7,17 @@ that run instead of creating a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from zoo import images as imgs
-from zoo.errors import GenpipeError
+from zoo.errors import ConfigError, GenpipeError
 from zoo.settings import Settings
 
 TAG_PIPELINE_RUN = "genpipe.pipeline_run_id"
@@ -30,11 +37,237 @@ ALIAS_CANDIDATE = "candidate"
 ALIAS_CHAMPION = "champion"
 
 
+ENV_RETRY_SECONDS = "GENPIPE_RETRY_SECONDS"
+#: MLflow's own per-request knobs (mlflow/environment_variables.py); we set them unless the
+#: user did, so that MLflow's internal retries do not multiply with ours.
+_MLFLOW_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+_MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+#: the MLflow knob values genpipe set, as NAME=value;... in the environment, so that a child
+#: process (a pipeline task) tells them from a user's own (which are left alone)
+_OURS = "GENPIPE_MLFLOW_HTTP_SET"
+
+
+def retry_seconds() -> float:
+    """GENPIPE_RETRY_SECONDS (default 120): how long an operation retries through an outage."""
+    raw = os.environ.get(ENV_RETRY_SECONDS, "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{ENV_RETRY_SECONDS}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _set_knob(name: str, value: str) -> None:
+    ours = dict(kv.split("=", 1) for kv in os.environ.get(_OURS, "").split(";") if "=" in kv)
+    if name in os.environ and os.environ[name] != ours.get(name):
+        return  # set by the user: theirs
+    os.environ[name] = ours[name] = value
+    os.environ[_OURS] = ";".join(f"{k}={v}" for k, v in sorted(ours.items()))
+
+
+def _bound_mlflow_http(budget: float) -> None:
+    """One HTTP attempt per MLflow call, with a timeout well inside the budget.
+
+    MLflow's defaults (120 s read timeout, 7 retries with backoff) keep a call to a stalled
+    server busy for ~15 min; our own loop (`call`) retries instead, for `budget` seconds.
+    """
+    _set_knob(_MLFLOW_RETRIES, "0")
+    _set_knob(_MLFLOW_TIMEOUT, str(max(1, min(30, int(budget / 4)))))
+
+
 def client(settings: Settings | None = None) -> MlflowClient:
-    """An MLflow client for the configured tracking server (sets the global URI too)."""
+    """An MLflow client for the configured tracking server (sets the global URI too).
+
+    Every call through it retries connection errors, timeouts and transient HTTP errors for
+    GENPIPE_RETRY_SECONDS, printing one line to stderr when it starts waiting, then fails with
+    one GenpipeError naming the endpoint (see `call`).
+    """
     settings = settings or Settings.from_env()
+    _bound_mlflow_http(retry_seconds())
     mlflow.set_tracking_uri(settings.mlflow_uri)
-    return MlflowClient(settings.mlflow_uri)
+    return BoundedClient(settings.mlflow_uri)
+
+
+class BoundedClient(MlflowClient):
+    """MlflowClient whose public methods run through `call` (bounded retries, one-line errors)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self._genpipe_uri = uri
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or not callable(attr) or isinstance(attr, type):
+            return attr
+        uri = super().__getattribute__("_genpipe_uri")
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            return call(uri, name, attr, *args, **kwargs)
+
+        return bounded
+
+
+def _transient_cause(e: BaseException) -> str | None:
+    """A short reason when `e` is an outage (connection refused, timeout, 5xx), else None."""
+    import requests
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, GenpipeError):  # already a verdict (e.g. a nested call gave up)
+            return None
+        if isinstance(cur, (requests.exceptions.Timeout, TimeoutError)):
+            return f"no response within {os.environ.get(_MLFLOW_TIMEOUT, '120')} s"
+        if isinstance(cur, requests.exceptions.RetryError):
+            m = re.search(r"too many (\d+) error responses", str(cur))
+            return f"HTTP {m[1]}" if m else "server error"
+        if isinstance(cur, (requests.exceptions.ConnectionError, ConnectionError)):
+            text = str(cur)
+            if "refused" in text.lower():
+                return "connection refused"
+            if "timed out" in text.lower():
+                return f"no response within {os.environ.get(_MLFLOW_TIMEOUT, '120')} s"
+            return "connection failed"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def call(
+    uri: str,
+    what: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    budget: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run one MLflow call, retrying outages with backoff for GENPIPE_RETRY_SECONDS.
+
+    The first failed attempt prints one line to stderr saying what is waited on (a task's
+    stderr reaches `genpipe run`'s screen); when the budget is spent, one GenpipeError names
+    the endpoint. Errors that are not outages (bad request, not found) are raised at once.
+    """
+    budget = retry_seconds() if budget is None else budget
+    t0 = time.monotonic()
+    delay = 0.5
+    announced = False
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:
+            cause = _transient_cause(e)
+            if cause is None:
+                raise
+            waited = time.monotonic() - t0
+            if waited + delay > budget:
+                raise GenpipeError(
+                    f"MLflow at {uri} unreachable during {what} (retried for {budget:g} s): {cause}"
+                ) from None
+            if not announced:
+                print(
+                    f"waiting for MLflow at {uri}: {cause} (retrying for up to {budget:g} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                announced = True
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if announced:
+            print(
+                f"MLflow at {uri} is back after {time.monotonic() - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        return result
+
+
+class Killed(BaseException):
+    """The task process got SIGTERM (or SIGINT): unwinds like KeyboardInterrupt."""
+
+
+class RunStatus:
+    """What `run_status` does on success: `final` ends the MLflow run FINISHED."""
+
+    def __init__(self, final: bool) -> None:
+        self.final = final
+
+
+@contextlib.contextmanager
+def run_status(run_id: str, final: bool = False) -> Iterator[RunStatus]:
+    """Keep the MLflow run's status true to the pipeline task running inside this block.
+
+    The run is RUNNING while the task runs (a retried task re-opens a FAILED run); an
+    exception marks it FAILED, SIGTERM/SIGINT mark it KILLED (then the task exits as it would
+    have); on success the last task of the pipeline (`final`, settable inside the block) marks
+    it FINISHED. Done by the components themselves, so it holds on a cluster as locally.
+    """
+    c = client()
+    c.update_run(run_id, status="RUNNING")
+    status = RunStatus(final)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def killed(signum: int, _frame: Any) -> None:
+            raise Killed(signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, killed)
+    try:
+        yield status
+    except BaseException as e:
+        verdict = "KILLED" if isinstance(e, (Killed, KeyboardInterrupt)) else "FAILED"
+        _terminate(c, run_id, verdict)
+        raise
+    else:
+        if status.final:
+            _terminate(c, run_id, "FINISHED")
+        else:  # code inside may have ended it (a `with mlflow.start_run(...)` block does)
+            c.update_run(run_id, status="RUNNING")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _terminate(c: MlflowClient, run_id: str, verdict: str) -> None:
+    """End the run with `verdict`; a failure to say so is reported, never masks the task's error."""
+    uri = mlflow.get_tracking_uri()
+    plain = MlflowClient(uri)  # unwrapped: `call` below is the one bounded retry
+    try:
+        # Short: when MLflow itself is the outage that failed the task, do not wait it out twice.
+        call(
+            uri,
+            f"marking run {run_id} {verdict}",
+            plain.set_terminated,
+            run_id,
+            verdict,
+            budget=min(10.0, retry_seconds()),
+        )
+    except Exception as e:  # noqa: BLE001 - the task's own outcome matters more
+        print(f"could not mark MLflow run {run_id} {verdict}: {e}", file=sys.stderr, flush=True)
+
+
+def check_registered_name(name: str, where: str = "--name") -> str:
+    """`name` if the MLflow registry accepts it as a registered model name, else a ConfigError.
+
+    MLflow's rules (mlflow/utils/validation.py `_validate_model_name`): not blank, no '/' or
+    ':', not '.' or '..'; and ours: no '@', which separates an alias in NAME@ALIAS references.
+    """
+    bad = ""
+    if not name.strip():
+        bad = "it is blank"
+    elif any(ch in name for ch in "/:@"):
+        bad = f"it contains {next(ch for ch in name if ch in '/:@')!r}"
+    elif name in (".", ".."):
+        bad = "it is a path"
+    if bad:
+        raise ConfigError(
+            f"{where} {name!r} is not a valid registered model name ({bad}): use letters, "
+            "digits, '-', '_', '.' and spaces, without '/', ':' or '@'"
+        )
+    return name
 
 
 def git_commit() -> str:

@@ -420,11 +420,20 @@ class Trainer:
             reason = f"gradient norm {out['grad_norm']:.3g} exceeds max_grad_norm={self.cfg.max_grad_norm:g}"
         if reason:
             where = ck.uri or str(ck.local_dir)
+            # Only claim a kept checkpoint when one exists (a first-epoch divergence has none).
+            saved = bool(ck.manager.latest_checkpoint) or bool(
+                ck.uri and ck.store and ck.store.exists(f"{ck.uri}/latest.json")
+            )
+            kept = (
+                f"last good checkpoint kept at {where}"
+                if saved
+                else f"no checkpoint had been written yet (none at {where})"
+            )
             if self.logger:
                 self.logger.tags({"genpipe.diverged": reason})
             raise TrainingDiverged(
                 f"{self.model_name}: training diverged at epoch {epoch + 1}, step {step}: {reason}; "
-                f"last good checkpoint kept at {where}; lower learning_rate or max_grad_norm"
+                f"{kept}; lower learning_rate or max_grad_norm"
             )
 
     def save_model(self, model: GenerativeModel) -> Path:

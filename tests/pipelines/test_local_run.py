@@ -6,7 +6,9 @@ source fails in ingest with a one-line error and registers nothing.
 """
 
 import os
+import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +76,9 @@ def test_vae_pipeline_registers_champion_and_keeps_it_against_worse_run(home):
     )
     assert c.get_model_version_by_alias(name, "champion").version == "1"
     assert len(c.search_model_versions(f"name='{name}'")) == 1
+    # Both pipelines succeeded (one blessed, one not): their MLflow runs ended FINISHED.
+    assert c.get_run(good.mlflow_run_id).info.status == "FINISHED"
+    assert c.get_run(worse.mlflow_run_id).info.status == "FINISHED"
     _assert_no_credential_leaked(home, [good.mlflow_run_id, worse.mlflow_run_id])
 
 
@@ -102,14 +107,24 @@ def test_bad_source_fails_in_ingest_with_one_line_error(home, tmp_path):
     assert not tracking.client().search_model_versions(f"name='{name}'")
 
 
+def _only_run(experiment: str):
+    c = tracking.client()
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id])
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
 def test_exploding_gradients_stop_training_and_register_nothing(home):
     name = f"vae-div-{uuid.uuid4().hex[:8]}"
+    experiment = f"genpipe-test-{name}"
     with pytest.raises(GenpipeError) as e:
         run_local(
             "vae",
             "digits",
             preset="tiny",
             overrides={"max_grad_norm": 1e-3},
+            experiment=experiment,
             registered_name=name,
             thresholds=LOOSE,
             start_stack=False,
@@ -120,4 +135,59 @@ def test_exploding_gradients_stop_training_and_register_nothing(home):
         and "training diverged" in msg
         and "max_grad_norm" in msg
     )
+    # It diverged at its first step: there is no "last good checkpoint" to speak of.
+    assert "no checkpoint had been written yet" in msg and "last good checkpoint" not in msg
     assert not tracking.client().search_model_versions(f"name='{name}'")
+    run = _only_run(experiment)
+    assert run.info.status == "FAILED"  # not FINISHED: the pipeline failed
+    assert "max_grad_norm" in run.data.tags["genpipe.diverged"]
+
+
+def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
+    """A task that dies without a word (here SIGKILL, as the OOM killer does) is reported by
+    its cause, in plain text."""
+    monkeypatch.setenv("GENPIPE_WARM_TASKS", "0")  # tasks are children of this process
+    name = f"vae-kill-{uuid.uuid4().hex[:8]}"
+    killed: list[int] = []
+
+    def kill_train(kind: str, fields: dict) -> None:
+        if kind == "progress" and fields.get("task") == "train" and not killed:
+            for pid in _descendants(os.getpid()):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"train" in cmdline and b"--function_to_execute" in cmdline:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+    with pytest.raises(GenpipeError) as e:
+        run_local(
+            "vae",
+            "digits",
+            preset="tiny",
+            overrides={"epochs": 50, "steps_per_epoch": 5},
+            experiment=f"genpipe-test-{name}",
+            registered_name=name,
+            thresholds=LOOSE,
+            start_stack=False,
+            on_event=kill_train,
+        )
+    assert killed
+    msg = str(e.value)
+    assert msg.startswith("task train failed: killed by SIGKILL (out of memory?)"), msg
+    assert "\x1b" not in msg and "\n" not in msg
+
+
+def _descendants(pid: int) -> list[int]:
+    """All processes below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -1,10 +1,13 @@
-"""Object-store outages injected for real: the session's SeaweedFS is SIGKILLed mid-operation
-and restarted. Operations retry with backoff through the outage and complete once the server
-is back; an outage longer than the retry budget fails with one error naming the endpoint.
+"""Outages injected for real: the session's SeaweedFS or MLflow is SIGKILLed (or SIGSTOPped)
+mid-operation and restarted. Operations retry with backoff through the outage and complete
+once the server is back; an outage longer than the retry budget (GENPIPE_RETRY_SECONDS) fails
+with one error naming the endpoint, after one line saying what is waited on.
 """
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -99,3 +102,79 @@ def test_mlflow_logging_survives_a_tracking_server_restart(stack):
     assert outage["s"] >= 3.0
     assert c.get_run(run_id).data.metrics["during_outage"] == 42.0
     print(f"MLflow outage survived: {outage['s']:.1f} s")
+
+
+_MLFLOW_CALL = """
+import sys, time
+from zoo import tracking
+t0 = time.monotonic()
+try:
+    tracking.client().get_run(sys.argv[1])
+    print("no error")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+print(f"elapsed {time.monotonic() - t0:.1f}")
+"""
+
+
+def _call_mlflow_with_budget(run_id: str, budget_s: int) -> tuple[list[str], list[str], float]:
+    """get_run in a fresh process with GENPIPE_RETRY_SECONDS=budget_s: (stdout, stderr lines,
+    seconds the call took). A hung client fails the test by its timeout."""
+    env = {**os.environ, "GENPIPE_RETRY_SECONDS": str(budget_s)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MLFLOW_CALL, run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,  # today's MLflow defaults: ~15 min stalled, ~4 min dead
+    )
+    stdout = out.stdout.strip().splitlines()
+    stderr = [line for line in out.stderr.splitlines() if line.strip()]
+    return stdout[:-1], stderr, float(stdout[-1].split()[1])
+
+
+def _mlflow_run_id() -> str:
+    from zoo import tracking
+
+    c = tracking.client()
+    return tracking.get_or_create_run(c, "genpipe-test-outage", f"bound-{time.time_ns()}", "vae")
+
+
+def _assert_bounded_failure(stack, out, err, elapsed, budget_s, cause):
+    uri = stack.env["MLFLOW_TRACKING_URI"]
+    # One line while waiting, naming what is waited on; one error line naming the endpoint.
+    assert err == [f"waiting for MLflow at {uri}: {cause} (retrying for up to {budget_s} s)"], err
+    assert out == [
+        f"GenpipeError: MLflow at {uri} unreachable during get_run "
+        f"(retried for {budget_s} s): {cause}"
+    ], out
+    assert budget_s - 2 <= elapsed <= budget_s + 8, elapsed
+
+
+def test_stalled_mlflow_fails_within_the_budget_naming_it(stack):
+    """SIGSTOPped server: connections are accepted, nothing answers."""
+    run_id = _mlflow_run_id()
+    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    assert pid
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        out, err, elapsed = _call_mlflow_with_budget(run_id, 6)
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    _assert_bounded_failure(stack, out, err, elapsed, 6, "no response within 1 s")
+    print(f"stalled MLflow: failed after {elapsed:.1f} s with a 6 s budget")
+
+
+def test_dead_mlflow_fails_within_the_budget_naming_it(stack):
+    run_id = _mlflow_run_id()
+    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    assert pid
+    os.killpg(pid, signal.SIGKILL)
+    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+        time.sleep(0.2)
+    try:
+        out, err, elapsed = _call_mlflow_with_budget(run_id, 5)
+    finally:
+        zstack.up(stack.state_dir)
+    _assert_bounded_failure(stack, out, err, elapsed, 5, "connection refused")
+    print(f"dead MLflow: failed after {elapsed:.1f} s with a 5 s budget")
