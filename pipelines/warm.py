@@ -24,10 +24,15 @@ optimisation.
 `GENPIPE_WARM_DEBUG=1` makes each task write the modules it imported itself (not preloaded)
 to $TMPDIR/genpipe-warm-<pid>.txt: what to add to PRELOAD.
 
-Protocol over an abstract Unix socket: the session greets with b"R" + its pid once preloaded;
-the client sends one JSON request (task source, args, env, cwd) with the write end of a pipe
-attached (SCM_RIGHTS); the session forks, the child writes its output to that pipe, and the
-session answers with the child's exit code.
+Protocol over a Unix socket in $GENPIPE_HOME/warm/ (a 0700 dir: no other user can reach it;
+an abstract socket only where that path is too long for one): the server checks every
+client's uid (SO_PEERCRED) and closes connections from any uid but its own before reading a
+byte, and the client checks the server's likewise. The session greets with b"R" + its pid once
+preloaded; the client sends one JSON request (task source, args, env, cwd) with the write end
+of a pipe attached (SCM_RIGHTS); the session forks, the child writes its output to that pipe,
+and the session answers with the child's exit code. A task request runs the component source
+it carries (it is kfp's command, and only our own uid can send one); a `call` request runs
+only a function of `CALLS`, the ones our client calls.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ _EXECUTOR = "kfp.dsl.executor_main"
 _IMPORT_ENV = ("TF_", "CUDA_", "KERAS_", "XLA_", "OMP_", "MKL_", "ONEDNN_", "PYTHON")
 _MAX_MSG = 1 << 24
 _PR_SET_PDEATHSIG = 1
+#: what `call()` may run in the server: the functions our own client calls, nothing else
+CALLS = frozenset({"pipelines.local:check_run_args", "pipelines.local:summary_fields"})
+_SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes (104 on BSDs) including the NUL
 
 
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -150,11 +158,43 @@ def code_key() -> str:
     return h.hexdigest()[:32]
 
 
+def _socket_dir(home: Path) -> Path:
+    return home.resolve() / "warm"
+
+
 def _address(home: Path, key: str) -> str:
-    """Abstract-namespace Unix socket (no file to clean up, no path-length limit)."""
+    """The server's socket: a file in the 0700 `_socket_dir` (only our uid can connect), or
+    an abstract name when that path is too long for a Unix socket (then only the peer-uid
+    checks guard it)."""
     import hashlib
 
-    return "\0genpipe-warm-" + hashlib.sha256(f"{home.resolve()}|{key}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{home.resolve()}|{key}".encode()).hexdigest()
+    path = _socket_dir(home) / f"{digest[:16]}.sock"
+    return str(path) if len(str(path)) < _SUN_PATH_MAX else "\0genpipe-warm-" + digest[:24]
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` as a 0700 dir of ours; refuse one another user owns (they could swap
+    the socket in it)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you: remove it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a connected Unix socket (None: unknown)."""
+    import struct
+
+    try:  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (Linux)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    return struct.unpack("3i", creds)[1]
 
 
 class Zygote:
@@ -252,6 +292,8 @@ class Zygote:
             from zoo.errors import GenpipeError
 
             raise GenpipeError(reply["error"])
+        if reply.get("refused"):
+            raise PermissionError(reply["error"])
         raise RuntimeError(f"{target} failed in the warm process:\n{reply['error']}")
 
     def close(self) -> None:
@@ -310,11 +352,13 @@ def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
 
 def _start_server(home: Path, address: str, key: str, idle: str) -> int:
     logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "warm-server.log", "ab") as log:
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_dir(_socket_dir(home))
+    log_fd = os.open(logs / "warm-server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(log_fd, "ab") as log:
         proc = subprocess.Popen(
-            # argv cannot carry the abstract address's leading NUL
-            [sys.executable, "-m", "pipelines.warm", "serve", address[1:], idle],
+            # argv cannot carry the abstract address's leading NUL: "@" stands for it
+            [sys.executable, "-m", "pipelines.warm", "serve", _argv_address(address), idle],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -322,8 +366,14 @@ def _start_server(home: Path, address: str, key: str, idle: str) -> int:
             cwd=os.getcwd(),
             start_new_session=True,  # not killed with this run: later runs reuse it
         )
-    _server_file(home).write_text(json.dumps({"pid": proc.pid, "key": key}))
+    fd = os.open(_server_file(home), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(json.dumps({"pid": proc.pid, "key": key}))
     return proc.pid
+
+
+def _argv_address(address: str) -> str:
+    return "@" + address[1:] if address.startswith("\0") else address
 
 
 def _running(pid: int) -> bool:
@@ -347,10 +397,14 @@ def stop_server(home: Path) -> bool:
 
 
 def _try_connect(address: str) -> socket.socket | None:
+    """A connection to a server running as our own uid at `address`, else None."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(address)
     except OSError:
+        s.close()
+        return None
+    if _peer_uid(s) != os.getuid():  # someone else holds the name: never send them a task
         s.close()
         return None
     return s
@@ -380,10 +434,16 @@ def call(target: str, **kwargs: Any) -> Any:
     return _resolve(target)(**kwargs)
 
 
+def _not_allowed(target: str) -> str:
+    return f"{target!r} is not one of the warm server's calls: {', '.join(sorted(CALLS))}"
+
+
 def _resolve(target: str) -> Any:
-    """The function named by 'module:function'."""
+    """The function named by 'module:function', if it is one of `CALLS`."""
     import importlib
 
+    if target not in CALLS:
+        raise PermissionError(_not_allowed(target))
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
 
@@ -532,6 +592,8 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     try:
         value = _resolve(request["call"])(**request["kwargs"])
         reply: dict[str, Any] = {"value": value}
+    except PermissionError as e:  # not one of CALLS: nothing ran
+        reply = {"error": str(e), "refused": True}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}
     except Exception:  # noqa: BLE001 - reported to the caller with its traceback
@@ -611,6 +673,12 @@ def handle(sock: socket.socket) -> None:
             body += chunk
         request = json.loads(body)
         out_fd = fds[0]
+        if "call" in request and request["call"] not in CALLS:  # refused without a fork
+            with open(out_fd, "w", encoding="utf-8") as out:
+                refusal = {"error": _not_allowed(str(request["call"])), "refused": True}
+                out.write("\n" + json.dumps(refusal) + "\n")
+            sock.sendall((1).to_bytes(8, "big", signed=True))
+            continue
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -624,14 +692,58 @@ def handle(sock: socket.socket) -> None:
         sock.sendall(int(code).to_bytes(8, "big", signed=True))
 
 
+def _bind(address: str) -> socket.socket | None:
+    """A listening socket at `address`, or None when a live server already holds it.
+
+    A socket file left by a killed server is replaced; the check and the replacement run
+    under a lock so two servers starting at once cannot both take the name.
+    """
+    import fcntl
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if address.startswith("\0"):
+        try:
+            listener.bind(address)
+        except OSError:
+            listener.close()
+            return None
+        return listener
+    directory = Path(address).parent
+    _private_dir(directory)
+    lock_fd = os.open(directory / ".bind.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        live = _try_connect(address)
+        if live is not None:
+            live.close()
+            listener.close()
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)  # stale: its server is gone
+        listener.bind(address)
+        os.chmod(address, 0o600)  # the dir already keeps others out; the file too
+        return listener
+    finally:
+        os.close(lock_fd)
+
+
 def serve(address: str, idle_seconds: float) -> None:
     """The warm server: bind, preload, then fork one handler per client connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the tasks, not the server
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(address)
-    except OSError:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `genpipe down`: remove the socket
+    listener = _bind(address)
+    if listener is None:
         return  # another server took this address first: clients use that one
+    inode = None if address.startswith("\0") else os.stat(address).st_ino
+    try:
+        _serve(listener, idle_seconds)
+    finally:
+        with contextlib.suppress(OSError):
+            if inode is not None and os.stat(address).st_ino == inode:
+                os.unlink(address)  # ours still, not a successor's
+
+
+def _serve(listener: socket.socket, idle_seconds: float) -> None:
     listener.listen(16)  # clients may connect (and wait) while we preload
     _preload()
     handlers: set[int] = set()
@@ -650,8 +762,14 @@ def serve(address: str, idle_seconds: float) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             continue
+        uid = _peer_uid(conn)
+        if uid != os.getuid():  # another user (or unknown): not a byte read, nothing run
+            print(f"warm server: refused a connection from uid {uid}", flush=True)
+            conn.close()
+            continue
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the session must not unlink
             listener.close()
             conn.settimeout(None)
             _die_with_parent()  # a stopped server takes its sessions (and their tasks) along
@@ -666,4 +784,5 @@ def serve(address: str, idle_seconds: float) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "serve":
         sys.exit("usage: python -m pipelines.warm serve ADDRESS IDLE_SECONDS")
-    serve("\0" + sys.argv[2], float(sys.argv[3]))
+    where = sys.argv[2]
+    serve("\0" + where[1:] if where.startswith("@") else where, float(sys.argv[3]))

@@ -15,6 +15,7 @@ from kfp import dsl
 from kfp.local import subprocess_task_handler as sth
 
 from pipelines import warm
+from tests.as_user import NOBODY, can_switch_user, run_as
 from zoo.errors import GenpipeError
 
 _ORIGINAL = sth.run_local_subprocess
@@ -39,11 +40,11 @@ ENV_TASK = dsl.component(env_and_parent, base_image="python:3.11", install_kfp_p
 FAIL_TASK = dsl.component(fail_with, base_image="python:3.11", install_kfp_package=False)
 
 
-def divide(a: int, b: int) -> float:
-    return a / b
-
-
 def record_pid_and_sleep(path: str, seconds: float) -> None:
+    import os
+    import time
+    from pathlib import Path
+
     Path(path).write_text(str(os.getpid()))
     time.sleep(seconds)
 
@@ -158,27 +159,38 @@ def test_call_runs_in_the_server_and_reports_user_errors_as_one_line(home):
                 overrides={"nope": 1},
                 thresholds="",
             )
-        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-            warm.call("tests.pipelines.test_warm:divide", a=1, b=0)
-        assert warm.call("tests.pipelines.test_warm:divide", a=6, b=3) == 2
+        with pytest.raises(RuntimeError, match="TypeError"):  # a bug, with its traceback
+            warm.call("pipelines.local:check_run_args", bogus=1)
     finally:
         for z in warm._prestarted:
             z.close()
         warm._prestarted.clear()
 
 
+# A `genpipe run` whose task sleeps: killed, it must take its task along.
+_CLIENT = """
+import sys
+from pathlib import Path
+
+import kfp.local
+from kfp import dsl
+
+from pipelines import warm
+from tests.as_user import NOBODY, can_switch_user, run_as
+from tests.pipelines.test_warm import record_pid_and_sleep
+
+kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[3])
+task = dsl.component(record_pid_and_sleep, base_image="python:3.11", install_kfp_package=False)
+with warm.warm_tasks(Path(sys.argv[1])) as zygote:
+    assert zygote is not None
+    task(path=sys.argv[2], seconds=120.0)
+"""
+
+
 def test_a_client_that_goes_away_takes_its_running_task_along(home, tmp_path):
     pid_file = tmp_path / "task.pid"
     client = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from pipelines import warm; "
-            "z = warm.connect(Path(sys.argv[1])); "
-            "z.call('tests.pipelines.test_warm:record_pid_and_sleep', path=sys.argv[2], seconds=120)",
-            str(home),
-            str(pid_file),
-        ],
+        [sys.executable, "-c", _CLIENT, str(home), str(pid_file), str(tmp_path / "root")],
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
@@ -262,3 +274,85 @@ def test_start_in_background_starts_a_server_that_runs_reuse(tmp_path, monkeypat
             zygote.close()
     finally:
         warm.stop_server(tmp_path)
+
+
+def test_only_the_clients_own_calls_run_in_the_server(home, tmp_path):
+    """Same uid, but a function outside warm.CALLS: refused by the server before any fork."""
+    made = tmp_path / "made-by-the-server"
+    zygote = warm.connect(home)
+    try:
+        assert zygote is not None and zygote.alive()
+        for target, kwargs in [
+            ("subprocess:check_output", {"args": ["id"]}),
+            ("os:mkdir", {"path": str(made)}),
+            ("tests.pipelines.test_warm:record_pid_and_sleep", {"path": str(made), "seconds": 0}),
+        ]:
+            with pytest.raises(PermissionError, match="not one of the warm server's calls"):
+                zygote.call(target, **kwargs)
+        assert not made.exists()
+        assert zygote.alive()  # the session keeps serving allowed calls
+    finally:
+        zygote.close()
+    # the in-process fallback (no server) applies the same list
+    with pytest.raises(PermissionError, match="not one of"):
+        warm.call("os:mkdir", path=str(made))
+    assert not made.exists()
+
+
+def _intrude(address: str, dir_fd: int | None, marker: str) -> dict[str, str]:
+    """As another user: connect to the warm server and ask it to run our code."""
+    import socket
+
+    if dir_fd is not None:  # the file socket, reached past the (0700) ancestors of its dir
+        address = f"/proc/self/fd/{dir_fd}/{os.path.basename(address)}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(address)
+    except OSError as e:
+        s.close()
+        return {"connect": f"refused: {e.strerror}"}
+    zygote = warm.Zygote(s)
+    out = {"connect": "connected", "greeting": "yes" if zygote.alive() else "none"}
+    for target, kwargs in [
+        ("subprocess:check_output", {"args": ["id"], "text": True}),  # "uid=0(root)..."
+        ("os:mkdir", {"path": marker}),
+    ]:
+        try:
+            out[target] = repr(zygote.call(target, **kwargs))
+        except Exception as e:  # noqa: BLE001 - every outcome is recorded
+            out[target] = f"{type(e).__name__}: {e}"
+    zygote.close()
+    return out
+
+
+@pytest.mark.skipif(not can_switch_user(), reason="becoming uid 65534 needs root")
+def test_another_user_cannot_reach_the_server_or_run_code_in_it(home, tmp_path_factory):
+    zygote = warm.connect(home)
+    assert zygote is not None and zygote.alive()
+    zygote.close()
+    address = warm._address(home, warm.code_key())
+    drop = tmp_path_factory.mktemp("drop")
+    drop.chmod(0o777)  # where the intruder's mkdir would land, run by the server as root
+    marker = str(drop / "made-by-the-server")
+
+    # 1. The socket lives in a 0700 dir of ours: another uid cannot even connect.
+    got = run_as(NOBODY, _intrude, address, None, marker)
+    assert got == {"connect": "refused: Permission denied"}, got
+
+    # 2. Even with the dir and socket opened up, the server checks the peer's uid
+    #    (SO_PEERCRED) and hangs up before reading a byte.
+    sock_dir = Path(address).parent
+    sock_dir.chmod(0o711)
+    os.chmod(address, 0o777)
+    dir_fd = os.open(sock_dir, os.O_PATH)
+    try:
+        got = run_as(NOBODY, _intrude, address, dir_fd, marker)
+    finally:
+        os.close(dir_fd)
+        sock_dir.chmod(0o700)
+        os.chmod(address, 0o600)
+    assert got["connect"] == "connected" and got["greeting"] == "none", got
+    assert all(v.startswith("_Unavailable") for k, v in got.items() if ":" in k), got
+    assert not Path(marker).exists()
+    log = (home / "logs" / "warm-server.log").read_text()
+    assert f"refused a connection from uid {NOBODY}" in log

@@ -9,8 +9,6 @@ gRPC calls) and must be refused, while the S3 path with keys keeps working.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import socket
 import urllib.error
@@ -20,11 +18,11 @@ from pathlib import Path
 import grpc  # imported here, used only in forked children (a fork after gRPC ran may hang)
 import pytest
 
+from tests.as_user import NOBODY, can_switch_user, run_as
 from zoo import stack as zstack
 from zoo.settings import DEFAULT_BUCKET
 from zoo.storage import ObjectStore
 
-NOBODY = 65534
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -110,39 +108,6 @@ def _attack(a: dict) -> dict[str, list]:
     return out
 
 
-def _as_user(user: int | None, fn, *args):
-    """fn(*args) in a forked child running as `user` (None: ours) without our environment.
-
-    Forked, not exec'd: the interpreter may live where the other user cannot read it.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.close(read_fd)
-            os.environ.clear()  # none of our keys: the probe is anonymous
-            os.environ["GRPC_VERBOSITY"] = "NONE"  # refusals are expected, not log-worthy
-            if user is not None:
-                os.setgroups([])
-                os.setgid(user)
-                os.setuid(user)
-            result = json.dumps({"ok": fn(*args)})
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            result = json.dumps({"error": f"{type(e).__name__}: {e}"})
-        finally:
-            with os.fdopen(write_fd, "w") as w:
-                w.write(result)
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as r:
-        reply = json.loads(r.read())
-    os.waitpid(pid, 0)
-    assert "ok" in reply, reply["error"]
-    return reply["ok"]
-
-
 def _pb_fields(buf: bytes):
     """(field number, wire type, value) of a protobuf message: enough to read a FileChunk."""
     i = 0
@@ -222,7 +187,7 @@ def _probe(stack, key: str, fid: str, user: int | None) -> dict[str, list]:
         "unix_grpc": [p for p in unix_grpc if Path(p).exists()],
         "ca": ca.read_text() if ca.exists() else "",
     }
-    return _as_user(user, _attack, args)
+    return run_as(user, _attack, args)
 
 
 def _granted(outcomes: dict[str, list]) -> dict[str, list]:
@@ -234,7 +199,7 @@ def _granted(outcomes: dict[str, list]) -> dict[str, list]:
     }
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="becoming a second user (uid 65534) needs root")
+@pytest.mark.skipif(not can_switch_user(), reason="becoming uid 65534 needs root")
 @pytest.mark.parametrize("user", [NOBODY, None], ids=["uid-65534", "same-uid-without-keys"])
 def test_master_volume_and_filer_ports_refuse_anyone_without_keys(stack, user) -> None:
     store = ObjectStore.from_env()
@@ -242,7 +207,7 @@ def test_master_volume_and_filer_ports_refuse_anyone_without_keys(stack, user) -
     secret = secrets.token_bytes(64 * 1024)  # big enough to live in a volume, not inline
     store.put_bytes(store.uri(key), secret)
     ports = zstack.load_ports(stack.state_dir)
-    fid = _as_user(None, _fid_of, str(stack.state_dir), ports.filer + 10000, key)
+    fid = run_as(None, _fid_of, str(stack.state_dir), ports.filer + 10000, key)
 
     outcomes = _probe(stack, key, fid, user)
     assert _granted(outcomes) == {}
