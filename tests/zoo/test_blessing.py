@@ -2,7 +2,14 @@
 
 import pytest
 
-from zoo.blessing import decide, parse_thresholds
+from zoo import models
+from zoo.blessing import (
+    EVAL_BATCH_METRICS,
+    check_thresholds,
+    decide,
+    known_metrics,
+    parse_thresholds,
+)
 from zoo.errors import ConfigError
 
 DEFAULTS = {"test_neg_elbo": ("max", 250.0)}
@@ -64,3 +71,63 @@ def test_champion_comparison_higher_is_better():
 def test_negative_tolerance_rejected():
     with pytest.raises(ConfigError, match="champion_tolerance"):
         decide({"m": 1.0}, {}, "m", True, 1.0, "1", -0.1)
+
+
+def test_failures_say_plainly_why_not_blessed():
+    b = decide({"test_fid": 61.2}, {"test_fid": ("max", 60.0)}, "test_fid", True)
+    assert not b.blessed and b.failures == ["test_fid 61.2 > max 60"]
+    b = decide({"test_fid": 50.0}, {}, "test_fid", True, champion_value=40.0, champion_version="3")
+    assert b.failures == ["test_fid 50 worse than champion v3 40 by more than the tolerance 0.0%"]
+    assert decide({"test_fid": 50.0}, {"test_fid": ("max", 60.0)}, "test_fid", True).failures == []
+
+
+@pytest.mark.parametrize(
+    "model, text, bad",
+    [
+        ("vae", '{"test_fdi": {"max": 60}}', "test_fdi"),
+        ("dcgan", '{"test_neg_elbo": {"max": 100}}', "test_neg_elbo"),
+        ("gpt", '{"test_loss": {"max": 2}}', "test_loss"),  # text models hold out "val"
+        ("dcgan", '{"test_cond_accuracy_3": {"min": 0.5}}', "test_cond_accuracy_3"),
+    ],
+)
+def test_thresholds_on_metrics_a_model_never_reports_are_refused(model, text, bad):
+    with pytest.raises(ConfigError) as e:
+        check_thresholds(text, model)
+    msg = str(e.value)
+    assert f"model {model!r} reports no metric {bad!r}" in msg and "--thresholds" in msg
+    for known in known_metrics(model)[:2]:
+        assert known in msg
+
+
+def test_thresholds_on_reported_metrics_are_accepted():
+    assert check_thresholds('{"test_kid": {"max": 0.1}}', "dcgan")["test_kid"] == ("max", 0.1)
+    assert check_thresholds('{"test_cond_accuracy_3": {"min": 0.5}}', "cgan")
+    assert check_thresholds('{"val_perplexity": {"max": 9}}', "char_rnn")
+    assert check_thresholds("", "vae") == {"test_neg_elbo": ("max", 250.0)}
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_known_metrics_match_what_each_model_evaluates(name):
+    """The table in zoo.blessing against the models themselves: their eval_batch keys."""
+    import numpy as np
+
+    from zoo.models.text_common import build_vocab
+
+    cls = models.get(name)
+    if cls.family == "text":
+        spec = {"shape": None, "num_classes": None, "vocab": build_vocab("abc ROME:")}
+        model = cls(models.resolve_config(name, "tiny"), spec)
+        model.build_model()
+        t = model.context_length
+        batch = {"x": np.zeros((2, t), "int64"), "y": np.zeros((2, t), "int64")}
+    else:
+        model = cls(models.resolve_config(name, "tiny"), {"shape": [28, 28, 1], "num_classes": 10})
+        model.build_model()
+        batch = {"image": np.zeros((2, 28, 28, 1), "float32"), "label": np.zeros(2, "int64")}
+    keys = set(model.eval_batch(batch))
+    if cls.family == "text":
+        assert keys == {"loss"}
+    else:
+        assert keys == set(EVAL_BATCH_METRICS[name])
+    assert cls.primary_metric in known_metrics(name)
+    assert set(cls.default_thresholds) <= set(known_metrics(name))
