@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -196,13 +197,25 @@ def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadli
     the deadline passed ("timeout")."""
     head_since: dict[int, float] = {}  # when *this* waiter first saw each ticket at the head
     delay = 0.05
+    announced = False
     while True:
-        live = sorted(int(v.version) for v in c.search_model_versions(f"name='{lock}'"))
+        versions = {int(v.version): v for v in c.search_model_versions(f"name='{lock}'")}
+        live = sorted(versions)
         if ticket not in live:
             return "lost"
         head = live[0]
         if head == ticket:
             return "acquired"
+        if not announced:  # one line, so a wait (e.g. behind a dead holder) is never silent
+            age = time.time() - (versions[head].creation_timestamp or 0) / 1000
+            print(
+                f"waiting for the promotion lock {lock!r}: held by "
+                f"{versions[head].description or 'unknown'} for {age:.0f} s "
+                f"(taken over after {ttl_s:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            announced = True
         now = time.monotonic()
         if now - head_since.setdefault(head, now) > ttl_s:
             with contextlib.suppress(MlflowException):  # another waiter may have broken it
