@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPEC_HELP = "valid: digits, idx:PATH, npz:PATH, text:PATH, s3://bucket/prefix"
+SPEC_HELP = "valid: digits, idx:PATH, npz:PATH[,labels=PATH], text:PATH, s3://bucket/prefix"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Largest decompressed size we accept from one gzip file: a guard against gzip bombs.
 MAX_DECOMPRESSED_BYTES = 2 << 30
@@ -81,7 +81,7 @@ def load_source(spec: str, store: ObjectStore | None = None) -> RawImages | RawT
     elif spec.startswith("idx:"):
         raw = load_idx(Path(spec[4:]).expanduser())
     elif spec.startswith("npz:"):
-        raw = load_npz(Path(spec[4:]).expanduser())
+        raw = load_npz(*parse_npz_spec(spec[4:]))
     elif spec.startswith("text:"):
         raw = load_text(Path(spec[5:]).expanduser())
     elif spec.startswith("s3://"):
@@ -306,20 +306,53 @@ def load_idx(path: Path) -> RawImages:
 # npz
 
 
-def images_from_npz_bytes(data: bytes, name: str, source: str) -> RawImages:
-    """Images from an .npz: keys `x`/`images` (+ optional `y`/`labels`)."""
+#: the images file of the common two-file layout (KMNIST, K49, ...): X-imgs.npz + X-labels.npz
+_NPZ_IMAGES_NAME = re.compile(r"^(?P<stem>.+)-(?:imgs|images)\.npz$", re.IGNORECASE)
+NPZ_HELP = (
+    "valid keys: x or images (+ y or labels), or one unnamed array (arr_0) with its labels in "
+    "X-labels.npz beside X-imgs.npz or named as npz:IMAGES.npz,labels=LABELS.npz"
+)
+
+
+def _npz_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive (never unpickling anything)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zlib.error, KeyError) as e:
         # np.load raises ValueError for pickled/object arrays and OSError/BadZipFile otherwise
         raise DataError(f"{name}: not a readable .npz file ({e})") from None
     except Exception as e:  # zipfile.BadZipFile and friends from a corrupt archive
         raise DataError(f"{name}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def npz_labels_name(images_name: str) -> str | None:
+    """The labels file of the two-file layout by convention: `X-imgs.npz` -> `X-labels.npz`
+    (also `X-images.npz`); None for any other name."""
+    base = images_name.rsplit("/", 1)[-1]
+    m = _NPZ_IMAGES_NAME.match(base)
+    if not m:
+        return None
+    return images_name[: len(images_name) - len(base)] + f"{m['stem']}-labels.npz"
+
+
+def images_from_npz_bytes(
+    data: bytes,
+    name: str,
+    source: str,
+    labels_data: bytes | None = None,
+    labels_name: str = "",
+) -> RawImages:
+    """Images from an .npz: keys `x`/`images` (+ optional `y`/`labels`), or a single unnamed
+    array (`arr_0`, what `np.savez(path, array)` writes); labels may come from a separate
+    .npz (`labels_data`, read from `labels_name`) holding `y`/`labels` or one unnamed array."""
+    arrays = _npz_arrays(data, name)
     xk = next((k for k in ("x", "images") if k in arrays), None)
+    if xk is None and list(arrays) == ["arr_0"]:
+        xk = "arr_0"
     if xk is None:
         raise DataError(
-            f"{name}: no images array; valid keys: x or images (found: {sorted(arrays) or 'none'})"
+            f"{name}: no images array (found keys: {sorted(arrays) or 'none'}); {NPZ_HELP}"
         )
     x = arrays[xk]
     if x.dtype == np.uint8:
@@ -352,26 +385,77 @@ def images_from_npz_bytes(data: bytes, name: str, source: str) -> RawImages:
         )
     yk = next((k for k in ("y", "labels") if k in arrays), None)
     y = None
+    where = name
+    if labels_data is not None:
+        if yk is not None:
+            raise DataError(
+                f"{name}: holds labels {yk!r} and labels file {labels_name} was given too; "
+                "valid: one source of labels"
+            )
+        where = labels_name
+        larrays = _npz_arrays(labels_data, labels_name)
+        yk = next((k for k in ("y", "labels") if k in larrays), None)
+        if yk is None and len(larrays) == 1:
+            yk = next(iter(larrays))
+        if yk is None:
+            raise DataError(
+                f"{labels_name}: no labels array (found keys: {sorted(larrays) or 'none'}); "
+                "valid: y or labels, or one unnamed array (arr_0)"
+            )
+        arrays = larrays
     if yk is not None:
         y = arrays[yk]
         if y.dtype.kind not in "iu" or y.ndim != 1:
             raise DataError(
-                f"{name}: {yk!r} has shape {list(y.shape)} of {y.dtype}; valid: [N] of integers"
+                f"{where}: {yk!r} has shape {list(y.shape)} of {y.dtype}; valid: [N] of integers"
             )
         if y.shape[0] != x.shape[0]:
             raise DataError(
-                f"{name}: {y.shape[0]} labels for {x.shape[0]} images; valid: one label per image"
+                f"{where}: {y.shape[0]} labels for {x.shape[0]} images in {name}; "
+                "valid: one label per image"
             )
         y = y.astype(np.int64)
     return RawImages(np.ascontiguousarray(x), y, source)
 
 
-def load_npz(path: Path) -> RawImages:
+def parse_npz_spec(spec: str) -> tuple[Path, Path | None]:
+    """`IMAGES.npz[,labels=LABELS.npz]` (the part after `npz:`) -> (images path, labels path).
+
+    Without `labels=`, an images file named `X-imgs.npz` (or `X-images.npz`) takes its labels
+    from `X-labels.npz` beside it when that file exists.
+    """
+    path, sep, rest = spec.partition(",")
+    images = Path(path).expanduser()
+    if sep:
+        key, eq, value = rest.partition("=")
+        if key.strip() != "labels" or not eq or not value.strip():
+            raise DataError(
+                f"npz:{spec}: option {rest!r} not understood; valid: npz:IMAGES.npz,labels=LABELS.npz"
+            )
+        return images, Path(value.strip()).expanduser()
+    conv = npz_labels_name(str(images))
+    if conv and Path(conv).is_file():
+        return images, Path(conv)
+    return images, None
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    return images_from_npz_bytes(data, str(path), f"npz:{path}")
+
+
+def load_npz(path: Path, labels: Path | None = None) -> RawImages:
+    """An .npz file (+ an optional labels .npz); see `images_from_npz_bytes`."""
+    source = f"npz:{path}" + (f",labels={labels}" if labels else "")
+    return images_from_npz_bytes(
+        _read(path),
+        str(path),
+        source,
+        _read(labels) if labels is not None else None,
+        str(labels) if labels is not None else "",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +516,9 @@ def load_s3(uri: str, store: ObjectStore) -> RawImages | RawText:
         _bucket, key = parse_s3_uri(uri)
         if key and not key.endswith("/") and store.exists(uri):
             objects, prefix = [uri], uri.rsplit("/", 1)[0] + "/"
+            labels_uri = npz_labels_name(uri)
+            if labels_uri and store.exists(labels_uri):  # X-imgs.npz: its X-labels.npz too
+                objects.append(labels_uri)
         else:
             prefix = uri if uri.endswith("/") else uri + "/"
             objects = sorted(store.list(prefix))
@@ -463,9 +550,20 @@ def load_s3(uri: str, store: ObjectStore) -> RawImages | RawText:
             raise DataError(f"{u}: cannot read ({e.code}: {e.message})") from None
 
     if npz:
-        if len(npz) > 1:
-            raise DataError(f"{uri}: {len(npz)} .npz objects ({', '.join(npz[:3])}); point at one")
-        return images_from_npz_bytes(get(npz[0]), npz[0], uri)
+        # The two-file layout (X-imgs.npz + X-labels.npz): the labels file is not a data set.
+        paired = {npz_labels_name(o) for o in npz} & set(npz)
+        images_npz = [o for o in npz if o not in paired]
+        if len(images_npz) != 1:
+            raise DataError(
+                f"{uri}: {len(npz)} .npz objects ({', '.join(npz[:3])}); point at one "
+                "(or at a prefix with X-imgs.npz and its X-labels.npz)"
+            )
+        labels_uri = npz_labels_name(images_npz[0])
+        if labels_uri in paired:
+            return images_from_npz_bytes(
+                get(images_npz[0]), images_npz[0], uri, get(labels_uri), labels_uri
+            )
+        return images_from_npz_bytes(get(images_npz[0]), images_npz[0], uri)
     if txt:
         parts = []
         for u in txt:  # sorted by key; a newline joins files that do not end in one
