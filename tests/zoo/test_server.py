@@ -123,6 +123,113 @@ def test_body_limits(server):
         assert s.recv(200).startswith(b"HTTP/1.1 411")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 1e400}',
+        b'{"n": -1e400}',
+        b'{"n": Infinity}',
+        b'{"n": -Infinity}',
+        b'{"n": NaN}',
+        b"[" * 30000 + b"]" * 30000,
+        b'{"a":' * 10000 + b"1" + b"}" * 10000,  # 60 kB: under the body limit
+        b'{"n": 1' + b"0" * 5000 + b"}",  # an int too long to convert
+        b'{"n": 2, "seed": 1e300}',
+        b"\xff\xfe",
+    ],
+    ids=[
+        "1e400",
+        "-1e400",
+        "Infinity",
+        "-Infinity",
+        "NaN",
+        "deep-list",
+        "deep-object",
+        "long-int",
+        "seed-1e300",
+        "not-utf8",
+    ],
+)
+def test_hostile_bodies_answer_400_with_a_one_line_json_error(server, body):
+    """These dropped the connection (uncaught OverflowError/RecursionError in the handler)."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        text = r.read()
+        assert (r.status, r.headers["Content-Type"]) == (400, "application/json"), text[:200]
+        assert text.count(b"\n") == 0 and list(json.loads(text)) == ["error"]
+        assert json.loads(text)["error"]
+    finally:
+        conn.close()
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as r:
+        assert r.status == 200
+
+
+@pytest.fixture(scope="module")
+def quick_server(tmp_path_factory):
+    """The same server with a 2 s request deadline, to watch it cut stalled clients off."""
+    model, _ = load_model(tiny_vae_dir(tmp_path_factory.mktemp("quick")))
+    srv = serve(model, {"model": "vae-test", "version": "7"}, port=0, request_timeout=2.0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _cut_off_after(sock: socket.socket, limit: float) -> tuple[float, bytes]:
+    """Seconds until the server closed `sock`, and what it said before."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    said = b""
+    while True:
+        chunk = sock.recv(4096)  # socket.timeout (a failure) if it is never cut off
+        if not chunk:
+            return time.monotonic() - started, said
+        said += chunk
+
+
+def test_a_client_that_never_sends_its_body_is_cut_off(quick_server):
+    host, port = quick_server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 20\r\n\r\n{"n": '  # ... and nothing more
+        )
+        waited, said = _cut_off_after(s, 15)
+    assert 1.5 < waited < 6, waited
+    assert said.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in said
+    # half a request head, and a connection that sends nothing at all, likewise
+    for start in (b"POST /v1/gen", b""):
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(start)
+            waited, said = _cut_off_after(s, 15)
+        assert 1.5 < waited < 6 and said.startswith(b"HTTP/1.1 408"), (start, waited, said)
+
+
+def test_many_idle_connections_cost_no_threads_and_are_cut_off(quick_server):
+    host, port = quick_server.server_address[:2]
+    with urllib.request.urlopen(f"{quick_server.url}/healthz", timeout=10) as r:
+        assert r.status == 200
+    before = threading.active_count()
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(300)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() <= before + 2  # the old server: one thread each
+        deadline = time.monotonic() + 15
+        for s in idle:  # every one of them is cut off by the request deadline
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in idle:
+            s.close()
+    with urllib.request.urlopen(f"{quick_server.url}/healthz", timeout=10) as r:
+        assert r.status == 200  # and the server serves on
+    assert threading.active_count() <= before + 2
+
+
 def test_render_text_and_non_image_arrays():
     assert render("once upon a time", "png") == ("text/plain; charset=utf-8", b"once upon a time")
     assert render(["a", "b"], "json")[1] == b"a\nb"
@@ -186,7 +293,11 @@ def test_pull_deploy_resolve_to_the_objects_in_s3(stack, registered, tmp_path, c
     assert isvc["kind"] == "InferenceService" and isvc["metadata"]["namespace"] == "team-a"
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == uri
     assert isvc["metadata"]["annotations"]["genpipe.io/version"] == "1"
-    assert isvc["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # The serving image is CPU-only: a GPU profile adds no GPU, and keeps it off GPU nodes.
+    assert "nvidia.com/gpu" not in isvc["spec"]["predictor"]["model"]["resources"]["limits"]
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == "genpipe-mlserver"
+    avoid = isvc["spec"]["predictor"]["affinity"]["nodeAffinity"]
+    assert "cloud.google.com/gke-accelerator" in json.dumps(avoid)
 
     code, _, err = run_cli(["pull", f"{registered}@nope", "-o", str(tmp_path / "x")], capsys)
     assert code == 1 and "has no alias 'nope'" in err
