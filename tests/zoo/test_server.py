@@ -23,7 +23,7 @@ from minio import Minio
 from PIL import Image
 
 from zoo import cli, models, registration, tracking
-from zoo.server import MAX_BODY_BYTES, render, serve
+from zoo.server import MAX_BODY_BYTES, MAX_CONNECTIONS, render, serve
 from zoo.settings import Settings
 from zoo.stack import MLFLOW_BUCKET
 from zoo.train import load_model, write_model_config
@@ -218,6 +218,11 @@ def test_many_idle_connections_cost_no_threads_and_are_cut_off(quick_server):
     try:
         time.sleep(0.5)
         assert threading.active_count() <= before + 2  # the old server: one thread each
+        # over MAX_CONNECTIONS open: a new request is turned away, not queued behind them
+        with pytest.raises(urllib.error.HTTPError) as busy:
+            urllib.request.urlopen(f"{quick_server.url}/healthz", timeout=10)
+        assert busy.value.code == 503 and MAX_CONNECTIONS < 300
+        busy.value.close()
         deadline = time.monotonic() + 15
         for s in idle:  # every one of them is cut off by the request deadline
             s.settimeout(max(0.1, deadline - time.monotonic()))
