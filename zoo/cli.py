@@ -10,6 +10,8 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 # TensorFlow's C++ start-up chatter would bury our one-line errors; real warnings stay.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,9 +46,76 @@ def _register_commands() -> None:
     cli_pipeline.register(app)
     __import__("zoo.cli_generate").cli_generate.register(app)
     __import__("zoo.cli_cluster").cli_cluster.register(app)
+    __import__("zoo.cli_gc").cli_gc.register(app)
 
 
 _register_commands()
+
+
+@contextlib.contextmanager
+def quiet_libraries(what: str) -> Iterator[Path]:
+    """Keep TensorFlow's and MLflow's chatter out of a command's output, in a log instead.
+
+    TensorFlow's C++ logging writes to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says
+    (absl's "All log messages before absl::InitializeLog()", oneDNN notices), and MLflow
+    warns through `warnings` and `logging`. Inside this block fd 2 is the log file, while
+    Python's `sys.stderr` (our own lines: errors, "waiting for ..." notices) stays the
+    terminal; library warnings and log records go to the log. Yields the log's path.
+    """
+    import logging
+    import time
+    import warnings
+
+    from zoo.settings import state_dir
+
+    logs = state_dir() / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"{what}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
+    except OSError:  # no writable state dir: a private temp file
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix=f"genpipe-{what}-", suffix=".log")
+        path, log = Path(name), os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding)
+    saved_fd2 = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    saved_stderr, saved_showwarning = sys.stderr, warnings.showwarning
+    sys.stderr = terminal
+
+    def to_log(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = to_log
+    handler = logging.StreamHandler(log)
+    saved_loggers: dict[str, tuple[list[logging.Handler], bool]] = {}
+
+    def route_library_logs() -> None:
+        # After the libraries' imports: MLflow installs its own stderr handler on import.
+        for name in ("mlflow", "tensorflow", "absl", "keras", "py.warnings"):
+            lg = logging.getLogger(name)
+            saved_loggers.setdefault(name, (lg.handlers[:], lg.propagate))
+            lg.handlers, lg.propagate = [handler], False
+
+    import mlflow  # noqa: F401  (its import configures its loggers: route them afterwards)
+
+    route_library_logs()
+    try:
+        yield path
+    finally:
+        for name, (handlers, propagate) in saved_loggers.items():
+            lg = logging.getLogger(name)
+            lg.handlers, lg.propagate = handlers, propagate
+        warnings.showwarning = saved_showwarning
+        sys.stderr = saved_stderr
+        terminal.flush()
+        terminal.close()
+        os.dup2(saved_fd2, 2)
+        os.close(saved_fd2)
+        log.close()
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

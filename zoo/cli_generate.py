@@ -103,9 +103,17 @@ def register(app: typer.Typer) -> None:
             None, "--output", "-o", help="Image models: PNG file to write."
         ),
     ) -> None:
-        """Generate from a registered model: print text, or write an image grid with -o."""
-        model, _ = load_registered(ref)
-        result = generate_output(model, prompt, max_new_tokens, temperature, top_k, seed, n, output)
+        """Generate from a registered model: print text, or write an image grid with -o.
+
+        TensorFlow's and MLflow's own messages go to $GENPIPE_HOME/logs/generate-*.log.
+        """
+        from zoo.cli import quiet_libraries
+
+        with quiet_libraries("generate"):
+            model, _ = load_registered(ref)
+            result = generate_output(
+                model, prompt, max_new_tokens, temperature, top_k, seed, n, output
+            )
         if model.family == "text":
             typer.echo(result)
         else:
