@@ -216,34 +216,78 @@ def _apis(custom_api: Any, core_api: Any) -> tuple[Any, Any]:
     return custom_api, core_api
 
 
-def submit_tfjob(manifest: dict[str, Any], custom_api: Any = None) -> dict[str, Any]:
-    """Create the TFJob; an existing job of the same name (a retried component) is reused."""
+def submit_tfjob(
+    manifest: dict[str, Any],
+    custom_api: Any = None,
+    delete_timeout_s: float = 300.0,
+    poll_s: float = 2.0,
+) -> dict[str, Any]:
+    """Create the TFJob. A job of the same name is the same run's (a retried train task):
+    a live or succeeded one is reused (waited for); a failed one is deleted and created again,
+    so the retry trains again, resuming from the run's newest checkpoint."""
     from kubernetes.client.exceptions import ApiException
 
     if custom_api is None:
         custom_api, _ = _apis(None, None)
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    args = (TFJOB_GROUP, TFJOB_VERSION, ns, TFJOB_PLURAL)
+    for _attempt in range(2):
+        try:
+            return custom_api.create_namespaced_custom_object(*args, manifest)
+        except ApiException as e:
+            if e.status != 409:
+                raise _create_error(e, ns, name) from None
+        existing = custom_api.get_namespaced_custom_object(*args, name)
+        if job_state(existing).phase != "Failed":
+            return existing
+        _delete_and_wait(custom_api, args, name, delete_timeout_s, poll_s)
+    raise GenpipeError(f"TFJob {ns}/{name} was re-created by someone else while replacing it")
+
+
+def _create_error(e: Any, ns: str, name: str) -> GenpipeError:
+    if e.status == 404:
+        return GenpipeError(
+            "the cluster has no TFJob resource (kubeflow.org/v1 tfjobs): install the "
+            "Kubeflow Training Operator, or compile with workers: 1"
+        )
+    if e.status == 403:
+        return GenpipeError(
+            f"the train task's service account may not create tfjobs.kubeflow.org in {ns} "
+            f"(403 {e.reason}): grant create/get/delete on tfjobs, list on pods and get on "
+            "pods/log (docs/distributed.md)"
+        )
+    return GenpipeError(f"cannot create TFJob {ns}/{name}: {e.status} {e.reason}")
+
+
+def _delete_and_wait(
+    custom_api: Any, args: tuple[str, ...], name: str, timeout_s: float, poll_s: float
+) -> None:
+    """Delete a failed job (its pods go with it) and wait until its name is free."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
-        return custom_api.create_namespaced_custom_object(
-            TFJOB_GROUP, TFJOB_VERSION, ns, TFJOB_PLURAL, manifest
+        custom_api.delete_namespaced_custom_object(
+            *args, name, body={"propagationPolicy": "Foreground"}
         )
     except ApiException as e:
-        if e.status == 409:  # already exists: a retry of the same run waits for the same job
-            return custom_api.get_namespaced_custom_object(
-                TFJOB_GROUP, TFJOB_VERSION, ns, TFJOB_PLURAL, name
+        if e.status != 404:
+            raise GenpipeError(
+                f"cannot delete the failed TFJob {args[2]}/{name} to retry it: "
+                f"{e.status} {e.reason}"
+            ) from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            custom_api.get_namespaced_custom_object(*args, name)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if time.monotonic() > deadline:
+            raise GenpipeError(
+                f"the failed TFJob {args[2]}/{name} was not deleted within {timeout_s:.0f} s"
             )
-        if e.status == 404:
-            raise GenpipeError(
-                "the cluster has no TFJob resource (kubeflow.org/v1 tfjobs): install the "
-                "Kubeflow Training Operator, or compile with workers: 1"
-            ) from None
-        if e.status == 403:
-            raise GenpipeError(
-                f"the train task's service account may not create tfjobs.kubeflow.org in "
-                f"{ns} (403 {e.reason}): grant create/get on tfjobs, list on pods and get on "
-                "pods/log (docs/distributed.md)"
-            ) from None
-        raise GenpipeError(f"cannot create TFJob {ns}/{name}: {e.status} {e.reason}") from None
+        time.sleep(poll_s)
 
 
 def stream_logs(

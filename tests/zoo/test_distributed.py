@@ -335,6 +335,47 @@ def test_submit_reuses_an_existing_job_on_retry(tmp_path: Path) -> None:
     assert len(kube.created) == 1
 
 
+class JobStore:
+    """The custom-objects API for one namespace: create/get/delete keyed by name, like the
+    API server (409 on a taken name, 404 on a missing one)."""
+
+    def __init__(self, existing: dict[str, dict[str, Any]]) -> None:
+        self.jobs = dict(existing)
+        self.calls: list[str] = []
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body):  # noqa: ANN001
+        self.calls.append("create")
+        name = body["metadata"]["name"]
+        if name in self.jobs:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.jobs[name] = body
+        return body
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):  # noqa: ANN001
+        self.calls.append("get")
+        if name not in self.jobs:
+            raise ApiException(status=404, reason="NotFound")
+        return self.jobs[name]
+
+    def delete_namespaced_custom_object(self, group, version, ns, plural, name, body):  # noqa: ANN001
+        self.calls.append("delete")
+        assert body == {"propagationPolicy": "Foreground"}  # its pods go with it
+        del self.jobs[name]
+
+
+def test_a_retry_replaces_a_failed_job_and_waits_for_a_live_one(tmp_path: Path) -> None:
+    """A KFP retry of the train task must train again: the old code re-attached to the
+    failed job of the same name and failed at once, every retry."""
+    job = rendered(compiled_tfjob(tmp_path, "gke", workers=2)[0])
+    name = job["metadata"]["name"]
+    failed = JobStore({name: _job(("Failed", "True", "deadline exceeded"))})
+    assert tfjob.submit_tfjob(job, custom_api=failed, poll_s=0) == job
+    assert failed.calls == ["create", "get", "delete", "get", "create"]
+    running = JobStore({name: _job(("Running", "True", ""))})
+    assert tfjob.submit_tfjob(job, custom_api=running, poll_s=0) == running.jobs[name]
+    assert running.calls == ["create", "get"]
+
+
 def test_launch_creates_the_rendered_job_in_the_pods_namespace(tmp_path: Path) -> None:
     template, _ = compiled_tfjob(tmp_path, "aks", workers=2)
     kube = FakeKube([_job(("Succeeded", "True", ""))], [""])
