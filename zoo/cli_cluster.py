@@ -416,10 +416,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
             "genpipe-kserve", help="ServiceAccount with the S3 credentials Secret."
         ),
         profile: str = typer.Option(
-            "cpu", help=PROFILE_HELP + " GPU profiles add GPU, node selector, tolerations."
+            "cpu",
+            help=PROFILE_HELP + " The serving image is CPU-only: no profile adds a GPU; a GPU "
+            "profile keeps the predictor off its GPU nodes.",
         ),
         runtime: str = typer.Option(
-            "", help="KServe ServingRuntime name (default: KServe picks the mlflow runtime)."
+            "genpipe-mlserver",
+            help="KServe ServingRuntime (default genpipe's: k8s/serving/servingruntime.yaml).",
         ),
         artifacts_destination: str = typer.Option(
             "",
@@ -435,6 +438,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         from zoo.kserve import render_inference_service, storage_uri
         from zoo.kserve import service_name as svc_name
 
+        prof = load_profile(profile)  # a bad profile fails before MLflow is asked
         c, name, sel, version = _mlflow_version(ref)
         isvc = render_inference_service(
             service_name or svc_name(name),
@@ -445,7 +449,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
             alias=sel,
             source=version.source,
             service_account=service_account,
-            profile=load_profile(profile),
+            profile=prof,
             runtime=runtime,
         )
         text = yaml.safe_dump(isvc, sort_keys=False)

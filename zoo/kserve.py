@@ -1,5 +1,10 @@
 """KServe InferenceService for a registered model, and where its files really are.
 
+The predictor runs on genpipe's ServingRuntime `genpipe-mlserver` (k8s/serving/
+servingruntime.yaml: MLServer with the MLflow runtime and TensorFlow, images/Dockerfile.serving),
+never on KServe's stock MLServer image, which has no TensorFlow. That image is CPU-only, so the
+predictor never asks for a GPU; with a GPU profile it is kept off the profile's GPU nodes.
+
 KServe's storage initializer downloads `storageUri` itself (s3://, gs://, ...); it cannot
 resolve MLflow's `models:/name@alias` nor the proxied `mlflow-artifacts:/` scheme. So the
 alias is resolved to a version here, and the version's source to the object-store URI behind
@@ -18,6 +23,8 @@ from zoo.errors import ConfigError, GenpipeError
 
 ENV_ARTIFACTS_DESTINATION = "GENPIPE_MLFLOW_ARTIFACTS_DESTINATION"
 DEFAULT_SERVICE_ACCOUNT = "genpipe-kserve"
+#: metadata.name of k8s/serving/servingruntime.yaml
+SERVING_RUNTIME = "genpipe-mlserver"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DIRECT_SCHEMES = ("s3", "gs", "abfs", "wasbs", "https", "http", "pvc", "hdfs", "oci")
 
@@ -50,8 +57,12 @@ def artifacts_destination(value: str = "") -> str:
     return dest.rstrip("/")
 
 
-def storage_uri(source: str, destination: str, client: Any = None) -> str:
-    """The object-store URI of a model version's `source` (see module docstring)."""
+def storage_uri(source: str, destination: str | None = None, client: Any = None) -> str:
+    """The object-store URI of a model version's `source` (see module docstring).
+
+    `destination` is the MLflow server's --artifacts-destination (None: `artifacts_destination()`).
+    """
+    destination = destination or artifacts_destination()
     parsed = urlparse(source)
     if parsed.scheme == "mlflow-artifacts":
         # mlflow-artifacts:/1/models/m-x/artifacts or mlflow-artifacts://host:port/1/...
@@ -94,26 +105,36 @@ def render_inference_service(
     source: str,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     profile: Any = None,
-    runtime: str = "",
+    runtime: str = SERVING_RUNTIME,
     cpu: tuple[str, str] = ("1", "2"),
     memory: tuple[str, str] = ("2Gi", "4Gi"),
 ) -> dict[str, Any]:
     """The InferenceService (MLflow model format, V2 protocol) for one model version.
 
-    With a GPU profile (pipelines.platform.Profile), the predictor gets the profile's
-    accelerator limit, node selector and tolerations: the same cloud conventions as training.
+    `runtime` names the ServingRuntime (default genpipe's). The serving image is CPU-only: no
+    profile adds a GPU or GPU tolerations. With a GPU profile (pipelines.platform.Profile) the
+    predictor gets a required node affinity that keeps it off the nodes the profile's GPU
+    node selector picks (a CPU server should not hold a GPU node; tainted pools refuse it anyway).
     """
     if not _DNS1035.match(name):
         raise ConfigError(
             f"InferenceService name {name!r} must be lowercase letters, digits and '-', "
             "starting with a letter"
         )
-    limits: dict[str, str] = {"cpu": cpu[1], "memory": memory[1]}
+    if not runtime or not _DNS1035.match(runtime):
+        raise ConfigError(
+            f"--runtime {runtime!r} is not a ServingRuntime name (lowercase letters, digits "
+            f"and '-'), e.g. {SERVING_RUNTIME}"
+        )
     model: dict[str, Any] = {
         "modelFormat": {"name": "mlflow"},
         "protocolVersion": "v2",
+        "runtime": runtime,
         "storageUri": storage,
-        "resources": {"requests": {"cpu": cpu[0], "memory": memory[0]}, "limits": limits},
+        "resources": {
+            "requests": {"cpu": cpu[0], "memory": memory[0]},
+            "limits": {"cpu": cpu[1], "memory": memory[1]},
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -121,18 +142,10 @@ def render_inference_service(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if runtime:
-        model["runtime"] = runtime
     predictor: dict[str, Any] = {"serviceAccountName": service_account, "model": model}
-    if profile is not None and profile.has_accelerator:
-        limits[profile.accelerator_type] = str(profile.accelerator_limit)
-        if profile.node_selector:
-            predictor["nodeSelector"] = dict(profile.node_selector)
-        if profile.tolerations:
-            predictor["tolerations"] = [
-                {("tolerationSeconds" if k == "toleration_seconds" else k): v for k, v in t.items()}
-                for t in profile.tolerations
-            ]
+    avoid = gpu_node_affinity(profile)
+    if avoid:
+        predictor["affinity"] = avoid
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -151,4 +164,23 @@ def render_inference_service(
             },
         },
         "spec": {"predictor": predictor},
+    }
+
+
+def gpu_node_affinity(profile: Any) -> dict[str, Any]:
+    """A pod `affinity` that refuses the nodes a GPU profile's node selector matches ({} else).
+
+    A node is a GPU node when it carries every label of the selector, so it is avoided when
+    any one differs: one node-selector term (terms are ORed) per label, with NotIn.
+    """
+    if profile is None or not profile.has_accelerator or not profile.node_selector:
+        return {}
+    terms = [
+        {"matchExpressions": [{"key": key, "operator": "NotIn", "values": [value]}]}
+        for key, value in sorted(profile.node_selector.items())
+    ]
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata as md
+import json
 import os
 import random
 import shutil
@@ -34,29 +35,49 @@ TAG_MODEL_URI = "genpipe.model_uri"
 TAG_PRIMARY = "genpipe.primary_metric"
 
 
-def _pins() -> list[str]:
-    """pip requirements of the logged model: the versions running now (no slow inference)."""
-    out = []
-    for dist in ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy", "pillow"):
+#: what loading and running a logged model imports (zoo/serving.py), as distributions
+_SERVING_DISTS = ("keras", "numpy", "mlflow", "cloudpickle")
+
+
+def model_requirements() -> list[str]:
+    """pip requirements of a logged model: the versions running now (no slow inference).
+
+    Only what the load path needs (zoo/serving.py: Keras on TensorFlow, NumPy, MLflow and
+    cloudpickle for the pickled wrapper); our own package travels with the model as code.
+    TensorFlow is declared as `tensorflow-cpu` of the same version, whichever build trained
+    the model: models are served on CPU (images/Dockerfile.serving).
+    """
+    tf_version = ""
+    for dist in ("tensorflow-cpu", "tensorflow"):
         try:
-            out.append(f"{dist}=={md.version(dist)}")
+            tf_version = md.version(dist)
+            break
         except md.PackageNotFoundError:
             continue
-    return out
+    if not tf_version:
+        raise GenpipeError("cannot log a model: neither tensorflow-cpu nor tensorflow is installed")
+    return [f"tensorflow-cpu=={tf_version}"] + [f"{d}=={md.version(d)}" for d in _SERVING_DISTS]
 
 
 def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
-    """Log a trained model directory as a pyfunc model in the run; returns its models:/ URI."""
-    from zoo.serving import GenerativePyfunc
+    """Log a trained model directory as a pyfunc model in the run; returns its models:/ URI.
 
+    With a signature (the request fields) and an input example, so MLServer's MLflow runtime
+    decodes a V2 request to the pyfunc's input (docs/kubernetes.md, step 6).
+    """
+    from zoo.serving import GenerativePyfunc, input_example, model_signature
+
+    meta = json.loads((Path(model_dir) / "config.json").read_text())
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=GenerativePyfunc(),
             artifacts={"model_dir": str(model_dir)},
-            # Ship our package with the model so `mlflow models serve` needs nothing else.
+            # Ship our package with the model so a serving runtime needs only the pins below.
             code_paths=[str(Path(zoo.__file__).parent)],
-            pip_requirements=_pins(),
+            pip_requirements=model_requirements(),
+            signature=model_signature(meta["model"], meta["data_spec"]),
+            input_example=input_example(meta["model"]),
         )
     c.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
     return info.model_uri

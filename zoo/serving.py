@@ -1,17 +1,26 @@
-"""The MLflow pyfunc wrapper every registered model is logged with.
+"""The MLflow pyfunc wrapper every registered model is logged with, and what it declares.
 
-`mlflow models serve` (and `mlflow.pyfunc.load_model(...).predict`) generate samples from a
-request such as {"n": 16, "seed": 0} (image models) or {"prompt": ..., "max_new_tokens": ...}
-(text models). Request sizes are bounded so one request cannot exhaust the server.
+`mlflow models serve`, MLServer's MLflow runtime (KServe) and `mlflow.pyfunc.load_model(...)`
+generate samples from a request such as {"n": 16, "seed": 0} (image models) or
+{"prompt": ..., "max_new_tokens": ...} (text models). Request sizes are bounded so one request
+cannot exhaust the server.
+
+This module is the whole load path of a logged model: a serving container has only the
+model's declared requirements (`registration.model_requirements`) plus our package, shipped with
+the model as code. So it imports no storage, tracking, training or pipeline code (no minio,
+boto3, tenacity, kfp): only MLflow, NumPy, Keras/TensorFlow and `zoo.models`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 from zoo.errors import ConfigError
 
@@ -31,7 +40,8 @@ def _request_dict(model_input: Any) -> dict[str, Any]:
         raise ConfigError(
             f"expected a request like {{'n': 16, 'seed': 0}}, got {type(model_input).__name__}"
         )
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in model_input.items()}
+    # NumPy scalars (a DataFrame cell) become Python numbers; arrays (cgan labels) stay arrays.
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in model_input.items()}
 
 
 def _int_field(req: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
@@ -94,17 +104,74 @@ def generate_from_request(model: Any, request: dict[str, Any]) -> np.ndarray | s
     return model.generate(n, seed=seed, **extra)
 
 
+#: generate() keyword arguments a served request may carry besides n and seed, per model; a
+#: field missing from the signature never reaches the model (MLflow drops undeclared inputs).
+IMAGE_EXTRAS: dict[str, dict[str, Any]] = {
+    "cgan": {"labels": Array(DataType.long)},
+    "ddpm": {"sampler": DataType.string, "steps": DataType.long},
+    "realnvp": {"temperature": DataType.double},
+}
+_TEXT_TYPES = {
+    "prompt": DataType.string,
+    "max_new_tokens": DataType.long,
+    "temperature": DataType.double,
+    "top_k": DataType.long,
+    "seed": DataType.long,
+}
+
+
+def model_signature(model_name: str, data_spec: dict[str, Any]) -> ModelSignature:
+    """The request fields (all optional: generate's defaults apply) and the output of a model.
+
+    One row of named columns: MLServer's MLflow runtime then decodes a V2 request whose inputs
+    are named like the fields (`n`, `seed`, or `prompt`, `max_new_tokens`, ...) into the
+    one-row DataFrame `predict` takes, with no content type in the request.
+    """
+    from zoo import models
+
+    if models.get(model_name).family == "text":
+        fields = dict(_TEXT_TYPES)
+        outputs = Schema([ColSpec(DataType.string, "text")])
+    else:
+        fields = {"n": DataType.long, "seed": DataType.long, **IMAGE_EXTRAS.get(model_name, {})}
+        shape = tuple(int(d) for d in data_spec["shape"])
+        outputs = Schema([TensorSpec(np.dtype("float32"), (-1, *shape), "images")])
+    inputs = Schema([ColSpec(t, name, required=False) for name, t in fields.items()])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(model_name: str) -> dict[str, Any]:
+    """The smallest useful request (MLflow stores it with the model and tries it once)."""
+    from zoo import models
+
+    if models.get(model_name).family == "text":
+        return {"prompt": "\n", "max_new_tokens": 8, "seed": 0}
+    return {"n": 1, "seed": 0}
+
+
+def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Load `model.keras` (Keras safe mode) and its `config.json` from a model directory."""
+    import keras
+
+    from zoo import models
+
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "config.json").read_text())
+    models.get(meta["model"])  # imports and registers the class for deserialization
+    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    return model, meta
+
+
 class GenerativePyfunc(mlflow.pyfunc.PythonModel):
     """Loads `model.keras` + `config.json` (Keras safe mode) and generates on predict."""
 
     def load_context(self, context: Any) -> None:
-        from zoo.train import load_model
-
         self.model, self.meta = load_model(Path(context.artifacts["model_dir"]))
 
     def predict(
         self, context: Any, model_input: Any, params: dict[str, Any] | None = None
     ) -> np.ndarray | list[str]:
         out = generate_from_request(self.model, {**_request_dict(model_input), **(params or {})})
-        # A list of one string serializes as {"predictions": ["..."]} in `mlflow models serve`.
+        # A list of one string serializes as {"predictions": ["..."]} in `mlflow models serve`
+        # and as one BYTES output in MLServer.
         return [out] if isinstance(out, str) else out

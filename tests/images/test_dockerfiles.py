@@ -161,3 +161,81 @@ def test_build_context_is_minimal_and_copies_what_setuptools_needs():
     assert copied == allowed
     for path in allowed:
         assert (ROOT / path).exists(), path
+
+
+# --- the model serving image (KServe ServingRuntime genpipe-mlserver) ---------------------------
+
+SERVING = ROOT / "images" / "Dockerfile.serving"
+
+
+def test_serving_image_hadolint_passes():
+    res = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(SERVING)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_serving_image_structure():
+    """MLServer + mlserver-mlflow + CPU TensorFlow, all pinned, on the component images' own
+    Python 3.11 base (models are pickled there), no genpipe code, non-root, MLServer's CMD."""
+    import tomllib
+
+    ins = instructions(SERVING)
+    args = {k: v for k, v in (i[1].split("=", 1) for i in ins if i[0] == "ARG" and "=" in i[1])}
+    cpu = {
+        k: v
+        for k, v in (i[1].split("=", 1) for i in instructions(DOCKERFILES["cpu"]) if i[0] == "ARG")
+        if k == "BASE_IMAGE"
+    }
+    assert args["BASE_IMAGE"] == cpu["BASE_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", args["BASE_IMAGE"])
+    assert [v for k, v in ins if k == "FROM"] == ["${BASE_IMAGE}"]
+    # The documented runtime: MLServer 1.7.1 with its MLflow runtime of the same version.
+    assert args["MLSERVER_VERSION"] == args["MLSERVER_MLFLOW_VERSION"] == "1.7.1"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert f"tensorflow-cpu=={args['TENSORFLOW_CPU_VERSION']}" in extras["cpu"]
+    (install,) = [v for k, v in ins if k == "RUN" and "pip install" in v]
+    pinned = dict(re.findall(r'"([\w-]+)==\$\{(\w+)\}"', install))
+    assert pinned == {
+        "mlserver": "MLSERVER_VERSION",
+        "mlserver-mlflow": "MLSERVER_MLFLOW_VERSION",
+        "uvloop": "UVLOOP_VERSION",
+        "tensorflow-cpu": "TENSORFLOW_CPU_VERSION",
+        "keras": "KERAS_VERSION",
+        "numpy": "NUMPY_VERSION",
+        "mlflow": "MLFLOW_VERSION",
+        "cloudpickle": "CLOUDPICKLE_VERSION",
+    }
+    for arg in pinned.values():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", args[arg]), (arg, args[arg])
+    # Nothing is installed unpinned (every pip argument is one of the pins above).
+    assert install.count("==") == len(pinned)
+    assert install.startswith("--mount=type=secret,id=extra_ca ")
+    assert install.rstrip().endswith("rm -f /tmp/ca.pem")
+    # No genpipe code or build-context file: the model brings its own code.
+    assert not [k for k, _ in ins if k in ("COPY", "ADD")]
+    env = " ".join(v for k, v in ins if k == "ENV")
+    for var in (
+        "KERAS_HOME=/tmp/",
+        "MLSERVER_METRICS_DIR=/tmp/",
+        "MLSERVER_ENVIRONMENTS_DIR=/tmp/",
+    ):
+        assert var in env, var
+    users = [v for k, v in ins if k == "USER"]
+    assert users and users[-1] == "10001:10001"
+    assert "useradd --uid 10001" in " ".join(v for k, v in ins if k == "RUN")
+    assert [v for k, v in ins if k == "CMD"] == ['["mlserver", "start", "/mnt/models"]']
+    assert not [k for k, _ in ins if k == "ENTRYPOINT"]
+    last_run = max(i for i, (k, _) in enumerate(ins) if k == "RUN")
+    assert min(i for i, (k, v) in enumerate(ins) if k == "ARG" and "GIT_COMMIT" in v) > last_run
+    labels = " ".join(v for k, v in ins if k == "LABEL")
+    assert 'org.opencontainers.image.version="${GENPIPE_VERSION}"' in labels
+    assert 'io.genpipe.variant="serving"' in labels
+    assert "NVIDIA_VISIBLE_DEVICES" not in re.sub(r"#.*", "", SERVING.read_text())
+    assert not [
+        v
+        for k, v in ins
+        if k in ("ENV", "ARG") and re.search(r"(SECRET|PASSWORD|TOKEN|KEY)", v, re.I)
+    ]

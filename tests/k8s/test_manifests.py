@@ -352,50 +352,136 @@ def test_kubeflow_minio_overlay_reuses_kubeflows_store():
     assert "minio.genpipe.svc" not in yaml.safe_dump_all(objs)
 
 
-def test_rendered_inference_service(tmp_path):
-    """`genpipe deploy`'s object: KServe CRD shape, and its pod fields valid for Kubernetes."""
-    from zoo.kserve import render_inference_service, storage_uri
+SERVING_RUNTIME_FILE = K8S / "serving" / "servingruntime.yaml"
+
+
+def node_matches(affinity: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a node with `labels` satisfies a required node affinity (terms ORed,
+    expressions ANDed; the operators we render)."""
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    ops = {
+        "In": lambda k, v: labels.get(k) in v,
+        "NotIn": lambda k, v: labels.get(k) not in v,
+        "Exists": lambda k, v: k in labels,
+        "DoesNotExist": lambda k, v: k not in labels,
+    }
+    return any(
+        all(ops[e["operator"]](e["key"], e.get("values", [])) for e in term["matchExpressions"])
+        for term in terms["nodeSelectorTerms"]
+    )
+
+
+def predictor_pod(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    """The Pod KServe makes: the runtime's container with the predictor model's fields over it
+    (KServe merges them the same way), and the predictor's PodSpec fields."""
+    pred = isvc["spec"]["predictor"]
+    model = pred["model"]
+    (container,) = runtime["spec"]["containers"]
+    merged = {**container, **{k: model[k] for k in ("resources", "securityContext")}}
+    pod_fields = ("serviceAccountName", "nodeSelector", "tolerations", "affinity")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": isvc["metadata"],
+        "spec": {"containers": [merged], **{k: pred[k] for k in pod_fields if k in pred}},
+    }
+
+
+@pytest.mark.parametrize("profile", ["cpu", *GPU_OVERLAYS])
+def test_rendered_inference_service(profile):
+    """`genpipe deploy`'s object: valid for KServe's CRD (no unknown fields), on genpipe's
+    runtime, its pod valid for Kubernetes; never a GPU (the serving image is CPU-only), and
+    with a GPU profile kept off that profile's GPU nodes."""
+    import upstream_contracts
+
+    from zoo.kserve import SERVING_RUNTIME, render_inference_service, storage_uri
 
     uri = storage_uri("mlflow-artifacts:/3/models/m-abc/artifacts", "s3://genpipe-mlflow/artifacts")
     assert uri == "s3://genpipe-mlflow/artifacts/3/models/m-abc/artifacts"
-    for profile in ("cpu", "gke"):
-        isvc = render_inference_service(
-            "vae",
-            uri,
-            namespace="kubeflow",
-            registered_name="vae",
-            version="3",
-            alias="champion",
-            source="mlflow-artifacts:/3/models/m-abc/artifacts",
-            profile=load_profile(profile),
-        )
-        assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
-        pred = isvc["spec"]["predictor"]
-        model = pred["model"]
-        assert model["modelFormat"] == {"name": "mlflow"} and model["protocolVersion"] == "v2"
-        assert model["storageUri"] == uri and pred["serviceAccountName"] == "genpipe-kserve"
-        # KServe's predictor is a PodSpec plus a container: validate those parts as a Pod.
-        container = {
-            "name": "kserve-container",
-            "image": "kserve/mlserver:1.6.1",
-            **{k: model[k] for k in ("resources", "securityContext")},
-        }
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": isvc["metadata"],
-            "spec": {
-                "serviceAccountName": pred["serviceAccountName"],
-                "containers": [container],
-                **{k: pred[k] for k in ("nodeSelector", "tolerations") if k in pred},
-            },
-        }
-        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
-        if profile == "gke":
-            assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
-            assert pred["nodeSelector"] == load_profile("gke").node_selector
-        else:
-            assert "nvidia.com/gpu" not in model["resources"]["limits"]
+    prof = load_profile(profile)
+    isvc = render_inference_service(
+        "vae",
+        uri,
+        namespace="kubeflow",
+        registered_name="vae",
+        version="3",
+        alias="champion",
+        source="mlflow-artifacts:/3/models/m-abc/artifacts",
+        profile=prof,
+    )
+    upstream_contracts.assert_valid(isvc)
+    pred = isvc["spec"]["predictor"]
+    model = pred["model"]
+    assert model["modelFormat"] == {"name": "mlflow"} and model["protocolVersion"] == "v2"
+    assert model["storageUri"] == uri and pred["serviceAccountName"] == "genpipe-kserve"
+    runtime = yaml.safe_load(SERVING_RUNTIME_FILE.read_text())
+    assert model["runtime"] == SERVING_RUNTIME == runtime["metadata"]["name"]
+    kubernetes_validate.validate(predictor_pod(isvc, runtime), K8S_VERSION, strict=True)
+    # No GPU of any vendor, no GPU tolerations, whatever the profile.
+    for res in model["resources"].values():
+        assert set(res) == {"cpu", "memory"}, res
+    assert "tolerations" not in pred and "nodeSelector" not in pred
+    if prof.has_accelerator:
+        gpu_node = dict(prof.node_selector)
+        assert not node_matches(pred["affinity"], gpu_node)
+        assert node_matches(pred["affinity"], {"kubernetes.io/os": "linux"})
+        other = {k: f"{v}-other" for k, v in gpu_node.items()}  # a node of another pool
+        assert node_matches(pred["affinity"], other)
+    else:
+        assert "affinity" not in pred
+
+
+def test_serving_runtime_is_valid_and_configures_mlserver_like_kserve():
+    """k8s/serving/servingruntime.yaml: valid for KServe's CRD, picked up by KServe's MLServer
+    defaults (the server-type annotation), serving MLflow models over V2 with the env KServe's
+    own kserve-mlserver runtime sets, on the serving image, unprivileged and CPU-only."""
+    import upstream_contracts
+
+    import zoo
+    from zoo.cli_cluster import DEFAULT_REPOSITORY
+
+    runtime = yaml.safe_load(SERVING_RUNTIME_FILE.read_text())
+    upstream_contracts.assert_valid(runtime)
+    assert runtime["kind"] == "ServingRuntime"
+    assert runtime["metadata"]["annotations"]["serving.kserve.io/server-type"] == "mlserver"
+    spec = runtime["spec"]
+    assert spec["protocolVersions"] == ["v2"]
+    assert [f["name"] for f in spec["supportedModelFormats"]] == ["mlflow"]
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == f"{DEFAULT_REPOSITORY}:{zoo.__version__}-serving"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {
+        "MLSERVER_MODEL_IMPLEMENTATION": "mlserver_mlflow.MLflowRuntime",
+        "MLSERVER_MODEL_NAME": "{{.Name}}",  # KServe fills in the InferenceService name
+        "MLSERVER_MODEL_URI": "/mnt/models",  # where the storage initializer downloads
+        "MLSERVER_HTTP_PORT": "8080",
+        "MLSERVER_GRPC_PORT": "9000",
+        "MLSERVER_METRICS_PORT": spec["annotations"]["prometheus.kserve.io/port"],
+    }
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and not sc["privileged"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    for res in container["resources"].values():
+        assert set(res) == {"cpu", "memory"}, res
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}}
+    pod["spec"]["containers"] = spec["containers"]  # the runtime's container is a Container
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_serving_contract_validation_is_real():
+    """The CRD check rejects what KServe's API server would: unknown fields, bad types."""
+    import upstream_contracts
+
+    runtime = yaml.safe_load(SERVING_RUNTIME_FILE.read_text())
+    runtime["spec"]["containers"][0]["gpu"] = 1
+    assert any("gpu" in e for e in upstream_contracts.crd_errors(runtime))
+    example = yaml.safe_load((K8S / "serving" / "inferenceservice.example.yaml").read_text())
+    example["spec"]["predictor"]["model"]["runtimeName"] = "genpipe-mlserver"
+    assert any("runtimeName" in e for e in upstream_contracts.crd_errors(example))
+    example = yaml.safe_load((K8S / "serving" / "inferenceservice.example.yaml").read_text())
+    example["spec"]["predictor"]["model"]["protocolVersion"] = 2
+    assert upstream_contracts.crd_errors(example)
 
 
 def test_docs_walkthrough_matches_the_code():
@@ -434,9 +520,12 @@ def test_docs_walkthrough_matches_the_code():
 
 
 def test_inference_service_example_is_what_deploy_renders():
+    import upstream_contracts
+
     from zoo.kserve import render_inference_service
 
     example = yaml.safe_load((K8S / "serving" / "inferenceservice.example.yaml").read_text())
+    upstream_contracts.assert_valid(example)
     ann = example["metadata"]["annotations"]
     rendered = render_inference_service(
         example["metadata"]["name"],

@@ -52,3 +52,29 @@ def test_one_row_dataframe_request(model):
 def test_text_request_bounds(model, req, match):
     with pytest.raises(ConfigError, match=match):
         generate_from_request(model, req)
+
+
+def test_signature_declares_every_text_request_field():
+    """MLflow drops inputs the signature does not declare: it must declare all of them, with
+    the types the validation above accepts."""
+    from zoo.serving import TEXT_FIELDS, model_signature
+
+    sig = model_signature("gpt", SPEC)
+    declared = {c.name: (c.type.name, c.required) for c in sig.inputs.inputs}
+    assert list(declared) == list(TEXT_FIELDS)
+    assert declared["prompt"] == ("string", False) and declared["temperature"][0] == "double"
+    assert all(not required for _, required in declared.values())  # generate's defaults apply
+
+
+def test_request_as_mlserver_decodes_it(model):
+    """MLServer's MLflow runtime hands the pyfunc a one-row DataFrame of NumPy scalars."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"prompt": ["RO"], "max_new_tokens": np.array([5], "int64"), "temperature": [0.0]}
+    )
+    req = _request_dict(df)
+    assert req == {"prompt": "RO", "max_new_tokens": 5, "temperature": 0.0}
+    assert type(req["max_new_tokens"]) is int  # a Python int, as the bounds check expects
+    assert generate_from_request(model, req) == model.generate("RO", 5, 0.0)
