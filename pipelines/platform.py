@@ -87,6 +87,7 @@ _PROFILE_KEYS = (
     "workers",
     "timeouts",
     "tfjob_ttl_seconds",
+    "security_context",
 )
 #: Training settings a profile may default (the hardware decides them; the user's overrides
 #: still win): the type each must have.
@@ -215,6 +216,9 @@ class Profile:
     timeouts: dict[str, int] = field(default_factory=default_timeouts)
     # How long a finished TFJob (and its pods' logs) stays before the operator deletes it.
     tfjob_ttl_seconds: int = 3600
+    # Pipeline pods run as uid/gid 10001, non-root (kfp-kubernetes set_security_context).
+    # False only for KFP backends older than that field, whose driver refuses unknown fields.
+    security_context: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.image, str):
@@ -360,9 +364,10 @@ def apply_platform(
     # kfp-kubernetes 2.17 sets the identity fields; KFP's backend adds its own defaults
     # (no privilege escalation, capabilities dropped). A read-only root filesystem is not
     # offered for pipeline pods: KFP's launcher writes artifacts under the root filesystem.
-    kubernetes.set_security_context(
-        task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_GROUP, run_as_non_root=True
-    )
+    if profile.security_context:
+        kubernetes.set_security_context(
+            task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_GROUP, run_as_non_root=True
+        )
     timeout = profile.timeouts[role] + (LAUNCHER_GRACE_S if tfjob_launcher else 0)
     kubernetes.set_timeout(task, timeout)
     if tfjob_launcher:
@@ -581,6 +586,7 @@ def _build(
                 defaults["timeouts"], (base or {}).get("timeouts"), raw.get("timeouts")
             ),
             "tfjob_ttl_seconds": _int(merged.get("tfjob_ttl_seconds", 3600), "tfjob_ttl_seconds"),
+            "security_context": merged.get("security_context", True),
         }
         # Check here, not only in Profile.__post_init__, so the message names file and key.
         _validate(SimpleNamespace(**kwargs))
@@ -770,6 +776,8 @@ def _validate(p: Any) -> None:
             raise _Invalid(
                 f"timeouts.{role}", f"{seconds!r} must be an integer number of seconds >= 1"
             )
+    if not isinstance(p.security_context, bool):
+        raise _Invalid("security_context", f"expected true or false, got {p.security_context!r}")
     ttl = p.tfjob_ttl_seconds
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
         raise _Invalid("tfjob_ttl_seconds", f"{ttl!r} must be an integer number of seconds >= 0")

@@ -401,6 +401,7 @@ def test_user_profile_in_profiles_yaml_layout(tmp_path: Path) -> None:
         ("extends: gke\ntfjob_ttl_seconds: -1\n", "tfjob_ttl_seconds"),
         ("extends: gke\ncpu_image: ghcr.io/genpipe/genpipe:latest\n", "cpu_image"),
         ("extends: gke\nresources: {launcher: {cpu_request: lots}}\n", "resources.launcher"),
+        ("extends: gke\nsecurity_context: maybe\n", "security_context"),
     ],
 )
 def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -522,6 +523,16 @@ def test_every_pipeline_pod_runs_non_root_with_a_timeout_and_the_policy_label(
         assert k8s["activeDeadlineSeconds"] == str(profile.timeouts[role])
         # The egress NetworkPolicies of k8s/pipeline-namespace select genpipe's pods by it.
         assert k8s["podMetadata"]["labels"] == {"genpipe.io/pipeline": "true"}
+
+
+def test_security_context_can_be_left_out_for_an_older_kfp_backend(tmp_path: Path) -> None:
+    """Older KFP drivers refuse unknown fields of the Kubernetes config: one switch, and the
+    rest of the platform config (timeouts, GPU) stays."""
+    p = load_profile(str(write(tmp_path, "old.yaml", "extends: aks\nsecurity_context: false\n")))
+    platform = compile_with(p, tmp_path)["platform"]
+    for role in ROLES:
+        assert "securityContext" not in platform[f"exec-{role}"]
+        assert platform[f"exec-{role}"]["activeDeadlineSeconds"] == str(p.timeouts[role])
 
 
 def test_timeouts_are_per_role_and_user_profiles_override_one(tmp_path: Path) -> None:
