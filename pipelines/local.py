@@ -149,6 +149,8 @@ def _run(
             with contextlib.redirect_stdout(stream), _recording_exit_codes(stream):
                 task = pipeline(**pipeline_args)
         except RuntimeError as e:  # kfp's message colours task names: plain text here
+            if stream.mlflow_run_id:  # a task that died unannounced (SIGKILL) left it RUNNING
+                _end_if_running(stream.mlflow_run_id, "FAILED")
             raise GenpipeError(
                 stream.failure_message(log_path) or f"{_ANSI.sub('', str(e))} (log: {log_path})"
             ) from None
@@ -180,6 +182,18 @@ def _recording_exit_codes(stream: _EventStream) -> Any:
         yield
     finally:
         sth.run_local_subprocess = inner
+
+
+def _end_if_running(run_id: str, verdict: str) -> None:
+    """Mark the pipeline's MLflow run `verdict` unless its tasks already ended it (they mark
+    it themselves; only a task killed outright cannot). Best effort: the task's error is
+    what the user needs; the MLflow client is imported here, on failure only."""
+    from zoo import tracking
+
+    with contextlib.suppress(Exception):
+        c = tracking.client()
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_terminated(run_id, verdict)
 
 
 def exit_cause(code: int) -> str:
@@ -215,6 +229,7 @@ _ERROR = re.compile(
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: a task says what it waits on (zoo.tracking.call, the promotion lock): shown, not just logged
+_RUN_ID = re.compile(r"^\s*mlflow_run_id: '(?P<id>[0-9a-f]{32})'")  # ingest's output
 _WAITING = re.compile(r"(?P<msg>waiting for (?:MLflow|the promotion lock) .+)$")
 
 
@@ -228,6 +243,7 @@ class _EventStream(io.TextIOBase):
         self.task = ""
         self.failures: list[tuple[str, str]] = []  # (task, error line)
         self.errors_this_task = 0  # error lines since the running task started
+        self.mlflow_run_id = ""  # once ingest has output it
 
     def write(self, s: str) -> int:
         self.log.write(s)
@@ -254,6 +270,8 @@ class _EventStream(io.TextIOBase):
         elif m := _PROGRESS.search(line):
             fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
             self._emit("progress", {"task": self.task, **fields})
+        elif m := _RUN_ID.match(line):
+            self.mlflow_run_id = m["id"]
         elif m := _WAITING.search(line):
             self._emit("waiting", {"task": self.task, "message": m["msg"]})
         elif m := _ERROR.match(line):

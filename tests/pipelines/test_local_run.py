@@ -158,13 +158,14 @@ def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
 
+    experiment = f"genpipe-test-{name}"
     with pytest.raises(GenpipeError) as e:
         run_local(
             "vae",
             "digits",
             preset="tiny",
             overrides={"epochs": 50, "steps_per_epoch": 5},
-            experiment=f"genpipe-test-{name}",
+            experiment=experiment,
             registered_name=name,
             thresholds=LOOSE,
             start_stack=False,
@@ -174,6 +175,8 @@ def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
     msg = str(e.value)
     assert msg.startswith("task train failed: killed by SIGKILL (out of memory?)"), msg
     assert "\x1b" not in msg and "\n" not in msg
+    # The task could not mark its run (SIGKILL): the local runner did.
+    assert _only_run(experiment).info.status == "FAILED"
 
 
 def _descendants(pid: int) -> list[int]:
