@@ -14,7 +14,8 @@
     STATE/logs/*.log         server output, quoted in errors
     STATE/*.pid              process ids (each the leader of its own process group)
 
-Everything in it is owner-only (0700 dirs, 0600 files: `_make_private`).
+It is 0700 and what the stack writes in it owner-only (`_make_private`; weed alone chmods its
+volume info files `*.vif` 0644).
 
 MLflow serves artifacts as a proxy (`mlflow-artifacts:/` URIs) onto
 s3://genpipe-mlflow/artifacts on the same SeaweedFS, so clients need only MLFLOW_TRACKING_URI
@@ -532,8 +533,9 @@ def _write_s3_config(state: Path, creds: Credentials) -> Path:
 def _weed_tls(conf: Path) -> dict[str, Path]:
     """A fresh CA and one certificate (server and client) for SeaweedFS's gRPC mutual TLS.
 
-    Every gRPC port then refuses a peer without a certificate from this CA, which lives only
-    in the 0700 config dir: nobody else can read its key, so nobody else can join.
+    Every gRPC port then refuses a peer without a certificate from this CA. The CA's key is
+    dropped once it has signed the one certificate, whose key is only in the 0700 config dir:
+    nobody can mint another, and nobody else can read this one.
     """
     import datetime as dt
     import ipaddress
