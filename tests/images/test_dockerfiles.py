@@ -88,6 +88,10 @@ def test_structure(variant):
     env = " ".join(v for k, v in ins if k == "ENV")
     for var in ("KERAS_HOME=/tmp/", "MPLCONFIGDIR=/tmp/", "GENPIPE_HOME=/tmp/"):
         assert var in env, var
+    assert "GENPIPE_GIT_COMMIT=${GIT_COMMIT}" in env
+    # The per-build args come after every RUN, so a new commit reuses the cached layers.
+    last_run = max(i for i, (k, _) in enumerate(ins) if k == "RUN")
+    assert min(i for i, (k, v) in enumerate(ins) if k == "ARG" and "GIT_COMMIT" in v) > last_run
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["PSYCOPG2_VERSION"])
     # Non-root, numeric (runAsNonRoot needs a numeric uid to verify), and last USER wins.
     users = [v for k, v in ins if k == "USER"]
@@ -112,11 +116,26 @@ def test_gpu_variant_uses_tensorflow_and_cuda_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    # One exact TensorFlow version: its and-cuda extra pins the CUDA/cuDNN wheels exactly.
-    assert extras["gpu"] == [
-        r for r in extras["gpu"] if re.fullmatch(r"tensorflow\[and-cuda\]==[\d.]+", r)
-    ]
-    assert len(extras["gpu"]) == 1
+    # One exact TensorFlow version and one exact CUDA set: tensorflow[and-cuda] 2.21 only
+    # asks for ranges of these wheels (the test fails on the bare `tensorflow[and-cuda]==X`).
+    gpu = extras["gpu"]
+    assert re.fullmatch(r"tensorflow\[and-cuda\]==[\d.]+", gpu[0]), gpu
+    pins = dict(r.split("==") for r in gpu[1:] if re.fullmatch(r"nvidia-[a-z-]+-cu12==[\d.]+", r))
+    assert len(pins) == len(gpu) - 1, gpu  # nothing unpinned
+    assert {
+        "nvidia-cublas-cu12",
+        "nvidia-cuda-cupti-cu12",
+        "nvidia-cuda-nvcc-cu12",
+        "nvidia-cuda-nvrtc-cu12",
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cudnn-cu12",
+        "nvidia-cufft-cu12",
+        "nvidia-curand-cu12",
+        "nvidia-cusolver-cu12",
+        "nvidia-cusparse-cu12",
+        "nvidia-nccl-cu12",
+        "nvidia-nvjitlink-cu12",
+    } == set(pins)
     assert any(re.fullmatch(r"tensorflow-cpu==[\d.]+", r) for r in extras["cpu"])
     env = " ".join(v for k, v in instructions(DOCKERFILES["gpu"]) if k in ("ENV", "ARG"))
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
