@@ -90,7 +90,7 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
     """(value, version, note) of the champion re-scored on this data; (None, "", note) if not comparable."""
     import tempfile
 
-    from zoo import registration
+    from zoo import registration, tracking
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
@@ -100,7 +100,14 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
     if champ.run_id == run_id:  # a retried evaluate after this run was already promoted
         return None, "", "this run is already the champion"
     with tempfile.TemporaryDirectory(prefix="genpipe-champion-") as tmp:
-        champ_dir = registration.download_model_dir(c, name, champ.version, Path(tmp) / "model")
+        champ_dir = tracking.retrying(  # MLflow's artifact API: retried through outages here
+            "download champion",
+            registration.download_model_dir,
+            c,
+            name,
+            champ.version,
+            Path(tmp) / "model",
+        )
         champ_model, champ_meta = load_model(champ_dir)
     if (
         champ_meta["model"] != meta["model"]

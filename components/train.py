@@ -53,7 +53,8 @@ def run(
         out = Path(output_dir)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(result.model_dir, out)
-    model_uri = log_model(c, mlflow_run_id, out)
+    # MLflow's fluent API, not the bounded client: retried through outages here.
+    model_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
     return {
         "model_uri": model_uri,
         "wall_s": result.wall_s,

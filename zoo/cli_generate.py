@@ -46,7 +46,14 @@ def load_registered(ref: str) -> tuple[Any, dict[str, Any]]:
     name, version = parse_ref(ref)
     c = tracking.client()
     with tempfile.TemporaryDirectory(prefix="genpipe-generate-") as tmp:
-        model_dir = registration.download_model_dir(c, name, version, Path(tmp) / "model")
+        model_dir = tracking.retrying(  # MLflow's artifact API: retried through outages here
+            f"download {ref}",
+            registration.download_model_dir,
+            c,
+            name,
+            version,
+            Path(tmp) / "model",
+        )
         return load_model(model_dir)
 
 

@@ -109,6 +109,12 @@ class BoundedClient(MlflowClient):
         return bounded
 
 
+def retrying(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`call` for MLflow's fluent and artifact APIs (which bypass `BoundedClient`) against the
+    current tracking URI: `client()` turned MLflow's own retries off."""
+    return call(mlflow.get_tracking_uri(), what, fn, *args, **kwargs)
+
+
 def _transient_cause(e: BaseException) -> str | None:
     """A short reason when `e` is an outage (connection refused, timeout, 5xx), else None."""
     import requests

@@ -178,3 +178,27 @@ def test_dead_mlflow_fails_within_the_budget_naming_it(stack):
         zstack.up(stack.state_dir)
     _assert_bounded_failure(stack, out, err, elapsed, 5, "connection refused")
     print(f"dead MLflow: failed after {elapsed:.1f} s with a 5 s budget")
+
+
+def test_mlflow_fluent_calls_survive_a_tracking_server_restart(stack):
+    """MLflow's own retries are off under `tracking.client()`; the fluent and artifact calls
+    we make (log_model, download_artifacts) go through `tracking.retrying` instead."""
+    import mlflow
+
+    from zoo import tracking
+
+    tracking.client()  # sets the tracking URI and MLflow's per-request knobs
+    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    assert pid
+    os.killpg(pid, signal.SIGKILL)
+    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+        time.sleep(0.2)
+    restarter = threading.Timer(3, zstack.up, args=(stack.state_dir,))
+    restarter.start()
+    try:
+        t0 = time.time()
+        found = tracking.retrying("search experiments", mlflow.search_experiments)
+        waited = time.time() - t0
+    finally:
+        restarter.join()
+    assert found and waited >= 2.5
