@@ -435,10 +435,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         """Render the KServe InferenceService for a registered model (pipe into kubectl apply -f -)."""
         from pipelines.platform import load_profile
         from zoo.kserve import artifacts_destination as dest_of
-        from zoo.kserve import render_inference_service, storage_uri
+        from zoo.kserve import check_runtime, render_inference_service, storage_uri
         from zoo.kserve import service_name as svc_name
 
-        prof = load_profile(profile)  # a bad profile fails before MLflow is asked
+        # Bad options fail before MLflow is asked.
+        prof = load_profile(profile)
+        check_runtime(runtime)
         c, name, sel, version = _mlflow_version(ref)
         isvc = render_inference_service(
             service_name or svc_name(name),

@@ -94,6 +94,16 @@ def service_name(name: str) -> str:
     return out
 
 
+def check_runtime(runtime: str) -> str:
+    """`runtime` if it can name a ServingRuntime, else one error line naming it."""
+    if not runtime or not _DNS1035.match(runtime):
+        raise ConfigError(
+            f"--runtime {runtime!r} is not a ServingRuntime name (lowercase letters, digits "
+            f"and '-'), e.g. {SERVING_RUNTIME}"
+        )
+    return runtime
+
+
 def render_inference_service(
     name: str,
     storage: str,
@@ -121,11 +131,7 @@ def render_inference_service(
             f"InferenceService name {name!r} must be lowercase letters, digits and '-', "
             "starting with a letter"
         )
-    if not runtime or not _DNS1035.match(runtime):
-        raise ConfigError(
-            f"--runtime {runtime!r} is not a ServingRuntime name (lowercase letters, digits "
-            f"and '-'), e.g. {SERVING_RUNTIME}"
-        )
+    check_runtime(runtime)
     model: dict[str, Any] = {
         "modelFormat": {"name": "mlflow"},
         "protocolVersion": "v2",

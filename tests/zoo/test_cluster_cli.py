@@ -63,3 +63,16 @@ def test_compiled_pipelines_hold_no_secret_values(tmp_path):
         for secret in FAKE_SECRETS.values():
             assert secret not in text, (profile, secret)
         assert "genpipe-s3" in text  # credentials are referenced by Secret name instead
+
+
+def test_deploy_rejects_bad_options_before_asking_mlflow(capsys, monkeypatch):
+    """A bad --profile or --runtime is one error line naming it, before any MLflow call (no
+    tracking URI is set here: reaching MLflow would fail with a different message)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_cli(["deploy", "vae@champion", "--profile", "tpu-pod"], capsys)
+    assert code == 1 and "tpu-pod" in err and "MLFLOW_TRACKING_URI" not in err and not out
+    code, out, err = run_cli(["deploy", "vae@champion", "--runtime", "Bad_Name"], capsys)
+    assert code == 1 and "--runtime 'Bad_Name'" in err and "genpipe-mlserver" in err
+    assert "MLFLOW_TRACKING_URI" not in err and not out
+    code, _, err = run_cli(["deploy", "vae@champion"], capsys)
+    assert code == 1 and "MLFLOW_TRACKING_URI is not set" in err
