@@ -107,9 +107,9 @@ def register(app: typer.Typer) -> None:
 
         Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
 
-        Exit codes: 0 blessed (registered), 1 error (one line; the run's MLflow run is
-        FAILED), 2 bad usage, 3 trained and evaluated but not blessed (nothing registered;
-        the failed thresholds are printed).
+        Exit codes: 0 blessed (registered), 1 error (one line; a run that had started ends
+        FAILED in MLflow), 2 bad usage, 3 trained and evaluated but not blessed (nothing
+        registered; the failed thresholds are printed).
         """
         from pipelines import warm
         from zoo import models
