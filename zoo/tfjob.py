@@ -50,6 +50,18 @@ SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespac
 DEADLINE_GRACE_S = 300
 DEFAULT_WAIT_S = 24 * 3600
 
+#: The Kubernetes permissions the launcher needs in its namespace, one (apiGroup, resource,
+#: verb) per kubernetes-client method this module calls. The Role genpipe-tfjob-launcher in
+#: k8s/pipeline-namespace/rbac.yaml grants exactly these (tests/k8s/test_manifests.py), and a
+#: test keeps this table in step with the calls below.
+LAUNCHER_RBAC: dict[str, tuple[str, str, str]] = {
+    "create_namespaced_custom_object": (TFJOB_GROUP, TFJOB_PLURAL, "create"),
+    "get_namespaced_custom_object": (TFJOB_GROUP, TFJOB_PLURAL, "get"),
+    "delete_namespaced_custom_object": (TFJOB_GROUP, TFJOB_PLURAL, "delete"),
+    "list_namespaced_pod": ("", "pods", "list"),
+    "read_namespaced_pod_log": ("", "pods/log", "get"),
+}
+
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 

@@ -295,6 +295,33 @@ def test_rbac_is_least_privilege():
     assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
+def test_tfjob_launcher_role_is_exactly_what_its_calls_need():
+    """The multi-worker train task creates/gets/deletes its TFJob and reads worker 0's log:
+    the Role grants those calls (zoo/tfjob.py LAUNCHER_RBAC) and nothing else, bound to the
+    accounts KFP runs pipeline pods as. Without it a standalone KFP's `pipeline-runner` gets
+    403 on the first create."""
+    from zoo import tfjob
+
+    objs = overlay("cpu")
+    role = find(objs, "Role", "genpipe-tfjob-launcher", "kubeflow")
+    granted = [
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    ]
+    assert not any("resourceNames" in rule for rule in role["rules"])
+    assert len(granted) == len(set(granted))
+    assert set(granted) == set(tfjob.LAUNCHER_RBAC.values())
+    # The table covers every kubernetes-client call the module makes (a new call needs a row).
+    called = set(re.findall(r"_api\.(\w+_namespaced_\w+)\(", Path(tfjob.__file__).read_text()))
+    assert called == set(tfjob.LAUNCHER_RBAC)
+    binding = find(objs, "RoleBinding", "genpipe-pipelines-launch-tfjobs", "kubeflow")
+    assert binding["roleRef"]["name"] == "genpipe-tfjob-launcher"
+    assert {s["name"] for s in binding["subjects"]} == {"pipeline-runner", "default-editor"}
+
+
 def test_retrain_cronjob_submits_with_projected_kfp_token():
     objs = overlay("cpu")
     cron = find(objs, "CronJob", "genpipe-retrain")
