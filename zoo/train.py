@@ -30,6 +30,10 @@ from zoo import __version__, models
 from zoo import config as cfgmod
 from zoo.errors import DataError, TrainingDiverged
 from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
+
+# One loader for training, evaluation and serving: the served model's load path (zoo.serving)
+# must stay free of storage/training imports, so it owns the function and we re-export it.
+from zoo.serving import load_model  # noqa: F401
 from zoo.storage import ObjectStore
 from zoo.tfconfig import cluster_info
 from zoo.tracking import RunLogger
@@ -465,17 +469,6 @@ def write_model_config(
             indent=2,
         )
     )
-
-
-def load_model(model_dir: str | Path) -> tuple[GenerativeModel, dict[str, Any]]:
-    """Load `model.keras` (Keras safe mode) and its `config.json` from a model directory."""
-    import keras
-
-    model_dir = Path(model_dir)
-    meta = json.loads((model_dir / "config.json").read_text())
-    models.get(meta["model"])  # imports and registers the class for deserialization
-    model = keras.models.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
-    return model, meta
 
 
 def evaluate_split(
