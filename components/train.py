@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations` here: KFP reads the component signature's real types.
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ def run(
     overrides: str = "{}",
     platform_overrides: str = "{}",
     tfjob: str = "",
+    resume_from: str = "",
 ) -> dict[str, Any]:
     """Train `model` on the dataset behind `manifest_uri`; the model lands in `output_dir`.
 
@@ -27,10 +29,12 @@ def run(
     workers >= 2) is a TFJob template: this task then launches the workers and waits.
 
     Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
-    pipeline run, same MLflow run) resumes instead of starting over.
+    pipeline run, same MLflow run) resumes instead of starting over; they are dropped once
+    the model is logged. `resume_from` (an interrupted run's MLflow run id, `genpipe run
+    --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt).
     """
     from components.common import fetch_dataset
-    from zoo import models, tracking
+    from zoo import checkpoints, models, tracking
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
     from zoo.train import train_for_run
@@ -40,6 +44,8 @@ def run(
         **_json_object(overrides, "overrides"),
     }
     cfg = models.resolve_config(model, preset, merged, where="overrides")
+    if resume_from:
+        _adopt_checkpoint(resume_from, mlflow_run_id, manifest_uri)
     if tfjob:
         # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
         return _run_tfjob(tfjob, model, manifest_uri, mlflow_run_id, output_dir, preset, merged)
@@ -48,13 +54,16 @@ def run(
     c = tracking.client()
     logger = tracking.RunLogger(c, mlflow_run_id)
     logger.params({"preset": preset})
-    with tempfile.TemporaryDirectory(prefix="genpipe-train-") as work:
+    # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
+    # leaves no chance to clean up) and leaves a live task's alone.
+    with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as work:
         result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
         out = Path(output_dir)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(result.model_dir, out)
     # MLflow's fluent API, not the bounded client: retried through outages here.
     model_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
+    checkpoints.drop(store, mlflow_run_id)  # the model is logged: nothing left to resume
     return {
         "model_uri": model_uri,
         "wall_s": result.wall_s,
@@ -63,6 +72,18 @@ def run(
         "resumed_from_step": result.resumed_from_step,
         "metrics": result.metrics,
     }
+
+
+def _adopt_checkpoint(from_run: str, mlflow_run_id: str, manifest_uri: str) -> None:
+    """Start this run from `from_run`'s newest checkpoint (a no-op on a retry that has its own)."""
+    from zoo import checkpoints, tracking
+    from zoo.storage import ObjectStore
+
+    store = ObjectStore.from_env()
+    fingerprint = store.get_json(manifest_uri)["fingerprint"]
+    adopted = checkpoints.adopt(tracking.client(), store, from_run, mlflow_run_id, fingerprint)
+    if adopted:
+        print(f"resuming from step {adopted['step']} of run {from_run}", flush=True)
 
 
 def _json_object(text: str, name: str) -> dict[str, Any]:
@@ -94,7 +115,7 @@ def _run_tfjob(
     """
     import time
 
-    from zoo import models, tfjob, tracking
+    from zoo import checkpoints, models, tfjob, tracking
     from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
@@ -121,8 +142,10 @@ def _run_tfjob(
     store.download_prefix(model_uri, out)
     c = tracking.client()
     metrics = dict(c.get_run(mlflow_run_id).data.metrics)
+    logged_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
+    checkpoints.drop(store, mlflow_run_id)  # the model is logged: nothing left to resume
     return {
-        "model_uri": log_model(c, mlflow_run_id, out),
+        "model_uri": logged_uri,
         "wall_s": metrics.get("train_wall_s", time.perf_counter() - t0),
         "samples_per_s": metrics.get("train_samples_per_s_overall", 0.0),
         "steps": 0,  # counted by the workers; see the MLflow run
@@ -140,6 +163,7 @@ def train(
     trained_model: Output[Model],
     platform_overrides: str = "{}",
     tfjob: str = "",
+    resume_from: str = "",
 ) -> NamedTuple("TrainOutputs", [("model_uri", str), ("train_wall_s", float)]):
     """KFP interface of train (imports inside: KFP runs this function's source alone)."""
     from collections import namedtuple
@@ -159,6 +183,7 @@ def train(
             overrides,
             platform_overrides,
             tfjob,
+            resume_from,
         )
     trained_model.metadata.update(
         {

@@ -99,6 +99,7 @@ def build_pipeline(
         thresholds: str = "",
         champion_tolerance: float = 0.0,
         test_fraction: float = 0.1,
+        resume_from: str = "",
     ) -> str:
         ing = configure(
             ops["ingest"](
@@ -121,6 +122,8 @@ def build_pipeline(
                 mlflow_run_id=ing.outputs["mlflow_run_id"],
                 dataset=ing.outputs["dataset"],
                 tfjob=tfjob,
+                # An interrupted run's MLflow run id: train starts from its newest checkpoint.
+                resume_from=resume_from,
             ),
             "train",
         )

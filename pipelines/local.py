@@ -51,10 +51,18 @@ class LocalRunResult:
 
 
 def check_run_args(
-    model: str, preset: str, overrides: dict[str, Any], thresholds: str, registered_name: str = ""
+    model: str,
+    preset: str,
+    overrides: dict[str, Any],
+    thresholds: str,
+    registered_name: str = "",
+    source: str = "",
+    resume: str = "",
 ) -> dict[str, Any]:
     """Validate a run's model, config overrides, thresholds (metrics the model reports) and
-    registered model name; ConfigError names the bad value."""
+    registered model name (default MODEL-DATASET, returned as `registered_name`); ConfigError
+    names the bad value. With `resume` (an MLflow run id; needs the stack's environment), also
+    that this run can resume it: its `latest.json` comes back as `resume` (step, status)."""
     from zoo import models
     from zoo.blessing import check_thresholds
     from zoo.tracking import check_registered_name
@@ -63,7 +71,22 @@ def check_run_args(
     check_thresholds(thresholds, model, "--thresholds")
     if registered_name:
         check_registered_name(registered_name, "--name")
-    return {"epochs": cfg.epochs}
+    from zoo.data.sources import default_registered_name
+
+    checked: dict[str, Any] = {
+        "epochs": cfg.epochs,
+        "registered_name": registered_name or default_registered_name(model, source or "digits"),
+    }
+    if resume:
+        from zoo import checkpoints, tracking
+        from zoo import config as cfgmod
+        from zoo.storage import ObjectStore
+
+        params = tracking._flatten({"model": model, "preset": preset, **cfgmod.to_dict(cfg)})
+        checked["resume"] = checkpoints.check_resume(
+            tracking.client(), ObjectStore.from_env(), resume, model, source, params
+        )
+    return checked
 
 
 def run_local(
@@ -79,8 +102,13 @@ def run_local(
     retries: int = 0,
     start_stack: bool = True,
     on_event: Callable[[str, dict[str, str]], None] | None = None,
+    resume_from: str = "",
 ) -> LocalRunResult:
     """Run `model`'s pipeline locally, starting the embedded stack if needed.
+
+    `registered_name` defaults to MODEL-DATASET (`vae-digits`): a champion is compared only
+    with models trained on its own dataset. `resume_from` (an interrupted run's MLflow run id)
+    starts training from that run's newest checkpoint (see `check_run_args` and zoo.checkpoints).
 
     kfp.local's own output (task logs, executor JSON) goes to a log file under the state dir;
     `on_event(kind, fields)` receives task starts/ends and training progress for display.
@@ -104,14 +132,22 @@ def run_local(
                     "preset": preset,
                     "overrides": json.dumps(overrides or {}),
                     "experiment": experiment or f"genpipe-{model}",
-                    "registered_name": registered_name or model,
+                    "registered_name": registered_name or _default_name(model, source),
                     "thresholds": thresholds,
                     "champion_tolerance": champion_tolerance,
                     "test_fraction": test_fraction,
+                    "resume_from": resume_from,
                 },
             )
     finally:
         warm.release()
+
+
+def _default_name(model: str, source: str) -> str:
+    """MODEL-DATASET (zoo.data.sources.default_registered_name)."""
+    from zoo.data.sources import default_registered_name
+
+    return default_registered_name(model, source)
 
 
 def _run(
@@ -143,7 +179,8 @@ def _run(
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
+    # Line-buffered: `tail -f` and a killed run's log show every line written so far.
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log:
         stream = _EventStream(log, on_event)
         try:
             with contextlib.redirect_stdout(stream), _recording_exit_codes(stream):

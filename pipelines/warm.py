@@ -42,6 +42,7 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -556,7 +557,9 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
     os.environ["_KFP_RUNTIME"] = "true"  # what kfp's sh wrapper sets
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
-    program_dir = tempfile.mkdtemp(prefix="genpipe-task-")
+    # Removed when the task ends (below); the pid in the name lets `genpipe gc` find the dir
+    # of a task that was killed before it could remove it.
+    program_dir = tempfile.mkdtemp(prefix=f"genpipe-task-{os.getpid()}-")
     module_path = os.path.join(program_dir, "ephemeral_component.py")
     with open(module_path, "w", encoding="utf-8") as f:
         f.write(request["source"])
@@ -580,6 +583,7 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
         traceback.print_exc()
         return 1
     finally:
+        shutil.rmtree(program_dir, ignore_errors=True)
         sys.stdout.flush()
         sys.stderr.flush()
 

@@ -69,6 +69,7 @@ def pipeline_params(
     from zoo import models
     from zoo.blessing import parse_thresholds
     from zoo.config import parse_overrides
+    from zoo.data.sources import default_registered_name
 
     overrides = parse_overrides(sets)
     models.resolve_config(model, preset, overrides)
@@ -87,7 +88,7 @@ def pipeline_params(
         "preset": preset,
         "overrides": json.dumps(overrides, sort_keys=True),
         "experiment": experiment or f"genpipe-{model}",
-        "registered_name": name or model,
+        "registered_name": name or default_registered_name(model, data),
         "thresholds": thresholds,
         "champion_tolerance": tolerance,
         "test_fraction": test_fraction,
@@ -198,7 +199,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         sets: list[str] = sets_opt,
         preset: str = preset_opt,
         name: str = typer.Option(
-            "", "--name", help="Registered model name in MLflow (default MODEL)."
+            "",
+            "--name",
+            help="Registered model name in MLflow (default MODEL-DATASET, e.g. vae-digits).",
         ),
         thresholds: str = thresholds_opt,
         tolerance: float = tolerance_opt,

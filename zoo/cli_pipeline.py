@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             "digits",
             "--data",
             "-d",
-            help="Data source: digits | idx:PATH | npz:PATH | text:PATH | s3://bucket/prefix.",
+            help="Data source: digits | idx:PATH | npz:PATH[,labels=PATH] | text:PATH | s3://bucket/prefix.",
         ),
         sets: list[str] = typer.Option(
             [], "--set", "-s", help="Config override key=value (repeatable), e.g. --set epochs=5."
@@ -89,7 +89,9 @@ def register(app: typer.Typer) -> None:
         ),
         experiment: str = typer.Option("", help="MLflow experiment (default genpipe-MODEL)."),
         name: str = typer.Option(
-            "", "--name", help="Registered model name in MLflow (default MODEL)."
+            "",
+            "--name",
+            help="Registered model name in MLflow (default MODEL-DATASET from --data: vae-digits, vae-mnist for idx:.../mnist).",
         ),
         thresholds: str = typer.Option(
             "",
@@ -102,6 +104,12 @@ def register(app: typer.Typer) -> None:
             0.1, help="Fraction of the data held out for evaluation."
         ),
         retries: int = typer.Option(0, help="Retries per task (cluster pipelines default to 2)."),
+        resume: str = typer.Option(
+            "",
+            "--resume",
+            metavar="RUN_ID",
+            help="Start training from the newest checkpoint of an interrupted run (its MLflow run id; `genpipe gc` lists them) with the same model, data and config.",
+        ),
     ) -> None:
         """Run MODEL's pipeline (ingest -> train -> evaluate -> register) locally with kfp.local.
 
@@ -123,6 +131,12 @@ def register(app: typer.Typer) -> None:
         overrides = _parse_sets(sets)
         if not 0.0 < test_fraction < 1.0:
             raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+        if resume:  # the run to resume is looked up in the stack's MLflow and object store
+            import os
+
+            from zoo import stack
+
+            os.environ.update(stack.ensure_up())
         # Type-check config and thresholds before anything runs (in the warm process, where
         # the model modules are already imported).
         checked = warm.call(
@@ -132,10 +146,19 @@ def register(app: typer.Typer) -> None:
             overrides=overrides,
             thresholds=thresholds,
             registered_name=name,
+            source=data,
+            resume=resume,
         )
+        name = checked["registered_name"]  # --name, or MODEL-DATASET
         out.print(
             f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={checked['epochs']})"
         )
+        if resume:
+            point = checked["resume"]
+            out.print(
+                f"resuming from step {point['step']} of run {resume} ({point['status']})",
+                highlight=False,
+            )
         with _progress() as on_event:
             res = run_local(
                 model,
@@ -149,6 +172,7 @@ def register(app: typer.Typer) -> None:
                 test_fraction=test_fraction,
                 retries=retries,
                 on_event=on_event,
+                resume_from=resume,
             )
         table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
         for k in sorted(res.metrics):

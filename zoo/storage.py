@@ -170,6 +170,27 @@ class ObjectStore:
         ):
             yield f"s3://{bucket}/{obj.object_name}"
 
+    def list_sizes(self, uri: str) -> Iterator[tuple[str, int]]:
+        """Yield (URI, size in bytes) of every object under a prefix."""
+        bucket, prefix = parse_s3_uri(uri)
+        for obj in self._call(
+            f"list {uri}", lambda: list(self.client.list_objects(bucket, prefix, recursive=True))
+        ):
+            yield f"s3://{bucket}/{obj.object_name}", int(obj.size or 0)
+
+    def copy(self, src: str, dest: str) -> None:
+        """Copy one object server-side (no bytes through this process)."""
+        from minio.commonconfig import CopySource
+
+        sb, sk = parse_s3_uri(src)
+        db, dk = parse_s3_uri(dest)
+        self._call(f"copy {src} to {dest}", self.client.copy_object, db, dk, CopySource(sb, sk))
+
+    def delete(self, uri: str) -> None:
+        """Delete one object (deleting a missing one is not an error in S3)."""
+        bucket, key = parse_s3_uri(uri)
+        self._call(f"delete {uri}", self.client.remove_object, bucket, key)
+
     def upload_dir(self, local_dir: str | os.PathLike[str], uri: str) -> list[str]:
         """Upload every file under local_dir to the prefix `uri`; returns the object URIs."""
         local_dir = Path(local_dir)
@@ -192,9 +213,9 @@ class ObjectStore:
         return out
 
     def delete_prefix(self, uri: str) -> int:
+        """Delete every object under a prefix; returns how many."""
         n = 0
         for obj_uri in list(self.list(uri)):
-            bucket, key = parse_s3_uri(obj_uri)
-            self._call(f"delete {obj_uri}", self.client.remove_object, bucket, key)
+            self.delete(obj_uri)
             n += 1
         return n

@@ -7,7 +7,8 @@ MultiWorkerMirroredStrategy across nodes (TF_CONFIG). `batch_size` is the *globa
 
 Checkpoints (model, optimizers, step, epoch, position in the epoch) are published to the
 object store with a `latest.json` pointer written last; a restarted process with the same
-checkpoint URI (a KFP retry of the same task) resumes from it.
+checkpoint URI (a KFP retry of the same task) resumes from it. Only the newest one is kept in
+the object store (zoo.checkpoints says what is kept when).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import __version__, models
+from zoo import checkpoints as ckpts
 from zoo import config as cfgmod
 from zoo.errors import DataError, TrainingDiverged
 from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
@@ -64,7 +66,7 @@ class TrainResult:
 def checkpoint_uri(store: ObjectStore, mlflow_run_id: str) -> str:
     """Where one training run's checkpoints live: keyed by the MLflow run, so a retried task
     (single pod or a TFJob's workers) finds and resumes them."""
-    return store.uri(f"checkpoints/{mlflow_run_id}")
+    return ckpts.prefix_uri(store, mlflow_run_id)
 
 
 def train_for_run(
@@ -160,6 +162,8 @@ class Checkpointer:
                 f"{self.uri}/latest.json",
                 {"prefix": name, "files": [f.name for f in files], "step": step, **info},
             )
+            # Then the older ones go: a resume needs only the newest complete checkpoint.
+            ckpts.prune(self.store, self.uri, keep=name)
         return path
 
     def restore_latest(self) -> dict[str, Any] | None:
@@ -271,7 +275,9 @@ class Trainer:
 
         single = isinstance(strategy, tf.distribute.OneDeviceStrategy)
         run_steps = self._compile_steps(model, optimizers, strategy, step_var, allow_jit=single)
-        if self.logger and not latest:
+        # Params once per run: not again on a retry, but on a run that adopted another run's
+        # checkpoint (`genpipe run --resume`), which has none yet.
+        if self.logger and (not latest or latest.get("adopted_from")):
             self.logger.params({"model": self.model_name, **cfgmod.to_dict(cfg)})
             self.logger.params(
                 {

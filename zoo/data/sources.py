@@ -68,6 +68,42 @@ class RawText:
 
 
 # ---------------------------------------------------------------------------------------------
+# Names
+
+
+def dataset_name(spec: str) -> str:
+    """A short name for the data behind a source spec, for default registered model names.
+
+    `digits` -> digits; `idx:DIR` -> the directory's name (`idx:FILE`: its directory's, as IDX
+    file names are generic); `npz:`/`text:` -> the file name without extension (and without a
+    trailing `-imgs`/`-images`); `s3://bucket/prefix` -> the last part of the prefix.
+    Lower-cased; characters other than letters, digits, '.' and '_' become '-'.
+    """
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    if spec.startswith("s3://"):
+        name = spec[len("s3://") :].rstrip("/").rsplit("/", 1)[-1]
+    elif sep and kind in ("idx", "npz", "text"):
+        path = Path(rest.split(",", 1)[0] if kind == "npz" else rest).expanduser()
+        if kind == "idx":
+            name = path.name if path.is_dir() or not path.suffix else path.parent.name
+        else:
+            name = path.name
+    else:
+        name = spec
+    name = re.sub(r"\.(npz|txt|gz)$", "", name.lower())
+    name = re.sub(r"-(imgs|images)$", "", name)
+    name = re.sub(r"[^a-z0-9._]+", "-", name).strip("-.")
+    return name or "data"
+
+
+def default_registered_name(model: str, source: str) -> str:
+    """The registered model name when none is given: MODEL-DATASET (`vae-digits`,
+    `vae-mnist`), so a champion is only ever compared with models of its own dataset."""
+    return f"{model}-{dataset_name(source)}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry point
 
 

@@ -1,0 +1,152 @@
+"""Checkpoints in the object store: what is kept, what is dropped, and resuming another run.
+
+A run's checkpoints live under `s3://<bucket>/checkpoints/<mlflow run id>/`, one folder per
+checkpoint and a `latest.json` pointer written last (zoo.train.Checkpointer). Only what a
+resume needs is kept:
+
+* while a run trains, the newest complete checkpoint (the one `latest.json` names): older
+  ones are deleted as each new one is published (`prune`);
+* once training succeeded and the model is logged, nothing (`drop`);
+* an interrupted run's newest checkpoint stays until a run resumes it (`adopt`: copied into
+  the new run's prefix, then dropped) or `genpipe gc` removes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.errors import ConfigError
+from zoo.storage import ObjectStore
+
+LATEST = "latest.json"
+#: on the resuming run: "<run id> step <n>"; on the resumed run: the run that resumed it
+TAG_RESUMED_FROM = "genpipe.resumed_from"
+TAG_RESUMED_BY = "genpipe.resumed_by"
+
+
+def prefix_uri(store: ObjectStore, mlflow_run_id: str) -> str:
+    """Where one training run's checkpoints live: keyed by the MLflow run, so a retried task
+    (single pod or a TFJob's workers) finds and resumes them."""
+    return store.uri(f"checkpoints/{mlflow_run_id}")
+
+
+def prune(store: ObjectStore, uri: str, keep: str) -> int:
+    """Delete every checkpoint under `uri` but `keep` (the folder `latest.json` names, so call
+    this after publishing the pointer); returns the number of objects deleted."""
+    base = uri.rstrip("/") + "/"
+    n = 0
+    for obj in list(store.list(base)):
+        rel = obj[len(base) :]
+        if rel == LATEST or rel.split("/", 1)[0] == keep:
+            continue
+        store.delete(obj)
+        n += 1
+    return n
+
+
+def drop(store: ObjectStore, mlflow_run_id: str) -> int:
+    """Delete all of a run's checkpoints (its training is done); returns the objects deleted."""
+    # The trailing slash: run "abc" must not take run "abcd"'s checkpoints with it.
+    return store.delete_prefix(prefix_uri(store, mlflow_run_id) + "/")
+
+
+def resume_point(store: ObjectStore, mlflow_run_id: str) -> dict[str, Any] | None:
+    """The run's newest published checkpoint (`latest.json`: prefix, files, step, epoch)."""
+    latest = f"{prefix_uri(store, mlflow_run_id)}/{LATEST}"
+    return store.get_json(latest) if store.exists(latest) else None
+
+
+def _get_run(client: Any, run_id: str, what: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(
+            f"{what} {run_id!r}: no such MLflow run ({e.error_code}); valid: the run id "
+            "`genpipe run` printed, or one `genpipe gc` lists as resumable"
+        ) from None
+
+
+def check_resume(
+    client: Any,
+    store: ObjectStore,
+    run_id: str,
+    model: str,
+    source: str,
+    params: dict[str, str],
+    what: str = "--resume",
+) -> dict[str, Any]:
+    """Check that `run_id` can be resumed by a run of `model` on `source` with the config
+    `params` (as MLflow params: strings); returns its resume point plus `run_id`, `status`.
+
+    Raises ConfigError naming the difference: another model, data source or config, a run
+    already resumed, or a run without a checkpoint.
+    """
+    from zoo import tracking
+
+    run = _get_run(client, run_id, what)
+    tags, old = run.data.tags, run.data.params
+    if tags.get(TAG_RESUMED_BY):
+        by = tags[TAG_RESUMED_BY]
+        raise ConfigError(f"{what} {run_id}: already resumed by run {by}; valid: --resume {by}")
+    if tags.get(tracking.TAG_MODEL) != model:
+        raise ConfigError(
+            f"{what} {run_id}: that run trained {tags.get(tracking.TAG_MODEL)!r}, not {model!r}"
+        )
+    if old.get("dataset.source", source) != source:
+        raise ConfigError(
+            f"{what} {run_id}: that run trained on --data {old['dataset.source']}, this one on "
+            f"{source}; valid: the same data"
+        )
+    differ = {k: (v, old[k]) for k, v in params.items() if k in old and old[k] != v}
+    if differ:
+        said = ", ".join(f"{k}={v} (run has {o})" for k, (v, o) in sorted(differ.items()))
+        raise ConfigError(f"{what} {run_id}: config differs: {said}; valid: the same config")
+    latest = resume_point(store, run_id)
+    if latest is None:
+        status = run.info.status
+        why = (
+            "its training completed (checkpoints are dropped then)"
+            if status == "FINISHED" or "train_wall_s" in run.data.metrics
+            else "it stopped before its first checkpoint"
+        )
+        raise ConfigError(f"{what} {run_id}: nothing to resume, {why} (run {status})")
+    return {**latest, "run_id": run_id, "status": run.info.status}
+
+
+def adopt(
+    client: Any, store: ObjectStore, from_run: str, to_run: str, fingerprint: str
+) -> dict[str, Any] | None:
+    """Start `to_run` from `from_run`'s newest checkpoint: copy it into `to_run`'s prefix
+    (pointer last), tag both runs, end `from_run` KILLED if it still claims to run, and drop
+    its checkpoints. Returns the adopted `latest.json`, or None when `to_run` already has a
+    checkpoint of its own (a retried task: its own progress wins).
+
+    Raises ConfigError when `from_run` has no checkpoint or trained on other data.
+    """
+    from zoo import tracking
+
+    if resume_point(store, to_run) is not None:
+        return None
+    run = _get_run(client, from_run, "resume_from")
+    old_fp = run.data.tags.get(tracking.TAG_DATASET, "")
+    if old_fp != fingerprint:
+        raise ConfigError(
+            f"resume_from {from_run}: that run trained on dataset {old_fp[:12] or '?'}, this "
+            f"one on {fingerprint[:12]} (the data behind the source changed); valid: the same data"
+        )
+    latest = resume_point(store, from_run)
+    if latest is None:
+        raise ConfigError(f"resume_from {from_run}: that run has no checkpoint to resume")
+    src, dest = prefix_uri(store, from_run), prefix_uri(store, to_run)
+    for f in latest["files"]:
+        store.copy(f"{src}/{latest['prefix']}/{f}", f"{dest}/{latest['prefix']}/{f}")
+    adopted = {**latest, "adopted_from": from_run}
+    store.put_json(f"{dest}/{LATEST}", adopted)  # pointer last, as Checkpointer.save does
+    client.set_tag(to_run, TAG_RESUMED_FROM, f"{from_run} step {latest['step']}")
+    client.set_tag(from_run, TAG_RESUMED_BY, to_run)
+    if run.info.status in ("RUNNING", "SCHEDULED"):  # its process died without saying so
+        client.set_terminated(from_run, "KILLED")
+    drop(store, from_run)
+    return adopted
