@@ -2,7 +2,8 @@
 
 The pipeline is the same one `genpipe compile` produces for a cluster; kfp.local's
 SubprocessRunner runs each component as a subprocess of this Python (no containers) and
-ignores the Kubernetes platform config.
+ignores the Kubernetes platform config; with an image (`genpipe run --containers`) its
+DockerRunner runs each task in a container instead (pipelines.containers).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class LocalRunResult:
     artifacts: list[str] = field(default_factory=list)
     #: local copies of the evaluation artifacts (report.html, samples.png, ...)
     local_dir: Path | None = None
+    #: with --containers: what each task container was and did (pipelines.containers)
+    containers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def blessed(self) -> bool:
@@ -102,6 +105,7 @@ def run_local(
     retries: int = 0,
     start_stack: bool = True,
     on_event: Callable[[str, dict[str, str]], None] | None = None,
+    image: str | None = None,
     resume_from: str = "",
 ) -> LocalRunResult:
     """Run `model`'s pipeline locally, starting the embedded stack if needed.
@@ -109,6 +113,9 @@ def run_local(
     `registered_name` defaults to MODEL-DATASET (`vae-digits`): a champion is compared only
     with models trained on its own dataset. `resume_from` (an interrupted run's MLflow run id)
     starts training from that run's newest checkpoint (see `check_run_args` and zoo.checkpoints).
+
+    With `image`, each task runs in a container of that image as a pod would
+    (pipelines.containers); otherwise as a subprocess of this Python.
 
     kfp.local's own output (task logs, executor JSON) goes to a log file under the state dir;
     `on_event(kind, fields)` receives task starts/ends and training progress for display.
@@ -120,10 +127,11 @@ def run_local(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     warm.prestart(state_dir())  # no-op if the CLI did
     try:
-        with warm.warm_tasks(state_dir()):
+        with warm.warm_tasks(state_dir()), _containers(image) as session:
             return _run(
                 model,
                 log_path,
+                session=session,
                 start_stack=start_stack,
                 on_event=on_event,
                 retries=retries,
@@ -150,9 +158,22 @@ def _default_name(model: str, source: str) -> str:
     return default_registered_name(model, source)
 
 
+@contextlib.contextmanager
+def _containers(image: str | None) -> Any:
+    """A pipelines.containers session for `image`, or None (subprocess tasks)."""
+    if not image:
+        yield None
+        return
+    from pipelines import containers
+
+    with containers.session(state_dir(), image) as s:
+        yield s
+
+
 def _run(
     model: str,
     log_path: Path,
+    session: Any,
     start_stack: bool,
     on_event: Callable[[str, dict[str, str]], None] | None,
     retries: int,
@@ -166,12 +187,21 @@ def _run(
     if start_stack:
         os.environ.update(stack.ensure_up())
     Settings.from_env()  # fails now, naming what is missing, rather than in a task
-    root = state_dir() / "kfp-local"
-    root.mkdir(parents=True, exist_ok=True)
+    if session is None:
+        root = state_dir() / "kfp-local"
+        root.mkdir(parents=True, exist_ok=True)
+        runner: Any = kfp.local.SubprocessRunner(use_venv=False)
+    else:  # the same pipeline, each task in a container of session.image
+        root = session.pipeline_root
+        runner = kfp.local.DockerRunner(**session.run_args())
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
         raise_on_error=True,
+        **({"workspace_root": str(session.workspace)} if session else {}),
+    )
+    pipeline = build_pipeline(
+        model, "cpu", image=session.image if session else None, retries=retries
     )
     pipeline = build_pipeline(model, "cpu", retries=retries)
     # Expected in embedded mode (the platform config is for the cluster; components run in
@@ -195,8 +225,9 @@ def _run(
     # In the warm server when there is one: this process then never imports MLflow.
     fields = warm.call("pipelines.local:summary_fields", model=model, mlflow_run_id=task.output)
     return LocalRunResult(
-        **{k: v for k, v in fields.items() if k != "local_dir"},
+        **{k: v for k, v in fields.items() if k not in ("local_dir", "containers")},
         wall_s=wall,
+        containers=list(session.records) if session else [],
         local_dir=Path(fields["local_dir"]) if fields["local_dir"] else None,
     )
 

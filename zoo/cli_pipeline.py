@@ -104,6 +104,15 @@ def register(app: typer.Typer) -> None:
             0.1, help="Fraction of the data held out for evaluation."
         ),
         retries: int = typer.Option(0, help="Retries per task (cluster pipelines default to 2)."),
+        containers: bool = typer.Option(
+            False,
+            "--containers",
+            help="Run each task in its component image (Docker engine or podman), as a pod would: uid 10001, read-only root filesystem, a tmpfs /tmp.",
+        ),
+        image: str = typer.Option(
+            "",
+            help="With --containers: the component image (default: the cpu profile's, built by `genpipe images build --variant cpu`).",
+        ),
         resume: str = typer.Option(
             "",
             "--resume",
@@ -124,6 +133,13 @@ def register(app: typer.Typer) -> None:
         from zoo.settings import state_dir
 
         models.check_name(model)
+        if image and not containers:
+            raise ConfigError(f"--image {image!r} needs --containers (tasks run in this Python)")
+        if containers:
+            from pipelines.platform import load_profile
+            from zoo.cli_cluster import check_image
+
+            image = check_image(image) if image else load_profile("cpu").image
         # The task process starts importing TensorFlow & co. now; this one never does.
         warm.prestart(state_dir())
         from pipelines.local import run_local
@@ -172,6 +188,7 @@ def register(app: typer.Typer) -> None:
                 test_fraction=test_fraction,
                 retries=retries,
                 on_event=on_event,
+                image=image or None,
                 resume_from=resume,
             )
         table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
@@ -193,6 +210,13 @@ def register(app: typer.Typer) -> None:
         else:
             out.print("registered:   no (not blessed; see evaluation/report.html)")
         out.print(f"wall time:    {res.wall_s:.1f} s")
+        for c in res.containers:  # --containers: what each task's container was, as checked
+            probe = c.get("probe", {})
+            out.print(
+                f"container:    {c['task']}: uid {probe.get('uid', '?')}, root filesystem "
+                f"{'read-only' if c.get('read_only_rootfs') else 'WRITABLE'} "
+                f"(a write to $HOME: {probe.get('home', '?')}), exit {c.get('exit_code', '?')}"
+            )
         if not res.blessed:
             because = res.tags.get("genpipe.not_blessed", "") or "see evaluation/report.html"
             err.print(f"not blessed: {because}", highlight=False, soft_wrap=True)
