@@ -195,7 +195,7 @@ def _run(
         root = session.pipeline_root
         runner = kfp.local.DockerRunner(**session.run_args())
     kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
+        runner=runner,
         pipeline_root=str(root),
         raise_on_error=True,
         **({"workspace_root": str(session.workspace)} if session else {}),
@@ -203,7 +203,6 @@ def _run(
     pipeline = build_pipeline(
         model, "cpu", image=session.image if session else None, retries=retries
     )
-    pipeline = build_pipeline(model, "cpu", retries=retries)
     # Expected in embedded mode (the platform config is for the cluster; components run in
     # this Python, not in the image): kfp.local's warnings about both are noise here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
@@ -227,8 +226,8 @@ def _run(
     return LocalRunResult(
         **{k: v for k, v in fields.items() if k not in ("local_dir", "containers")},
         wall_s=wall,
-        containers=list(session.records) if session else [],
         local_dir=Path(fields["local_dir"]) if fields["local_dir"] else None,
+        containers=list(session.records) if session else [],
     )
 
 
