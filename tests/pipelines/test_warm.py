@@ -356,3 +356,49 @@ def test_another_user_cannot_reach_the_server_or_run_code_in_it(home, tmp_path_f
     assert not Path(marker).exists()
     log = (home / "logs" / "warm-server.log").read_text()
     assert f"refused a connection from uid {NOBODY}" in log
+
+
+def test_the_socket_is_a_file_in_a_private_dir_unless_the_path_is_too_long(tmp_path):
+    short = warm._address(tmp_path, "k")
+    assert short.startswith(str(tmp_path.resolve() / "warm") + "/") and short.endswith(".sock")
+    long_home = tmp_path / ("x" * 120)
+    assert warm._address(long_home, "k").startswith("\0genpipe-warm-")  # peer checks only
+
+
+@pytest.mark.skipif(not can_switch_user(), reason="becoming uid 65534 needs root")
+def test_the_client_never_talks_to_a_server_of_another_user():
+    """Someone else listening at our (abstract) address gets no connection, so no task."""
+    import secrets
+    import socket
+
+    address = "\0genpipe-warm-test-" + secrets.token_hex(6)
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the impostor, as uid 65534
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(address)
+            s.listen(4)
+            os.write(ready_w, b"1")
+            os.read(hold_r, 1)  # until the test is done
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    try:
+        assert os.read(ready_r, 1) == b"1", "the impostor could not listen"
+        assert warm._try_connect(address) is None
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(address)  # the connection itself works: it is the uid check that refuses
+        assert warm._peer_uid(raw) == NOBODY
+        raw.close()
+    finally:
+        os.close(hold_w)  # the impostor exits
+        os.waitpid(pid, 0)
+        os.close(ready_r)
