@@ -146,7 +146,10 @@ def test_invalid_splits_write_nothing(store, s3_calls) -> None:
         "train": RawImages(np.zeros((4, 4, 4, 1), np.float32), None, "bad"),
         "test": unique_images(2),
     }
-    with pytest.raises(DataError, match="bad: images have dtype float32"):
+    with pytest.raises(
+        DataError,
+        match=r"bad: the 'train' split \(train 4 images, test 2 images\) is unusable: images have dtype float32",
+    ):
         publish(bad, store, source="bad")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="mix kinds"):
         publish({"train": unique_images(4), "val": RawText("ab", "t")}, store, source="x")
