@@ -44,6 +44,18 @@ def test_mlflow_refuses_anonymous_and_wrong_password(auth_stack):
     assert _status(url, (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])) == 200
 
 
+def test_mlflow_artifact_proxy_refuses_anonymous_uploads(auth_stack):
+    """Without --auth anyone local could PUT a python_model.pkl through MLflow's proxy."""
+    _, env = auth_stack
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow-artifacts/artifacts/intruder/model.pkl"
+    req = urllib.request.Request(url, data=b"not a model", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401
+    e.value.close()
+    assert _status(url, None) == 401
+
+
 def test_exported_credentials_drive_tracking_and_registry(auth_stack, monkeypatch):
     _, env = auth_stack
     for k, v in env.items():
