@@ -32,3 +32,16 @@ def fetch_dataset(manifest_uri: str) -> Any:
     from zoo.storage import ObjectStore
 
     return fetch(manifest_uri, ObjectStore.from_env(), cache_dir())
+
+
+def registered_name(client: Any, mlflow_run_id: str, name: str) -> str:
+    """`name`, or (the pipeline's default, "") MODEL-DATASET from the run's model and source."""
+    if name:
+        return name
+    from zoo import tracking
+    from zoo.data.sources import default_registered_name
+
+    run = client.get_run(mlflow_run_id)
+    return default_registered_name(
+        run.data.tags[tracking.TAG_MODEL], run.data.params["dataset.source"]
+    )

@@ -24,6 +24,7 @@ def run(
     report_path: str | None = None,
 ) -> dict[str, Any]:
     """Score the trained model in `model_dir` and decide its blessing."""
+    from components import common
     from components.common import fetch_dataset
     from zoo import images, models, registration, tracking
     from zoo.blessing import check_thresholds, decide
@@ -41,6 +42,7 @@ def run(
     metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
 
     c = tracking.client()
+    registered_name = common.registered_name(c, mlflow_run_id, registered_name)
     t0 = time.perf_counter()
     champ_value, champ_version, champ_note = _score_champion(
         c, registered_name, mlflow_run_id, meta, data, cls

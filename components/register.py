@@ -14,11 +14,13 @@ def run(
     """Register the run's logged model under `registered_name`; promote when the evaluator said so."""
     import dataclasses
 
+    from components import common
     from zoo import models, tracking
     from zoo.registration import TAG_PRIMARY, register, standard_tags
 
-    tracking.check_registered_name(registered_name, "registered_name")
     c = tracking.client()
+    registered_name = common.registered_name(c, mlflow_run_id, registered_name)
+    tracking.check_registered_name(registered_name, "registered_name")
     run = c.get_run(mlflow_run_id)
     primary = run.data.tags.get(TAG_PRIMARY, "=nan")
     metric, _, value = primary.partition("=")

@@ -95,7 +95,8 @@ def build_pipeline(
         preset: str = "default",
         overrides: str = "{}",
         experiment: str = f"genpipe-{model_name}",
-        registered_name: str = model_name,
+        # "": MODEL-DATASET from the run's source (components.common.registered_name)
+        registered_name: str = "",
         thresholds: str = "",
         champion_tolerance: float = 0.0,
         test_fraction: float = 0.1,

@@ -74,3 +74,23 @@ def test_other_dataset_gets_its_own_champion(stack, monkeypatch, tmp_path: Path)
     assert c.get_model_version_by_alias(f"vae-{stem}", "champion").version == "1"
     # No champion of another dataset was re-scored on this data.
     assert not any(k.startswith("champion_") for k in res.metrics), res.metrics
+
+
+def test_compiled_pipeline_defaults_to_model_and_dataset(stack, tmp_path: Path) -> None:
+    """A compiled pipeline run without registered_name (e.g. from the KFP UI): its tasks
+    name the model after the run's model and source, as `genpipe run/submit` do."""
+    import yaml
+
+    from components.common import registered_name
+    from pipelines.factory import compile_pipeline
+
+    text = Path(compile_pipeline("vae", str(tmp_path / "p.yaml"))).read_text()
+    spec = next(yaml.safe_load_all(text))  # the pipeline spec, then the platform config
+    param = spec["root"]["inputDefinitions"]["parameters"]["registered_name"]
+    assert param["defaultValue"] == "" and param.get("isOptional")
+    c = tracking.client()
+    exp = c.create_experiment(f"genpipe-test-names-{uuid.uuid4().hex[:8]}")
+    run_id = c.create_run(exp, tags={tracking.TAG_MODEL: "vae"}).info.run_id
+    c.log_param(run_id, "dataset.source", "s3://genpipe/data/mnist")
+    assert registered_name(c, run_id, "") == "vae-mnist"
+    assert registered_name(c, run_id, "vae") == "vae"  # an explicit name is kept
