@@ -150,7 +150,7 @@ def test_call_runs_in_the_server_and_reports_user_errors_as_one_line(home):
             preset="tiny",
             overrides={"epochs": 3},
             thresholds="",
-        ) == {"epochs": 3}
+        ) == {"epochs": 3, "registered_name": "vae-digits"}  # MODEL-DATASET by default
         with pytest.raises(GenpipeError, match="unknown setting.*'nope'"):
             warm.call(
                 "pipelines.local:check_run_args",
