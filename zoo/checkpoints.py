@@ -134,7 +134,8 @@ def adopt(
     if old_fp != fingerprint:
         raise ConfigError(
             f"resume_from {from_run}: that run trained on dataset {old_fp[:12] or '?'}, this "
-            f"one on {fingerprint[:12]} (the data behind the source changed); valid: the same data"
+            f"one on {fingerprint[:12]} (the data behind the source changed, or --test-fraction); "
+            "valid: the same data and split"
         )
     latest = resume_point(store, from_run)
     if latest is None:
