@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean toolchain
+.PHONY: setup demo test lint bench bench-gpu clean toolchain
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ test: setup lint toolchain
 ## bench: run every benchmark one at a time (minutes; tables in bench/results/, see bench/README.md)
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+## bench-gpu: on an NVIDIA GPU machine, installs the gpu extra (own venv) and measures precision,
+## steps per call, XLA and ours vs fit per model in <= 8 minutes (bench/gpu.sh; ARGS="--dry-run" on CPU)
+bench-gpu:
+	bash bench/gpu.sh $(ARGS)
 
 ## toolchain: the OCI tools the image tests use (podman, buildah, runc, debootstrap), from Debian's
 ## packages when missing (as root); no Docker engine or Docker Hub needed

@@ -91,8 +91,13 @@ def _numpy_examples(model: Any, data: Any, batch: int, steps: int) -> dict[str, 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def measure_fit(name: str, cfg: Any, data: Any, between_epochs: Any = None) -> float:
-    """Median samples/s of plain `fit` on numpy arrays over the epochs after the first."""
+def measure_fit(
+    name: str, cfg: Any, data: Any, between_epochs: Any = None, jit_compile: bool = False
+) -> float:
+    """Median samples/s of plain `fit` on numpy arrays over the epochs after the first.
+
+    `jit_compile` is passed explicitly: Keras's default ("auto") turns XLA on whenever a GPU
+    is visible, which would make the GPU baseline a different step than ours without XLA."""
     import keras
     import tensorflow as tf
 
@@ -120,7 +125,7 @@ def measure_fit(name: str, cfg: Any, data: Any, between_epochs: Any = None) -> f
 
     wrapper = FitBaseline()
     wrapper.built = True
-    wrapper.compile()
+    wrapper.compile(jit_compile=jit_compile)
     x = _numpy_examples(inner, data, batch, cfg.steps_per_epoch)
     times: list[float] = []
 
