@@ -102,3 +102,40 @@ def test_xla_refused_by_config_is_reported_not_run(tmp_path: Path) -> None:
     )
     _, rows = _table(md)
     assert rows[0][5] == "n/a" and rows[0][8].startswith("n/a: DDPMConfig: jit_compile=True")
+
+
+_FAKE_WORKER = """
+import json, os, sys
+spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+print("genpipe-bench-gpu machine " + json.dumps({"tensorflow": "fake", "gpu": None}), flush=True)
+for name, variant in spec["jobs"]:
+    if variant == "mixed_float16":
+        print("out of memory in " + variant, file=sys.stderr, flush=True)
+        os._exit(3)
+    out = {"model": name, "variant": variant, "unit": "samples/s", "batch": 1, "value": 2.0,
+           "precision": "float32", "steps_per_call": 1, "xla": False, "wall_s": 0.1}
+    print("genpipe-bench-gpu result " + json.dumps(out), flush=True)
+"""
+
+
+def test_dead_worker_is_restarted_for_the_rest(tmp_path: Path, monkeypatch) -> None:
+    # The parent's supervision, with a stand-in worker that dies (like an OOM kill) in one
+    # variant per start: that variant gets the exit code and stderr line, the rest still run.
+    fake = tmp_path / "fake_worker.py"
+    fake.write_text(_FAKE_WORKER)
+    monkeypatch.setattr(bench_gpu, "__file__", str(fake))
+    result = bench_gpu.run(["vae", "gpt"], 5, 2, 60.0, "tiny", "synthetic")
+    rows = {(r["model"], r["variant"]): r for r in result["rows"]}
+    assert len(rows) == 2 * len(bench_gpu.VARIANTS) and not result["stopped"]
+    for model in ("vae", "gpt"):
+        assert (
+            rows[(model, "mixed_float16")]["error"]
+            == "worker exit 3: out of memory in mixed_float16"
+        )
+        assert all(
+            rows[(model, v)]["value"] == 2.0 for v in bench_gpu.VARIANTS if v != "mixed_float16"
+        )
+    _, body = _table(bench_gpu.table(result))
+    assert [r[8] for r in body if r[1] == "mixed_float16"] == [
+        "worker exit 3: out of memory in mixed_float16"
+    ] * 2
