@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
-from zoo import cli
 from zoo import images_build as ib
 from zoo.errors import ConfigError, GenpipeError
 
@@ -83,18 +82,9 @@ def test_content_hash_follows_the_context_and_the_base(tmp_path):
 
 
 def genpipe(args: list[str], capsys) -> tuple[int, str]:
-    """`genpipe ARGS` in-process through cli.main (one-line errors, exit codes)."""
-    capsys.readouterr()
-    old, sys.argv = sys.argv, ["genpipe", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    o = capsys.readouterr()
-    return code, o.out + o.err
+    """`genpipe ARGS` in-process: (exit code, stdout + stderr)."""
+    code, out, err = run_cli(args, capsys)
+    return code, out + err
 
 
 def test_cli_refuses_bad_input_before_building(monkeypatch, tmp_path, capsys):

@@ -3,12 +3,11 @@ pipelines hold. The KFP commands (submit, schedule, schedules) are tested agains
 swagger-validating KFP server in tests/zoo/test_kfp_client.py.
 """
 
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
-from zoo import cli
 from zoo.kfp_client import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN
 
 FAKE_SECRETS = {
@@ -25,22 +24,6 @@ def _clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_SA_TOKEN_PATH, str(tmp_path / "no-such-token"))
     for k, v in FAKE_SECRETS.items():
         monkeypatch.setenv(k, v)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `genpipe ARGS` in-process through cli.main (one-line errors, exit codes)."""
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["genpipe", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    o = capsys.readouterr()
-    return code, o.out, o.err
 
 
 def test_images_commands_refuse_latest_and_report_missing_engine(capsys, monkeypatch):

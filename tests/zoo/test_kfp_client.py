@@ -11,7 +11,6 @@ uploads, the content-hash version name, run and recurring-run bodies, auth heade
 
 import hashlib
 import json
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,8 +21,8 @@ import kfp_contract_server as kcs
 import kfp_server_api
 import pytest
 import yaml
+from cli_helpers import run_cli
 
-from zoo import cli
 from zoo.errors import ConfigError
 from zoo.kfp_client import (
     COMMAND_CALLS,
@@ -99,22 +98,6 @@ def _clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp/context.json of the user's
     for k, v in FAKE_SECRETS.items():
         monkeypatch.setenv(k, v)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `genpipe ARGS` in-process through cli.main (one-line errors, exit codes)."""
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["genpipe", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    o = capsys.readouterr()
-    return code, o.out, o.err
 
 
 def test_submit_uploads_once_per_content_and_creates_runs(kfp_server, capsys):

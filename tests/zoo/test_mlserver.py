@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import run_cli
 from minio import Minio
 
-from zoo import cli, models, registration, tracking
+from zoo import models, registration, tracking
 from zoo.models.text_common import build_vocab
 from zoo.settings import Settings
 from zoo.train import write_model_config
@@ -77,20 +78,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    old, sys.argv = sys.argv, ["genpipe", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    o = capsys.readouterr()
-    return code, o.out, o.err
 
 
 def model_dir(name: str, tmp_path: Path) -> tuple[Path, Any]:

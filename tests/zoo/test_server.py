@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import run_cli
 from minio import Minio
 from PIL import Image
 
-from zoo import cli, models, registration, tracking
+from zoo import models, registration, tracking
 from zoo.server import MAX_BODY_BYTES, MAX_CONNECTIONS, render, serve
 from zoo.settings import Settings
 from zoo.stack import MLFLOW_BUCKET
@@ -244,20 +245,6 @@ def test_render_text_and_non_image_arrays():
 
     with pytest.raises(GenpipeError, match="not images"):
         render(np.zeros((2, 3)), "png")
-
-
-def run_cli(args, capsys):
-    capsys.readouterr()
-    old, sys.argv = sys.argv, ["genpipe", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    o = capsys.readouterr()
-    return code, o.out, o.err
 
 
 @pytest.fixture
