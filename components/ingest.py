@@ -10,6 +10,9 @@ from typing import Any, NamedTuple
 
 from kfp.dsl import Dataset, Output
 
+#: run tag of a run skipped because nothing changed since the champion: its version
+TAG_UNCHANGED = "genpipe.unchanged_since"
+
 
 def run(
     source: str,
@@ -18,18 +21,40 @@ def run(
     pipeline_run_id: str,
     test_fraction: float = 0.1,
     shards: int = 4,
+    preset: str = "default",
+    overrides: str = "{}",
+    platform_overrides: str = "{}",
+    registered_name: str = "",
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Ingest `source` for `model`; returns manifest URI, fingerprint and the MLflow run id."""
+    """Ingest `source` for `model`; returns manifest URI, fingerprint, the MLflow run id and
+    `unchanged_since`: the champion's version when it was trained on this very data, config
+    (`preset` + `platform_overrides` + `overrides`, resolved as train does) and code, so the
+    pipeline skips training; "" otherwise, or with `force`.
+    """
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from zoo import models, tracking
+    from components.train import _json_object
+    from zoo import config as cfgmod
+    from zoo import models, registration, tracking
     from zoo.data import RawText, load_source, publish, split, validate
+    from zoo.data.sources import default_registered_name
     from zoo.errors import DataError
     from zoo.storage import ObjectStore
 
     family = models.get(model).family  # unknown model -> clear error before any I/O
+    # Resolved exactly as train resolves it (a bad override fails here, before any I/O); its
+    # hash goes on the run and, via register, on the model version.
+    merged = {
+        **_json_object(platform_overrides, "platform_overrides"),
+        **_json_object(overrides, "overrides"),
+    }
+    config = registration.config_hash(
+        model, cfgmod.to_dict(models.resolve_config(model, preset, merged, where="overrides"))
+    )
+    code = registration.code_version()
     store = ObjectStore.from_env()
     store.ensure_bucket()
     raw = load_source(source, store)
@@ -43,9 +68,16 @@ def run(
 
     c = tracking.client()
     run_id = tracking.get_or_create_run(c, experiment, pipeline_run_id, model)
-    with tracking.run_status(run_id):
+    unchanged_since = ""
+    with tracking.run_status(run_id) as status:
         logger = tracking.RunLogger(c, run_id)
-        logger.tags({tracking.TAG_DATASET: manifest["fingerprint"]})
+        logger.tags(
+            {
+                tracking.TAG_DATASET: manifest["fingerprint"],
+                registration.TAG_CONFIG: config,
+                registration.TAG_CODE: code,
+            }
+        )
         logger.params(
             {
                 "source": source,
@@ -72,11 +104,29 @@ def run(
                 )
             ],
         )
+        name = registered_name or default_registered_name(model, source)
+        version = None
+        if not force:
+            version = registration.unchanged_champion(
+                c, name, manifest["fingerprint"], config, code
+            )
+        if version:
+            # The pipeline's condition skips train, evaluate and register: this task is the
+            # last one, so it ends the run FINISHED.
+            unchanged_since = version
+            logger.tags({TAG_UNCHANGED: version})
+            status.final = True
+            print(
+                f"unchanged since champion v{version} of {name} (same data, config and code): "
+                "training skipped (force retrains anyway)",
+                flush=True,
+            )
     return {
         "manifest_uri": manifest["uri"],
         "fingerprint": manifest["fingerprint"],
         "mlflow_run_id": run_id,
         "manifest": manifest,
+        "unchanged_since": unchanged_since,
     }
 
 
@@ -95,19 +145,37 @@ def ingest(
     pipeline_run_id: str,
     test_fraction: float,
     dataset: Output[Dataset],
-) -> NamedTuple("IngestOutputs", [("fingerprint", str), ("mlflow_run_id", str)]):
+    preset: str = "default",
+    overrides: str = "{}",
+    platform_overrides: str = "{}",
+    registered_name: str = "",
+    force: bool = False,
+) -> NamedTuple(
+    "IngestOutputs", [("fingerprint", str), ("mlflow_run_id", str), ("unchanged_since", str)]
+):
     """KFP interface of ingest (imports inside: KFP runs this function's source alone)."""
     import json
     from collections import namedtuple
 
     from components.ingest import run
 
-    out = run(source, model, experiment, pipeline_run_id, test_fraction)
+    out = run(
+        source,
+        model,
+        experiment,
+        pipeline_run_id,
+        test_fraction,
+        preset=preset,
+        overrides=overrides,
+        platform_overrides=platform_overrides,
+        registered_name=registered_name,
+        force=force,
+    )
     with open(dataset.path, "w") as f:
         json.dump({"manifest_uri": out["manifest_uri"], "fingerprint": out["fingerprint"]}, f)
     dataset.metadata.update(
         {"fingerprint": out["fingerprint"], "manifest_uri": out["manifest_uri"], "source": source}
     )
-    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id"])(
-        out["fingerprint"], out["mlflow_run_id"]
+    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id", "unchanged_since"])(
+        out["fingerprint"], out["mlflow_run_id"], out["unchanged_since"]
     )

@@ -16,7 +16,7 @@ def run(
 
     from components import common
     from zoo import models, tracking
-    from zoo.registration import TAG_PRIMARY, register, standard_tags
+    from zoo.registration import TAG_CODE, TAG_CONFIG, TAG_PRIMARY, register, standard_tags
 
     c = tracking.client()
     registered_name = common.registered_name(c, mlflow_run_id, registered_name)
@@ -30,6 +30,9 @@ def run(
         run.data.tags.get(tracking.TAG_GIT, "unknown"),
         metric,
         float(value or "nan"),
+        # Recorded by ingest: with data and code, what a later run compares to skip training.
+        config=run.data.tags.get(TAG_CONFIG, ""),
+        code=run.data.tags.get(TAG_CODE, ""),
     )
     result = register(
         c,

@@ -1,6 +1,6 @@
 """One factory builds every model's pipeline from the four generic components.
 
-    ingest -> train -> evaluate -> [blessed] register
+    ingest -> train -> evaluate -> [blessed] register, then always: finalize (exit handler)
 
 Platform config (image, GPU, node selectors, tolerations, resources, secrets, security
 context, timeouts) is applied in one place, `pipelines.platform`, from a cluster profile. With
@@ -17,6 +17,7 @@ from typing import Any
 from kfp import dsl
 
 from components.evaluate import evaluate
+from components.finalize import finalize
 from components.ingest import ingest
 from components.register import register
 from components.train import train
@@ -24,11 +25,17 @@ from pipelines.platform import ROLES, Profile, apply_platform, load_profile, tfj
 from zoo.errors import ConfigError
 from zoo.models import REGISTRY
 
-_FUNCS = {"ingest": ingest, "train": train, "evaluate": evaluate, "register": register}
+_FUNCS = {
+    "ingest": ingest,
+    "train": train,
+    "evaluate": evaluate,
+    "register": register,
+    "finalize": finalize,
+}
 
 
 def components(image: str) -> dict[str, Any]:
-    """The four KFP components for one container image (the image already has kfp and genpipe)."""
+    """The KFP components for one container image (the image already has kfp and genpipe)."""
     return {
         name: dsl.component(fn, base_image=image, install_kfp_package=False)
         for name, fn in _FUNCS.items()
@@ -36,7 +43,7 @@ def components(image: str) -> dict[str, Any]:
 
 
 def role_components(profile: Profile) -> dict[str, Any]:
-    """The four KFP components, each on its role's image (GPU image only where a GPU is used)."""
+    """The KFP components, each on its role's image (GPU image only where a GPU is used)."""
     return {
         role: dsl.component(
             _FUNCS[role], base_image=profile.image_for(role), install_kfp_package=False
@@ -72,6 +79,10 @@ def build_pipeline(
     # The TFJob the train task creates: everything but the run's own parts, fixed at compile
     # time (a constant input, so in the YAML and the task's cache key), never an env var.
     tfjob = json.dumps(tfjob_template(prof), sort_keys=True) if prof.multi_worker else ""
+    # The profile's hardware defaults, fixed at compile time (so in the YAML and the tasks'
+    # inputs); `overrides` from the run win over them. Ingest resolves the config with them
+    # too (its hash decides whether anything changed since the champion).
+    platform_overrides = json.dumps(prof.train_defaults, sort_keys=True)
 
     def configure(task: Any, role: str) -> Any:
         # Every pipeline run is a tracked experiment, and the data behind `source` can change
@@ -101,56 +112,74 @@ def build_pipeline(
         champion_tolerance: float = 0.0,
         test_fraction: float = 0.1,
         resume_from: str = "",
+        # False: a run whose data, resolved config and code equal the champion's skips
+        # training (ingest's `unchanged_since`); True retrains anyway.
+        force: bool = False,
     ) -> str:
-        ing = configure(
-            ops["ingest"](
-                source=source,
-                model=model_name,
-                experiment=experiment,
-                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                test_fraction=test_fraction,
-            ),
-            "ingest",
+        # Runs after everything else, whatever happened: a task killed outright (SIGKILL,
+        # OOM, node loss, last retry) cannot end its MLflow run, so this exit task does.
+        fin = configure(
+            ops["finalize"](experiment=experiment, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+            "finalize",
         )
-        tr = configure(
-            ops["train"](
-                model=model_name,
-                preset=preset,
-                overrides=overrides,
-                # The profile's hardware defaults, fixed at compile time (so in the YAML and
-                # the task's inputs); `overrides` from the run win over them.
-                platform_overrides=json.dumps(prof.train_defaults, sort_keys=True),
-                mlflow_run_id=ing.outputs["mlflow_run_id"],
-                dataset=ing.outputs["dataset"],
-                tfjob=tfjob,
-                # An interrupted run's MLflow run id: train starts from its newest checkpoint.
-                resume_from=resume_from,
-            ),
-            "train",
-        )
-        ev = configure(
-            ops["evaluate"](
-                registered_name=registered_name,
-                thresholds=thresholds,
-                champion_tolerance=champion_tolerance,
-                mlflow_run_id=ing.outputs["mlflow_run_id"],
-                dataset=ing.outputs["dataset"],
-                trained_model=tr.outputs["trained_model"],
-            ),
-            "evaluate",
-        )
-        with dsl.If(ev.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition DSL)
-            configure(
-                ops["register"](
-                    registered_name=registered_name,
-                    mlflow_run_id=ing.outputs["mlflow_run_id"],
-                    better_than_champion=ev.outputs["better_than_champion"],
-                    champion_version=ev.outputs["champion_version"],
+        with dsl.ExitHandler(fin, name="pipeline"):
+            ing = configure(
+                ops["ingest"](
+                    source=source,
+                    model=model_name,
+                    experiment=experiment,
                     pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    test_fraction=test_fraction,
+                    preset=preset,
+                    overrides=overrides,
+                    platform_overrides=platform_overrides,
+                    registered_name=registered_name,
+                    force=force,
                 ),
-                "register",
+                "ingest",
             )
-        return ing.outputs["mlflow_run_id"]
+            # The fastest retrain is the one skipped: a pipeline condition, so it holds on a
+            # cluster as locally (KFP's cache cannot see the data behind `source`).
+            with dsl.If(ing.outputs["unchanged_since"] == "", name="changed"):
+                tr = configure(
+                    ops["train"](
+                        model=model_name,
+                        preset=preset,
+                        overrides=overrides,
+                        platform_overrides=platform_overrides,
+                        mlflow_run_id=ing.outputs["mlflow_run_id"],
+                        dataset=ing.outputs["dataset"],
+                        tfjob=tfjob,
+                        # An interrupted run's MLflow run id: train starts from its newest checkpoint.
+                        resume_from=resume_from,
+                    ),
+                    "train",
+                )
+                ev = configure(
+                    ops["evaluate"](
+                        registered_name=registered_name,
+                        thresholds=thresholds,
+                        champion_tolerance=champion_tolerance,
+                        mlflow_run_id=ing.outputs["mlflow_run_id"],
+                        dataset=ing.outputs["dataset"],
+                        trained_model=tr.outputs["trained_model"],
+                    ),
+                    "evaluate",
+                )
+                with dsl.If(ev.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition DSL)
+                    configure(
+                        ops["register"](
+                            registered_name=registered_name,
+                            mlflow_run_id=ing.outputs["mlflow_run_id"],
+                            better_than_champion=ev.outputs["better_than_champion"],
+                            champion_version=ev.outputs["champion_version"],
+                            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        ),
+                        "register",
+                    )
+        # The MLflow run id, as finalize found it (a pipeline output cannot come from inside
+        # the exit handler; it is the same run ingest created).
+        return fin.output
 
     return pipeline
 

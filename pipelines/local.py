@@ -49,6 +49,11 @@ class LocalRunResult:
         return self.tags.get("genpipe.registered_version")
 
     @property
+    def unchanged_since(self) -> str | None:
+        """The champion version this run equals (same data, config, code): nothing trained."""
+        return self.tags.get("genpipe.unchanged_since") or None
+
+    @property
     def aliases(self) -> list[str]:
         return [a for a in self.tags.get("genpipe.aliases", "").split(",") if a]
 
@@ -107,12 +112,15 @@ def run_local(
     on_event: Callable[[str, dict[str, str]], None] | None = None,
     image: str | None = None,
     resume_from: str = "",
+    force: bool = False,
 ) -> LocalRunResult:
     """Run `model`'s pipeline locally, starting the embedded stack if needed.
 
     `registered_name` defaults to MODEL-DATASET (`vae-digits`): a champion is compared only
     with models trained on its own dataset. `resume_from` (an interrupted run's MLflow run id)
     starts training from that run's newest checkpoint (see `check_run_args` and zoo.checkpoints).
+    A run whose data, resolved config and code equal the champion's skips training (the
+    result's `unchanged_since` is that champion's version) unless `force`.
 
     With `image`, each task runs in a container of that image as a pod would
     (pipelines.containers); otherwise as a subprocess of this Python.
@@ -145,6 +153,7 @@ def run_local(
                     "champion_tolerance": champion_tolerance,
                     "test_fraction": test_fraction,
                     "resume_from": resume_from,
+                    "force": force,
                 },
             )
     finally:
@@ -215,8 +224,9 @@ def _run(
             with contextlib.redirect_stdout(stream), _recording_exit_codes(stream):
                 task = pipeline(**pipeline_args)
         except RuntimeError as e:  # kfp's message colours task names: plain text here
-            if stream.mlflow_run_id:  # a task that died unannounced (SIGKILL) left it RUNNING
-                _end_if_running(stream.mlflow_run_id, "FAILED")
+            # A task that died unannounced (SIGKILL) left its MLflow run RUNNING: the
+            # pipeline's exit task (components/finalize.py) has already marked it FAILED, here
+            # as on a cluster, so this runner does not mark runs itself.
             raise GenpipeError(
                 stream.failure_message(log_path) or f"{_ANSI.sub('', str(e))} (log: {log_path})"
             ) from None
@@ -249,18 +259,6 @@ def _recording_exit_codes(stream: _EventStream) -> Any:
         yield
     finally:
         sth.run_local_subprocess = inner
-
-
-def _end_if_running(run_id: str, verdict: str) -> None:
-    """Mark the pipeline's MLflow run `verdict` unless its tasks already ended it (they mark
-    it themselves; only a task killed outright cannot). Best effort: the task's error is
-    what the user needs; the MLflow client is imported here, on failure only."""
-    from zoo import tracking
-
-    with contextlib.suppress(Exception):
-        c = tracking.client()
-        if c.get_run(run_id).info.status == "RUNNING":
-            c.set_terminated(run_id, verdict)
 
 
 def exit_cause(code: int) -> str:
@@ -296,7 +294,6 @@ _ERROR = re.compile(
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: a task says what it waits on (zoo.tracking.call, the promotion lock): shown, not just logged
-_RUN_ID = re.compile(r"^\s*mlflow_run_id: '(?P<id>[0-9a-f]{32})'")  # ingest's output
 _WAITING = re.compile(r"(?P<msg>waiting for (?:MLflow|the promotion lock) .+)$")
 
 
@@ -310,7 +307,6 @@ class _EventStream(io.TextIOBase):
         self.task = ""
         self.failures: list[tuple[str, str]] = []  # (task, error line)
         self.errors_this_task = 0  # error lines since the running task started
-        self.mlflow_run_id = ""  # once ingest has output it
 
     def write(self, s: str) -> int:
         self.log.write(s)
@@ -337,8 +333,6 @@ class _EventStream(io.TextIOBase):
         elif m := _PROGRESS.search(line):
             fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
             self._emit("progress", {"task": self.task, **fields})
-        elif m := _RUN_ID.match(line):
-            self.mlflow_run_id = m["id"]
         elif m := _WAITING.search(line):
             self._emit("waiting", {"task": self.task, "message": m["msg"]})
         elif m := _ERROR.match(line):

@@ -60,7 +60,9 @@ CONFIG_MAP_REQUIRED_KEYS = {ENV_S3_ENDPOINT: ENV_S3_ENDPOINT, ENV_MLFLOW_URI: EN
 # The bucket has a default in zoo.settings, so the key may be left out of the ConfigMap.
 CONFIG_MAP_OPTIONAL_KEYS = {ENV_BUCKET: ENV_BUCKET}
 
-ROLES = ("ingest", "train", "evaluate", "register")
+# `finalize`: the pipeline's exit task (components/finalize.py), which ends an MLflow run that
+# a task killed outright left RUNNING; small, CPU only, configured like every other step.
+ROLES = ("ingest", "train", "evaluate", "register", "finalize")
 # `launcher`: the train task of a multi-worker pipeline, which only creates the TFJob and waits
 # (no GPU, small); its resources are configured like a role's.
 LAUNCHER = "launcher"

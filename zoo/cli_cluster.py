@@ -64,8 +64,11 @@ def pipeline_params(
     thresholds: str,
     tolerance: float,
     test_fraction: float,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """The pipeline's runtime parameters, checked locally so a typo fails before any upload."""
+    """The pipeline's runtime parameters, checked locally so a typo fails before any upload.
+
+    `force`: train even when data, config and code equal the champion's (else skipped)."""
     from zoo import models
     from zoo.blessing import parse_thresholds
     from zoo.config import parse_overrides
@@ -92,6 +95,7 @@ def pipeline_params(
         "thresholds": thresholds,
         "champion_tolerance": tolerance,
         "test_fraction": test_fraction,
+        "force": force,
     }
 
 
@@ -186,6 +190,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     )
     retries_opt = typer.Option(2, help="Retries per task.")
     service_account_opt = typer.Option("", help="Kubernetes ServiceAccount the runs' pods use.")
+    force_opt = typer.Option(
+        False,
+        "--force",
+        help="Train even when data, resolved config and code equal the champion's (such a run is otherwise skipped in seconds).",
+    )
 
     @app.command("submit")
     def submit_cmd(
@@ -210,6 +219,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         image: str = image_opt,
         retries: int = retries_opt,
         service_account: str = service_account_opt,
+        force: bool = force_opt,
         wait: bool = typer.Option(
             False, "--wait", help="Stream run status until it ends; exit 1 unless it succeeded."
         ),
@@ -220,7 +230,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     ) -> None:
         """Compile MODEL's pipeline, upload it (once per content) and start a run on KFP."""
         params = pipeline_params(
-            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction
+            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction, force
         )
         with tempfile.TemporaryDirectory(prefix="genpipe-submit-") as tmp:
             # Compile first: a bad profile or image fails before any request to KFP.
@@ -277,6 +287,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         image: str = image_opt,
         retries: int = retries_opt,
         service_account: str = service_account_opt,
+        force: bool = force_opt,
     ) -> None:
         """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one
         once the new one is accepted."""
@@ -287,7 +298,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         cron_expr = cron_expression(cron) if cron else ""
         seconds = interval_seconds(every) if every else 0
         params = pipeline_params(
-            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction
+            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction, force
         )
         with tempfile.TemporaryDirectory(prefix="genpipe-schedule-") as tmp:
             # Compile first: a bad profile or image fails before any request to KFP.

@@ -119,12 +119,21 @@ def register(app: typer.Typer) -> None:
             metavar="RUN_ID",
             help="Start training from the newest checkpoint of an interrupted run (its MLflow run id; `genpipe gc` lists them) with the same model, data and config.",
         ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Train even when data, resolved config and code equal the champion's (such a run is otherwise skipped in seconds).",
+        ),
     ) -> None:
         """Run MODEL's pipeline (ingest -> train -> evaluate -> register) locally with kfp.local.
 
         Starts the embedded stack (SeaweedFS + MLflow) if it is not up.
 
-        Exit codes: 0 blessed (registered), 1 error (one line; a run that had started ends
+        A run whose data (fingerprint), resolved config and code (git commit) equal the
+        champion's trains nothing: it says "unchanged since champion vN" and exits 0
+        (`--force` trains anyway).
+
+        Exit codes: 0 blessed (registered) or unchanged since the champion, 1 error (one line; a run that had started ends
         FAILED in MLflow), 2 bad usage, 3 trained and evaluated but not blessed (nothing
         registered; the failed thresholds are printed).
         """
@@ -190,7 +199,17 @@ def register(app: typer.Typer) -> None:
                 on_event=on_event,
                 image=image or None,
                 resume_from=resume,
+                force=force,
             )
+        if res.unchanged_since:
+            out.print(
+                f"unchanged since champion v{res.unchanged_since} of {name} (same data, config "
+                "and code): nothing trained; --force retrains",
+                highlight=False,
+            )
+            out.print(f"MLflow run:   {res.run_url}")
+            out.print(f"wall time:    {res.wall_s:.1f} s")
+            return
         table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
         for k in sorted(res.metrics):
             if k.startswith(

@@ -79,6 +79,9 @@ def test_vae_pipeline_registers_champion_and_keeps_it_against_worse_run(home):
     # Both pipelines succeeded (one blessed, one not): their MLflow runs ended FINISHED.
     assert c.get_run(good.mlflow_run_id).info.status == "FINISHED"
     assert c.get_run(worse.mlflow_run_id).info.status == "FINISHED"
+    # The exit task ran after both (and returned their run ids) but left them as they were.
+    assert ("task_start", "finalize") in events
+    assert "genpipe.failure" not in c.get_run(good.mlflow_run_id).data.tags
     _assert_no_credential_leaked(home, [good.mlflow_run_id, worse.mlflow_run_id])
 
 
@@ -175,8 +178,11 @@ def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
     msg = str(e.value)
     assert msg.startswith("task train failed: killed by SIGKILL (out of memory?)"), msg
     assert "\x1b" not in msg and "\n" not in msg
-    # The task could not mark its run (SIGKILL): the local runner did.
-    assert _only_run(experiment).info.status == "FAILED"
+    # The task could not mark its run (SIGKILL): the pipeline's exit task (finalize) did, as it
+    # would on a cluster; the local runner marks nothing itself.
+    run = _only_run(experiment)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["genpipe.failure"]  # the pipeline's final error, set by finalize
 
 
 def _descendants(pid: int) -> list[int]:

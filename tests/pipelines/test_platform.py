@@ -87,23 +87,30 @@ def register(model: str, score: float) -> str:
     return model
 
 
+def finalize(status: dsl.PipelineTaskFinalStatus) -> str:
+    return status.state
+
+
 def compile_with(profile: Profile, tmp_path: Path, image: str | None = None) -> dict[str, Any]:
-    """Compile a 4-role pipeline on `profile`; returns spec, executors, platform and raw text.
+    """Compile a 5-role pipeline (finalize: its exit handler) on `profile`; returns spec,
+    executors, platform and raw text.
 
     Components get `profile.image` as base image, as pipelines/factory.py does.
     """
     ops = {
         f.__name__: dsl.component(f, base_image=profile.image, install_kfp_package=False)
-        for f in (ingest, train, evaluate, register)
+        for f in (ingest, train, evaluate, register, finalize)
     }
 
     @dsl.pipeline(name="platform-test")
     def pipeline() -> None:
-        i = apply_platform(ops["ingest"](), profile, "ingest", image=image)
-        t = apply_platform(ops["train"](data=i.output), profile, "train", image=image)
-        e = apply_platform(ops["evaluate"](model=t.output), profile, "evaluate", image=image)
-        r = ops["register"](model=t.output, score=e.output)
-        apply_platform(r, profile, "register", image=image)
+        f = apply_platform(ops["finalize"](), profile, "finalize", image=image)
+        with dsl.ExitHandler(f):
+            i = apply_platform(ops["ingest"](), profile, "ingest", image=image)
+            t = apply_platform(ops["train"](data=i.output), profile, "train", image=image)
+            e = apply_platform(ops["evaluate"](model=t.output), profile, "evaluate", image=image)
+            r = ops["register"](model=t.output, score=e.output)
+            apply_platform(r, profile, "register", image=image)
 
     path = tmp_path / f"{profile.name}.yaml"
     compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path))
@@ -432,6 +439,15 @@ def test_profiles_built_in_code_are_validated() -> None:
 # --- the real pipeline ------------------------------------------------------------------------
 
 
+def pipeline_task(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """Task `name` of a compiled pipeline, in whichever DAG it sits (the factory's steps sit in
+    the exit handler's group, not at the root)."""
+    for dag in [spec["root"], *spec["components"].values()]:
+        if name in dag.get("dag", {}).get("tasks", {}):
+            return dag["dag"]["tasks"][name]
+    raise KeyError(name)
+
+
 def compile_factory(tmp_path: Path, **kwargs: Any) -> tuple[str, dict, dict]:
     factory = pytest.importorskip(
         "pipelines.factory", reason="pipelines/factory.py not written yet"
@@ -497,7 +513,7 @@ def test_profile_train_defaults_are_compiled_into_the_train_task(
     path = tmp_path / "p.yaml"
     compiler.Compiler().compile(factory.build_pipeline("vae", profile), package_path=str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    train = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    train = pipeline_task(spec, "train")["inputs"]["parameters"]
     assert json.loads(train["platform_overrides"]["runtimeValue"]["constant"]) == expected
     assert load_profile(profile).train_defaults == expected
 
@@ -551,7 +567,51 @@ def test_gpu_profiles_run_cpu_roles_on_the_cpu_image(tmp_path: Path, name: str) 
     images = {role: executors[f"exec-{role}"]["container"]["image"] for role in ROLES}
     gpu = f"ghcr.io/genpipe/genpipe:{zoo.__version__}-gpu"
     cpu = f"ghcr.io/genpipe/genpipe:{zoo.__version__}-cpu"
-    assert images == {"ingest": cpu, "train": gpu, "evaluate": gpu, "register": cpu}
+    assert images == {
+        "ingest": cpu,
+        "train": gpu,
+        "evaluate": gpu,
+        "register": cpu,
+        "finalize": cpu,
+    }
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_profile_compiles_the_finalize_exit_handler_with_the_platform_config(
+    tmp_path: Path, name: str
+) -> None:
+    """The exit task that ends a killed run's MLflow run runs after every pipeline run, on
+    the CPU image with its own small resources, the same Secrets/ConfigMap, security context
+    and a timeout as every other step (issue 15)."""
+    _, executors, k8s = compile_factory(tmp_path, profile=name)
+    spec = next(yaml.safe_load_all((tmp_path / "vae.yaml").read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+    fin = tasks["finalize"]
+    assert fin["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    body = fin["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"]
+    assert fin["dependentTasks"] == [body]
+    # Every other step runs inside the handled group, none outside it.
+    assert set(tasks) == {"finalize", body}
+    inner = spec["components"][tasks[body]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"ingest", "train", "evaluate"} <= set(inner)
+    profile = load_profile(name)
+    container = executors["exec-finalize"]["container"]
+    assert container["image"] == profile.image_for("finalize")
+    assert container["image"].endswith("-cpu") and "accelerator" not in container["resources"]
+    want = profile.resources["finalize"]
+    assert container["resources"]["resourceCpuLimit"] == want.cpu_limit
+    assert container["resources"]["resourceMemoryLimit"] == want.memory_limit
+    pod = k8s["exec-finalize"]
+    assert {s["secretName"] for s in pod["secretAsEnv"]} == {SECRET_S3, SECRET_MLFLOW}
+    assert {c["configMapName"] for c in pod["configMapAsEnv"]} == {CONFIG_MAP}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["activeDeadlineSeconds"] == str(profile.timeouts["finalize"])
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    # The pipeline's output (the MLflow run id) comes from the exit task.
+    assert spec["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"] == {
+        "outputParameterKey": "Output",
+        "producerSubtask": "finalize",
+    }
 
 
 def test_cpu_image_follows_an_image_override_or_is_set_explicitly(tmp_path: Path) -> None:
@@ -569,7 +629,7 @@ def _tfjob_of(spec: dict[str, Any]) -> dict[str, Any]:
     """The TFJob the compiled train task creates: its template input, rendered for a run."""
     from zoo import tfjob
 
-    constant = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["tfjob"]
+    constant = pipeline_task(spec, "train")["inputs"]["parameters"]["tfjob"]
     template = tfjob.parse_template(constant["runtimeValue"]["constant"])
     return tfjob.render(
         template,
@@ -662,7 +722,7 @@ def test_multi_worker_pipeline_carries_the_profile_into_the_tfjob(
 
 def test_single_worker_pipeline_trains_in_its_own_gpu_pod(tmp_path: Path) -> None:
     spec, k8s = _compile_spec(tmp_path, profile="gke")
-    params = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    params = pipeline_task(spec, "train")["inputs"]["parameters"]
     assert params["tfjob"]["runtimeValue"]["constant"] == ""
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"

@@ -193,7 +193,13 @@ def compiled_tfjob(tmp_path: Path, profile: Any, workers: int | None = None) -> 
     path = tmp_path / "p.yaml"
     compiler.Compiler().compile(build_pipeline("vae", profile, workers=workers), str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    constant = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["tfjob"]
+    # The steps sit in the exit handler's and conditions' groups (pipelines/factory.py).
+    train = next(
+        c["dag"]["tasks"]["train"]
+        for c in spec["components"].values()
+        if "train" in c.get("dag", {}).get("tasks", {})
+    )
+    constant = train["inputs"]["parameters"]["tfjob"]
     return tfjob.parse_template(constant["runtimeValue"]["constant"]), spec
 
 
