@@ -120,7 +120,7 @@ def run_local(
     with models trained on its own dataset. `resume_from` (an interrupted run's MLflow run id)
     starts training from that run's newest checkpoint (see `check_run_args` and zoo.checkpoints).
     A run whose data, resolved config and code equal the champion's skips training (the
-    result's `unchanged_since` is that champion's version) unless `force`.
+    result's `unchanged_since` is that champion's version) unless `force` or `resume_from`.
 
     With `image`, each task runs in a container of that image as a pod would
     (pipelines.containers); otherwise as a subprocess of this Python.
@@ -153,7 +153,8 @@ def run_local(
                     "champion_tolerance": champion_tolerance,
                     "test_fraction": test_fraction,
                     "resume_from": resume_from,
-                    "force": force,
+                    # Resuming is a request to finish that training: never skipped.
+                    "force": force or bool(resume_from),
                 },
             )
     finally:
