@@ -62,12 +62,13 @@ def up(
     auth: bool = typer.Option(
         False,
         "--auth",
-        help="Run MLflow with basic authentication (admin credentials generated once; "
-        "`genpipe env` exports them). Stays on for this state dir.",
+        hidden=True,  # kept so older scripts still run: MLflow now always authenticates
+        help="No effect: MLflow always requires the stack's credentials.",
     ),
 ) -> None:
     """Start SeaweedFS (S3) and MLflow on 127.0.0.1 (nothing if they already run), and the
-    warm task server that later `genpipe run`s fork their tasks from."""
+    warm task server that later `genpipe run`s fork their tasks from. Both require the
+    stack's credentials (generated once, 0600 files in the state dir): `genpipe env`."""
     from zoo import stack
 
     base = stack.load_ports(state_dir) or stack.Ports()
@@ -81,7 +82,8 @@ def up(
     ports = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if not stack.status(state_dir).healthy:
         err.print("Starting SeaweedFS and MLflow (about 15 s) ...", highlight=False)
-    info = stack.up(state_dir, ports=ports, timeout=timeout, auth=auth)
+    del auth  # accepted, ignored (see its help)
+    info = stack.up(state_dir, ports=ports, timeout=timeout)
     out.print(_table(info))
     from pipelines import warm
     from zoo.settings import state_dir as default_state_dir

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zoo import settings
+from zoo import mlflow_auth, settings
 from zoo.errors import StackError
 
 MLFLOW_BUCKET = "genpipe-mlflow"
@@ -708,10 +708,10 @@ def _mlflow_auth_path(state: Path) -> Path:
 
 
 def _mlflow_auth_env(state: Path) -> dict[str, str]:
-    """MLflow client credentials when the stack runs MLflow with basic auth, else nothing."""
+    """MLflow client credentials (the stack's MLflow always requires them)."""
     path = _mlflow_auth_path(state)
     if not path.exists():
-        return {}
+        return {}  # not started yet: `up` generates them
     auth = json.loads(path.read_text())
     return {
         "MLFLOW_TRACKING_USERNAME": auth["username"],
@@ -720,39 +720,52 @@ def _mlflow_auth_env(state: Path) -> dict[str, str]:
 
 
 def _enable_mlflow_auth(state: Path) -> None:
-    """Generate the admin credentials (once, mode 0600): from now on this stack requires them."""
-    if not _mlflow_auth_path(state).exists():
-        alphabet = string.ascii_letters + string.digits
+    """Generate the admin credentials (once, mode 0600): this stack's MLflow requires them."""
+    path = _mlflow_auth_path(state)
+    if not path.exists():
         auth = {
             "username": "admin",
-            "password": _random_key(32, alphabet),
+            # 256 random bits: checked with a constant-time compare, no slow hash needed
+            # (`zoo.mlflow_auth`).
+            "password": secrets.token_urlsafe(32),
             # Signs the auth app's CSRF tokens; stable across restarts of this stack.
-            "flask_secret": _random_key(48, alphabet),
+            "flask_secret": secrets.token_urlsafe(36),
         }
-        _write_private(_mlflow_auth_path(state), json.dumps(auth) + "\n")
+        _write_private(path, json.dumps(auth) + "\n")
+    elif path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # someone loosened it; a secret stays owner-only
 
 
-def _mlflow_auth_server_args(state: Path) -> tuple[list[str], dict[str, str]]:
-    """`mlflow server` arguments and env for basic auth: nobody but the admin may do anything."""
-    env = _mlflow_auth_env(state)
-    if not env:
-        return [], {}
-    ini = state / "mlflow-auth.ini"
-    _write_private(
-        ini,
+def _mlflow_auth_ini(state: Path) -> str:
+    """The auth app's config: only the admin exists, and `zoo.mlflow_auth` checks it cheaply."""
+    return (
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = sqlite:///{state / 'mlflow-auth.db'}\n"
-        f"admin_username = {env['MLFLOW_TRACKING_USERNAME']}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        f"admin_username = {_mlflow_auth_env(state)['MLFLOW_TRACKING_USERNAME']}\n"
+        f"authorization_function = {mlflow_auth.FUNCTION}\n"
     )
-    # The password goes through the environment, not the ini file or the command line.
+
+
+def _mlflow_auth_current(state: Path) -> bool:
+    """Whether a running MLflow was started with today's auth config (older ones ran none)."""
+    ini = state / "mlflow-auth.ini"
+    return ini.exists() and ini.read_text() == _mlflow_auth_ini(state)
+
+
+def _mlflow_auth_server_args(state: Path) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` arguments and env for its auth app: nobody but the admin may do anything."""
+    _enable_mlflow_auth(state)
+    auth = json.loads(_mlflow_auth_path(state).read_text())
+    ini = state / "mlflow-auth.ini"
+    _write_private(ini, _mlflow_auth_ini(state))
+    # The password goes through the environment and the 0600 file, never the ini file or the
+    # command line. The auth db gets the admin (hashed once, at its creation).
     return ["--app-name", "basic-auth"], {
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": json.loads(_mlflow_auth_path(state).read_text())[
-            "flask_secret"
-        ],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth["password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": auth["flask_secret"],
+        mlflow_auth.ENV_AUTH_FILE: str(_mlflow_auth_path(state)),
     }
 
 
@@ -845,23 +858,21 @@ def up(
     state_dir: str | os.PathLike[str] | None = None,
     ports: Ports | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    auth: bool = False,
 ) -> StackInfo:
     """Start whatever part of the stack is not running; a no-op when all is healthy.
 
     `ports` defaults to those saved by the last `up` in this state dir, else `Ports()`.
-    `auth` runs MLflow with basic authentication (admin credentials generated once, exported
-    by `env()`); once enabled for a state dir it stays enabled.
+    MLflow always requires the stack's credentials (generated once, exported by `env()`); an
+    MLflow that an older version started without them is restarted.
     Raises StackError (PortInUseError for a taken port) with the server log on failure.
     """
     state = _state(state_dir)
     with _lock(state):
-        if auth and not _mlflow_auth_path(state).exists():
-            if _running_pid(state, MLFLOW):
-                raise StackError(
-                    f"MLflow in {state} runs without authentication: `genpipe down` first, then `genpipe up --auth`"
-                )
-            _enable_mlflow_auth(state)
+        _enable_mlflow_auth(state)
+        stale = _running_pid(state, MLFLOW)
+        if stale and not _mlflow_auth_current(state):
+            _stop(stale, 30.0)  # anyone local could use (and replace models in) that one
+            _pid_file(state, MLFLOW).unlink(missing_ok=True)
         saved = load_ports(state)
         ports = ports or saved or Ports()
         ports.validate()

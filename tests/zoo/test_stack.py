@@ -6,6 +6,7 @@ that need their own state dir only check what happens before any server starts.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shlex
@@ -87,13 +88,15 @@ def test_env_names_the_client_variables(stack) -> None:
         "AWS_SECRET_ACCESS_KEY",
         "GENPIPE_BUCKET",
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
     }
     assert env["GENPIPE_BUCKET"] == DEFAULT_BUCKET
     assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
 
 
 def test_secrets_are_owner_only(stack) -> None:
-    for name in ("credentials.json", "s3.json"):
+    for name in ("credentials.json", "s3.json", "mlflow-auth.json", "mlflow-auth.ini"):
         mode = stat.S_IMODE((stack.state_dir / name).stat().st_mode)
         assert mode == 0o600, f"{name} has mode {oct(mode)}"
     creds = zstack.credentials(stack.state_dir)
@@ -218,9 +221,15 @@ def test_mlflow_run_artifacts_land_in_seaweedfs(stack, store: ObjectStore) -> No
 def test_mlflow_rejects_foreign_host_header(stack) -> None:
     """DNS-rebinding guard: only requests addressed to 127.0.0.1/localhost are served."""
     url = f"{stack.env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
-    with urllib.request.urlopen(url, timeout=10) as ok:
+    basic = base64.b64encode(
+        f"{stack.env['MLFLOW_TRACKING_USERNAME']}:{stack.env['MLFLOW_TRACKING_PASSWORD']}".encode()
+    ).decode()
+    authorization = {"Authorization": f"Basic {basic}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=authorization), timeout=10
+    ) as ok:
         assert ok.status == 200
-    evil = urllib.request.Request(url, headers={"Host": "evil.example:80"})
+    evil = urllib.request.Request(url, headers={**authorization, "Host": "evil.example:80"})
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(evil, timeout=10)
     assert e.value.code in (400, 403)
