@@ -180,11 +180,14 @@ def measure_variant(
     keras.backend.clear_session()
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
+    epochs: list[float] = []
     if loop == "fit":
-        value = measure_fit(name, cfg, data, jit_compile=False)
+        value = measure_fit(name, cfg, data, jit_compile=False, per_epoch=epochs)
     else:
-        value = measure_ours(name, cfg, data, workdir / f"{name}-{variant}", jit, spc)
+        work = workdir / f"{name}-{variant}"
+        value = measure_ours(name, cfg, data, work, jit, spc, per_epoch=epochs)
     out["value"] = value * mult
+    out["per_epoch"] = [round(v * mult, 1) for v in epochs]  # epoch 1 = warm-up, not in value
     if on_gpu:
         out["peak_mib"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return out

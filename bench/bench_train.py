@@ -63,12 +63,14 @@ def measure_ours(
     jit: bool,
     steps_per_call: int = 1,
     between_epochs: Any = None,
+    per_epoch: list[float] | None = None,
 ) -> float:
-    """Median samples/s of our trainer's epochs after the first."""
+    """Median samples/s of our trainer's epochs after the first (each epoch's figure is
+    appended to `per_epoch` when given)."""
     from zoo.train import Trainer
 
     cfg = dataclasses.replace(cfg, jit_compile=jit, steps_per_call=steps_per_call)
-    per_epoch: list[float] = []
+    per_epoch = [] if per_epoch is None else per_epoch
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         per_epoch.append(metrics["train_samples_per_s"])
@@ -92,9 +94,15 @@ def _numpy_examples(model: Any, data: Any, batch: int, steps: int) -> dict[str, 
 
 
 def measure_fit(
-    name: str, cfg: Any, data: Any, between_epochs: Any = None, jit_compile: bool = False
+    name: str,
+    cfg: Any,
+    data: Any,
+    between_epochs: Any = None,
+    jit_compile: bool = False,
+    per_epoch: list[float] | None = None,
 ) -> float:
-    """Median samples/s of plain `fit` on numpy arrays over the epochs after the first.
+    """Median samples/s of plain `fit` on numpy arrays over the epochs after the first (each
+    epoch's figure is appended to `per_epoch` when given).
 
     `jit_compile` is passed explicitly: Keras's default ("auto") turns XLA on whenever a GPU
     is visible, which would make the GPU baseline a different step than ours without XLA."""
@@ -142,6 +150,8 @@ def measure_fit(
         x, batch_size=batch, epochs=cfg.epochs, shuffle=True, verbose=0, callbacks=[Timer()]
     )
     n = next(iter(x.values())).shape[0]
+    if per_epoch is not None:
+        per_epoch.extend(n / t for t in times)
     return statistics.median(n / t for t in times[1:])
 
 

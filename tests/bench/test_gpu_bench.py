@@ -62,6 +62,10 @@ def test_dry_run_measures_every_variant(tmp_path: Path) -> None:
         ("vae", v) for v in bench_gpu.VARIANTS
     ]
     assert all(r["value"] > 0 and r["wall_s"] > 0 for r in result["rows"])
+    # Every epoch's figure is kept; the reported one leaves out epoch 1 (warm-up).
+    for r in result["rows"]:
+        assert len(r["per_epoch"]) == result["epochs"] == 2 and min(r["per_epoch"]) > 0, r
+        assert r["value"] == pytest.approx(r["per_epoch"][1], rel=0.01, abs=0.1), r
     assert (tmp_path / "gpu.md").read_text().startswith("| model | variant |")
     assert "warm-up" in proc.stdout  # the note says what is excluded
 
