@@ -131,7 +131,8 @@ def status(state_dir: Path | None = _state_opt()) -> None:
 def env(state_dir: Path | None = _state_opt()) -> None:
     """Print `export` lines for the stack's client settings: use `eval $(genpipe env)`.
 
-    This prints the S3 secret key (that is its purpose); keep the output out of logs.
+    This prints the S3 secret key and the MLflow password (that is its purpose); keep the
+    output out of logs.
     """
     from zoo import stack
 

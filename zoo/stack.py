@@ -11,6 +11,10 @@
     STATE/seaweedfs/         SeaweedFS master, volume and filer data
     STATE/run/               SeaweedFS's local Unix sockets
     STATE/mlflow.db          MLflow backend store (sqlite)
+    STATE/mlflow-auth.json   MLflow's admin user and 256-bit password (mode 0600), generated on
+                             the first `up`; every MLflow request must carry them (Basic auth,
+                             checked by `zoo.mlflow_auth`)
+    STATE/mlflow-auth.ini    MLflow auth app config; STATE/mlflow-auth.db its user database
     STATE/logs/*.log         server output, quoted in errors
     STATE/*.pid              process ids (each the leader of its own process group)
 
