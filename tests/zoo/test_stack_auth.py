@@ -148,3 +148,18 @@ def test_server_uses_the_cheap_auth_function(stack) -> None:
     for name in ("mlflow-auth.json", "mlflow-auth.db", "mlflow-auth.ini"):
         mode = (stack.state_dir / name).stat().st_mode & 0o777
         assert mode == 0o600, f"{name} has mode {oct(mode)}"
+
+
+def test_up_restarts_an_mlflow_started_without_our_auth(stack) -> None:
+    """A stack an older version started (no auth, or scrypt basic auth) does not stay open:
+    the next `up` replaces its MLflow. Last in this file: it restarts the session's MLflow."""
+    ini = stack.state_dir / "mlflow-auth.ini"
+    before = zstack.status(stack.state_dir).service("mlflow").pid
+    # what `up --auth` of the previous version wrote
+    ini.write_text(ini.read_text().replace(mlflow_auth.FUNCTION, "mlflow.server.auth:x"))
+    zstack.up(stack.state_dir)
+    after = zstack.status(stack.state_dir).service("mlflow")
+    assert after.healthy and after.pid != before
+    assert f"authorization_function = {mlflow_auth.FUNCTION}" in ini.read_text()
+    assert _request(_api_url(stack))[0] == 401
+    assert _request(_api_url(stack), _basic(stack.env))[0] == 200
