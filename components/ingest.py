@@ -36,7 +36,6 @@ def run(
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from components.train import _json_object
     from zoo import config as cfgmod
     from zoo import models, registration, tracking
     from zoo.data import RawText, load_source, publish, split, validate
@@ -47,10 +46,7 @@ def run(
     family = models.get(model).family  # unknown model -> clear error before any I/O
     # Resolved exactly as train resolves it (a bad override fails here, before any I/O); its
     # hash goes on the run and, via register, on the model version.
-    merged = {
-        **_json_object(platform_overrides, "platform_overrides"),
-        **_json_object(overrides, "overrides"),
-    }
+    merged = cfgmod.merge_overrides(platform_overrides, overrides)
     config = registration.config_hash(
         model, cfgmod.to_dict(models.resolve_config(model, preset, merged, where="overrides"))
     )

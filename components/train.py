@@ -34,15 +34,12 @@ def run(
     --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt).
     """
     from components.common import fetch_dataset
-    from zoo import checkpoints, models, tracking
+    from zoo import checkpoints, config, models, tracking
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
     from zoo.train import train_for_run
 
-    merged = {
-        **_json_object(platform_overrides, "platform_overrides"),
-        **_json_object(overrides, "overrides"),
-    }
+    merged = config.merge_overrides(platform_overrides, overrides)
     cfg = models.resolve_config(model, preset, merged, where="overrides")
     if resume_from:
         _adopt_checkpoint(resume_from, mlflow_run_id, manifest_uri)
@@ -84,19 +81,6 @@ def _adopt_checkpoint(from_run: str, mlflow_run_id: str, manifest_uri: str) -> N
     adopted = checkpoints.adopt(tracking.client(), store, from_run, mlflow_run_id, fingerprint)
     if adopted:
         print(f"resuming from step {adopted['step']} of run {from_run}", flush=True)
-
-
-def _json_object(text: str, name: str) -> dict[str, Any]:
-    """A pipeline parameter that must hold a JSON object (config overrides)."""
-    from zoo.errors import ConfigError
-
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{name} {text!r} is not a JSON object: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name} {text!r} is not a JSON object")
-    return value
 
 
 def _run_tfjob(

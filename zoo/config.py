@@ -125,3 +125,22 @@ def require(cond: bool, message: str) -> None:
     """Config validation helper: raise ConfigError(message) when cond is false."""
     if not cond:
         raise ConfigError(message)
+
+
+def json_object(text: str, name: str) -> dict[str, Any]:
+    """A parameter that must hold a JSON object (config overrides); "" means {}."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{name} {text!r} is not a JSON object: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} {text!r} is not a JSON object")
+    return value
+
+
+def merge_overrides(platform_overrides: str, overrides: str) -> dict[str, Any]:
+    """The profile's train_defaults with the run's own overrides over them (both JSON)."""
+    return {
+        **json_object(platform_overrides, "platform_overrides"),
+        **json_object(overrides, "overrides"),
+    }

@@ -16,7 +16,6 @@ Multi-node training is split in three:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,18 +36,14 @@ def run_worker(
     of them to take part); only the chief publishes to the object store and logs to MLflow.
     """
     from zoo import models, tracking
+    from zoo.config import json_object
     from zoo.data import fetch
     from zoo.storage import ObjectStore
     from zoo.tfconfig import cluster_info
     from zoo.tfjob import model_prefix
     from zoo.train import train_for_run
 
-    try:
-        parsed = json.loads(overrides or "{}")
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--overrides {overrides!r} is not a JSON object: {e.msg}") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"--overrides {overrides!r} is not a JSON object")
+    parsed = json_object(overrides, "--overrides")
     cfg = models.resolve_config(model, preset, parsed, where="overrides")
     if cfg.distribution not in ("multi_worker", "auto"):
         raise ConfigError(
