@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_helpers import descendants
 
 from pipelines.local import run_local
 from zoo import tracking
@@ -155,7 +156,7 @@ def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
 
     def kill_train(kind: str, fields: dict) -> None:
         if kind == "progress" and fields.get("task") == "train" and not killed:
-            for pid in _descendants(os.getpid()):
+            for pid in descendants(os.getpid()):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 if b"train" in cmdline and b"--function_to_execute" in cmdline:
                     os.kill(pid, signal.SIGKILL)
@@ -183,20 +184,3 @@ def test_killed_task_is_reported_by_its_signal(home, monkeypatch):
     run = _only_run(experiment)
     assert run.info.status == "FAILED"
     assert run.data.tags["genpipe.failure"]  # the pipeline's final error, set by finalize
-
-
-def _descendants(pid: int) -> list[int]:
-    """All processes below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_helpers import descendants
 
 from pipelines.local import check_run_args, run_local
 from zoo import checkpoints, tracking
@@ -18,22 +19,6 @@ from zoo.errors import ConfigError, GenpipeError
 
 LOOSE = '{"test_neg_elbo": {"max": 1000}}'
 EPOCHS, STEPS = 40, 5
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _runs(experiment: str) -> list:
@@ -57,7 +42,7 @@ def test_killed_run_resumes_from_its_checkpoint(stack, store, monkeypatch):
                 return
             # The task's shell wrapper and its Python: a killed shell alone leaves Python
             # training to the end.
-            for pid in _descendants(os.getpid()):
+            for pid in descendants(os.getpid()):
                 try:
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 except OSError:
