@@ -185,7 +185,10 @@ def test_pipeline_runs_every_task_in_its_container_then_the_champion_serves(
     assert res.blessed and res.registered_version == "1", res.tags
     assert "champion" in res.aliases
     by_task = {r["task"]: r for r in res.containers}
-    assert sorted(by_task) == ["evaluate", "ingest", "register", "train"], res.containers
+    # The four steps and the exit handler's finalize task, each in its own container.
+    assert sorted(by_task) == ["evaluate", "finalize", "ingest", "register", "train"], (
+        res.containers
+    )
     for task, r in by_task.items():
         # From the inside: the probe ran first in the task's own container.
         probe = r["probe"]
@@ -209,9 +212,13 @@ def test_pipeline_runs_every_task_in_its_container_then_the_champion_serves(
         assert binds["/kfp-workspace"] == f"{root}/workspace", (task, r)
         assert not Path(root).exists()
         # Credentials reached the task as environment variables.
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= set(
-            r["env_names"]
-        )
+        assert {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        } <= set(r["env_names"])
     assert ("task_end", "register") in events
     serve_champion(serving_image, name, stack.env)
 
