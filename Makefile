@@ -31,8 +31,8 @@ bench: setup
 bench-gpu:
 	bash bench/gpu.sh $(ARGS)
 
-## toolchain: the OCI tools the image tests use (podman, buildah, runc, debootstrap), from Debian's
-## packages when missing (as root); no Docker engine or Docker Hub needed
+## toolchain: the OCI tools the image tests use (podman, buildah, runc, debootstrap) and PostgreSQL,
+## from Debian's packages when missing (as root); no Docker engine or Docker Hub needed
 OCI_TOOLS := podman buildah runc debootstrap
 toolchain:
 	@missing=""; for t in $(OCI_TOOLS); do command -v $$t >/dev/null || PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
@@ -42,6 +42,15 @@ toolchain:
 	    apt-get install -y --no-install-recommends $(OCI_TOOLS) >/dev/null \
 	      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(OCI_TOOLS) >/dev/null; }; \
 	  else echo "missing:$$missing (Debian: sudo apt-get install --no-install-recommends $(OCI_TOOLS))"; exit 1; fi; \
+	fi
+	@# PostgreSQL's server programs: tests/k8s/test_mlflow_auth_live.py runs the in-cluster MLflow's
+	@# exact configuration against a real PostgreSQL (Debian's package puts them outside PATH).
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing postgresql"; \
+	    apt-get install -y --no-install-recommends postgresql >/dev/null \
+	      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends postgresql >/dev/null; }; \
+	  else echo "missing: PostgreSQL server (Debian: sudo apt-get install postgresql)"; exit 1; fi; \
 	fi
 
 lint: setup
