@@ -159,7 +159,9 @@ def test_successful_run_leaves_nothing_behind(stack, store, monkeypatch, tmp_pat
     finally:
         warm.stop_server(stack.state_dir)  # later tests get a server with the usual TMPDIR
     assert res.blessed
-    assert [t for t, _ in on_disk] == ["ingest", "train", "evaluate", "register"], on_disk
+    assert [t for t, _ in on_disk] == ["ingest", "train", "evaluate", "register", "finalize"], (
+        on_disk
+    )
     problems = []  # all three checked, so a failure names every one that fails
     # Checkpoints were written (every 2 steps, each epoch) and are gone now the model is logged.
     left = list(store.list(checkpoints.prefix_uri(store, res.mlflow_run_id) + "/"))
