@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-gpu clean toolchain
+.PHONY: setup demo test lint layers bench bench-gpu clean toolchain
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ toolchain:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tests/layers.py
+
+## layers: the import graph has no upward import and no cycle, no file is oversized unexplained
+layers: setup
+	$(BIN)/python tests/layers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -74,7 +74,7 @@ def one_run(home: Path, model: str, data: str, sets: list[str], warm: bool) -> d
 
     tag = uuid.uuid4().hex[:8]
     experiment, name = f"bench-overhead-{tag}", f"bench-{model}-{tag}"
-    cmd = [sys.executable, "-m", "zoo", "run", model, "--data", data]
+    cmd = [sys.executable, "-m", "genpipe", "run", model, "--data", data]
     cmd += [a for s in sets for a in ("--set", s)]
     cmd += ["--experiment", experiment, "--name", name, "--thresholds", "{}"]
     env = {**os.environ, "GENPIPE_HOME": str(home), "GENPIPE_WARM_TASKS": "1" if warm else "0"}
@@ -112,8 +112,8 @@ def one_run(home: Path, model: str, data: str, sets: list[str], warm: bool) -> d
 
 
 def run(model: str, data: str, sets: list[str], modes: list[str]) -> dict[str, Any]:
+    from genpipe.ops import stack as zstack
     from pipelines import warm
-    from zoo import stack as zstack
 
     with tempfile.TemporaryDirectory(prefix="genpipe-bench-overhead-") as tmp:
         home = Path(tmp) / "home"
@@ -131,7 +131,7 @@ def run(model: str, data: str, sets: list[str], modes: list[str]) -> dict[str, A
                 if mode == "after-up":  # not timed: what the user ran before `genpipe run`
                     env = {**os.environ, "GENPIPE_HOME": str(home)}
                     subprocess.run(
-                        [sys.executable, "-m", "zoo", "up"],
+                        [sys.executable, "-m", "genpipe", "up"],
                         env=env,
                         check=True,
                         capture_output=True,

@@ -6,8 +6,8 @@ The VAE (default config, built on the MNIST shape) is saved and loaded back thro
 zoo.train.load_model (what the pyfunc wrapper and `genpipe serve` load), then:
 
   in-process  zoo.serving.generate_from_request(model, {"n": 16, "seed": i})
-  HTTP        POST /v1/generate {"n": 16, "seed": i, "format": "json"|"png"} to zoo.server on
-              127.0.0.1 (when zoo/server.py exists), one client, keep-alive connection
+  HTTP        POST /v1/generate {"n": 16, "seed": i, "format": "json"|"png"} to genpipe.ops.server on
+              127.0.0.1 (when genpipe/ops/server.py exists), one client, keep-alive connection
 
 Latency does not depend on the weights, so the model is not trained. Writes
 bench/results/serve.json and serve.md.
@@ -73,7 +73,7 @@ def run(requests: int, warmup: int = 10) -> dict[str, Any]:
         assert out.shape == (16, 28, 28, 1)
         rows.append({"path": "in-process generate_from_request", **_stats(lat)})
         try:
-            from zoo import server
+            from genpipe.ops import server
         except ImportError:
             server = None
         if server is not None:

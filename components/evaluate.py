@@ -26,7 +26,8 @@ def run(
     """Score the trained model in `model_dir` and decide its blessing."""
     from components import common
     from components.common import fetch_dataset
-    from zoo import images, models, registration, tracking
+    from zoo import grids as images
+    from zoo import models, registration, tracking
     from zoo.blessing import check_thresholds, decide
     from zoo.evaluation import evaluate
     from zoo.train import load_model

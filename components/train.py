@@ -93,13 +93,14 @@ def _run_tfjob(
     merged: dict[str, Any],
     **kube: Any,
 ) -> dict[str, Any]:
-    """Train in a TFJob (zoo.tfjob), then log the model its chief uploaded.
+    """Train in a TFJob (genpipe.ops.tfjob), then log the model its chief uploaded.
 
-    `kube` goes to zoo.tfjob.launch (Kubernetes API clients; tests pass stand-ins).
+    `kube` goes to genpipe.ops.tfjob.launch (Kubernetes API clients; tests pass stand-ins).
     """
     import time
 
-    from zoo import checkpoints, models, tfjob, tracking
+    from genpipe.ops import tfjob
+    from zoo import checkpoints, models, tracking
     from zoo.errors import ConfigError
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
@@ -120,7 +121,7 @@ def _run_tfjob(
         spec, model, manifest_uri, mlflow_run_id, preset, json.dumps(merged, sort_keys=True), **kube
     )
     store = ObjectStore.from_env()
-    model_uri = store.uri(tfjob.model_prefix(mlflow_run_id))
+    model_uri = store.uri(checkpoints.model_prefix(mlflow_run_id))
     out = Path(output_dir)
     shutil.rmtree(out, ignore_errors=True)
     store.download_prefix(model_uri, out)

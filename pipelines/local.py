@@ -191,8 +191,8 @@ def _run(
 ) -> LocalRunResult:
     import kfp.local
 
+    from genpipe.ops import stack
     from pipelines.factory import build_pipeline
-    from zoo import stack
 
     if start_stack:
         os.environ.update(stack.ensure_up())

@@ -28,7 +28,7 @@ import yaml
 from kfp import dsl, kubernetes
 
 import zoo
-from zoo import tfjob
+from genpipe.ops import tfjob
 from zoo.config import PRECISIONS
 from zoo.errors import ConfigError
 from zoo.settings import (
@@ -426,7 +426,7 @@ def tfjob_template(profile: Profile, workers: int | None = None) -> dict[str, An
     """The TFJob (kubeflow.org/v1) a multi-worker train task creates, minus the run's parts.
 
     Compiled into the pipeline as the train task's constant input `tfjob`; at run time
-    `zoo.tfjob.render` adds the job's name, namespace, run label and the workers' command.
+    `genpipe.ops.tfjob.render` adds the job's name, namespace, run label and the workers' command.
     Workers run the train role's image (the launcher's own), resources, GPU, node selector and
     tolerations; a restricted security context with a read-only root filesystem and an
     emptyDir /tmp; no service-account token (they call no Kubernetes API); the pipeline pods'

@@ -79,7 +79,7 @@ PRELOAD = (
     "zoo.evaluation.metrics",
     "zoo.evaluation.text",
     "zoo.blessing",
-    "zoo.images",
+    "zoo.grids",
     "zoo.serving",
     "zoo.distributed",
     "mlflow.models",
@@ -145,7 +145,7 @@ def code_key() -> str:
 
     # the environment (venv) and interpreter, not the name it was started by (python/python3)
     h = hashlib.sha256(f"{sys.prefix}|{os.path.realpath(sys.executable)}|{sys.version}".encode())
-    for pkg in ("zoo", "components", "pipelines"):
+    for pkg in ("zoo", "components", "pipelines", "genpipe"):
         root = Path(importlib.import_module(pkg).__file__ or "").parent
         for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
             st = path.stat()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from zoo import cli
+from genpipe import cli
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from genpipe.ops import stack as zstack
 from pipelines import warm
-from zoo import stack as zstack
 from zoo.errors import StackError
 from zoo.storage import ObjectStore
 

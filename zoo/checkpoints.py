@@ -24,6 +24,11 @@ TAG_RESUMED_FROM = "genpipe.resumed_from"
 TAG_RESUMED_BY = "genpipe.resumed_by"
 
 
+def model_prefix(mlflow_run_id: str) -> str:
+    """Where the chief of a TFJob uploads the trained model directory (under the bucket)."""
+    return f"models/{mlflow_run_id}/model"
+
+
 def prefix_uri(store: ObjectStore, mlflow_run_id: str) -> str:
     """Where one training run's checkpoints live: keyed by the MLflow run, so a retried task
     (single pod or a TFJob's workers) finds and resumes them."""

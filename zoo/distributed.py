@@ -3,7 +3,7 @@
 Multi-node training is split in three:
 
 * `zoo.tfconfig` (library): TF_CONFIG parsing, who is chief; the trainer uses it.
-* `zoo.tfjob` (operations): render the run's TFJob from the template compiled into the
+* `genpipe.ops.tfjob` (operations): render the run's TFJob from the template compiled into the
   pipeline (`pipelines.platform.tfjob_template`, from the cluster profile), create it, wait,
   stream worker 0's log. The train component calls it when the pipeline was compiled with
   `workers` >= 2.
@@ -36,11 +36,11 @@ def run_worker(
     of them to take part); only the chief publishes to the object store and logs to MLflow.
     """
     from zoo import models, tracking
+    from zoo.checkpoints import model_prefix
     from zoo.config import json_object
     from zoo.data import fetch
     from zoo.storage import ObjectStore
     from zoo.tfconfig import cluster_info
-    from zoo.tfjob import model_prefix
     from zoo.train import train_for_run
 
     parsed = json_object(overrides, "--overrides")

@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from zoo import images as imgs
+from zoo import grids as imgs
 from zoo.errors import ConfigError, GenpipeError
 from zoo.settings import Settings
 

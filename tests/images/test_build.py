@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_cli
 
-from zoo import images_build as ib
+from genpipe.ops import images_build as ib
 from zoo.errors import ConfigError, GenpipeError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -77,7 +77,7 @@ def test_content_hash_follows_the_context_and_the_base(tmp_path):
     assert a != ib.content_hash("cpu", "sha256:base2")
     assert a != ib.content_hash("gpu", "sha256:base1")
     files = {str(p.relative_to(ib.source_root())) for p in ib.context_files(ib.source_root())}
-    assert "zoo/images_build.py" in files and "pyproject.toml" in files
+    assert "genpipe/ops/images_build.py" in files and "pyproject.toml" in files
     assert not [f for f in files if f.startswith(("tests/", ".git/")) or "__pycache__" in f]
 
 

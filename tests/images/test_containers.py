@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import images_build as ib
+from genpipe.ops import images_build as ib
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GENPIPE_CI_CACHE") or Path.home() / ".cache" / "genpipe-ci")
@@ -85,7 +85,7 @@ def build_cached(variant: str) -> str:
     cached = ib.image_exists("podman", tag)
     t1 = time.perf_counter()
     if not cached:
-        argv = [sys.executable, "-m", "zoo", "images", "build", "--variant", variant]
+        argv = [sys.executable, "-m", "genpipe", "images", "build", "--variant", variant]
         argv += ["--repository", REPOSITORY, "--version", version, "--base-image", base]
         argv += ["--builder", "podman"]
         for cert in extra_ca_certs():
@@ -336,7 +336,7 @@ def test_task_environment_passes_the_stack_settings_not_host_paths(monkeypatch):
 
 
 def test_run_refuses_an_image_without_containers(capsys):
-    from zoo import cli
+    from genpipe import cli
 
     old, sys.argv = sys.argv, ["genpipe", "run", "vae", "--image", "reg/genpipe:1-cpu"]
     try:

@@ -170,7 +170,7 @@ def test_build_context_is_minimal_and_copies_what_setuptools_needs():
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]  # deny by default
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "zoo", "components", "pipelines"}
+    assert allowed == {"pyproject.toml", "README.md", "zoo", "components", "pipelines", "genpipe"}
     copied = {
         src
         for k, v in instructions(DOCKERFILES["cpu"])

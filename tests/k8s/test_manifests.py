@@ -16,9 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from genpipe.ops.kfp_client import DEFAULT_SA_TOKEN_PATH
+from genpipe.ops.tfjob import LABEL_JOB_NAME, LABEL_REPLICA_TYPE, TF_PORT
 from pipelines.platform import CONFIG_MAP, POD_LABELS, SECRET_MLFLOW, SECRET_S3, load_profile
-from zoo.kfp_client import DEFAULT_SA_TOKEN_PATH
-from zoo.tfjob import LABEL_JOB_NAME, LABEL_REPLICA_TYPE, TF_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -265,11 +265,11 @@ def test_network_policies_default_deny_and_narrow_ingress():
 
 def test_rbac_is_least_privilege():
     """The Role grants exactly the (resource, verb) pairs KFP's API server checks for
-    genpipe's calls (zoo/kfp_client.py KFP_RBAC, from KFP's server/*_server.go): none missing
+    genpipe's calls (genpipe/ops/kfp_client.py KFP_RBAC, from KFP's server/*_server.go): none missing
     (a 403 on multi-user Kubeflow), none unused, no wildcard, no subresource (KFP checks
     none); `get`/`delete` on pipelines name the pipeline, so only genpipe's own."""
+    from genpipe.ops.kfp_client import kfp_rbac_needs
     from zoo import models
-    from zoo.kfp_client import kfp_rbac_needs
 
     objs = overlay("cpu")
     role = find(objs, "Role", "genpipe-kfp-submitter", "kubeflow")
@@ -297,10 +297,10 @@ def test_rbac_is_least_privilege():
 
 def test_tfjob_launcher_role_is_exactly_what_its_calls_need():
     """The multi-worker train task creates/gets/deletes its TFJob and reads worker 0's log:
-    the Role grants those calls (zoo/tfjob.py LAUNCHER_RBAC) and nothing else, bound to the
+    the Role grants those calls (genpipe/ops/tfjob.py LAUNCHER_RBAC) and nothing else, bound to the
     accounts KFP runs pipeline pods as. Without it a standalone KFP's `pipeline-runner` gets
     403 on the first create."""
-    from zoo import tfjob
+    from genpipe.ops import tfjob
 
     objs = overlay("cpu")
     role = find(objs, "Role", "genpipe-tfjob-launcher", "kubeflow")
@@ -421,7 +421,7 @@ def test_rendered_inference_service(profile):
     with a GPU profile kept off that profile's GPU nodes."""
     import upstream_contracts
 
-    from zoo.kserve import SERVING_RUNTIME, render_inference_service, storage_uri
+    from genpipe.ops.kserve import SERVING_RUNTIME, render_inference_service, storage_uri
 
     uri = storage_uri("mlflow-artifacts:/3/models/m-abc/artifacts", "s3://genpipe-mlflow/artifacts")
     assert uri == "s3://genpipe-mlflow/artifacts/3/models/m-abc/artifacts"
@@ -465,7 +465,7 @@ def test_serving_runtime_is_valid_and_configures_mlserver_like_kserve():
     import upstream_contracts
 
     import zoo
-    from zoo.cli_cluster import DEFAULT_REPOSITORY
+    from genpipe.cli.cluster import DEFAULT_REPOSITORY
 
     runtime = yaml.safe_load(SERVING_RUNTIME_FILE.read_text())
     upstream_contracts.assert_valid(runtime)
@@ -517,7 +517,7 @@ def test_docs_walkthrough_matches_the_code():
 
     import typer
 
-    from zoo import cli
+    from genpipe import cli
 
     text = (ROOT / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
@@ -549,7 +549,7 @@ def test_docs_walkthrough_matches_the_code():
 def test_inference_service_example_is_what_deploy_renders():
     import upstream_contracts
 
-    from zoo.kserve import render_inference_service
+    from genpipe.ops.kserve import render_inference_service
 
     example = yaml.safe_load((K8S / "serving" / "inferenceservice.example.yaml").read_text())
     upstream_contracts.assert_valid(example)
@@ -659,7 +659,7 @@ def iam_allows(policy: dict[str, Any], action: str, resource: str, prefix: str =
 def test_object_store_policies_are_scoped_and_attached_to_the_right_users():
     import json
 
-    from zoo.kserve import storage_uri
+    from genpipe.ops.kserve import storage_uri
 
     objs = overlay("cpu")
     cm = find(objs, "ConfigMap", "genpipe-s3-policies")["data"]

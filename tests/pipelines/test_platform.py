@@ -635,7 +635,7 @@ def test_cpu_image_follows_an_image_override_or_is_set_explicitly(tmp_path: Path
 
 def _tfjob_of(spec: dict[str, Any]) -> dict[str, Any]:
     """The TFJob the compiled train task creates: its template input, rendered for a run."""
-    from zoo import tfjob
+    from genpipe.ops import tfjob
 
     constant = pipeline_task(spec, "train")["inputs"]["parameters"]["tfjob"]
     template = tfjob.parse_template(constant["runtimeValue"]["constant"])

@@ -25,7 +25,7 @@ def genpipe(*args: str, home) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "GENPIPE_HOME": str(home), "GENPIPE_GIT_COMMIT": CODE}
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "zoo", "run", "vae", *args],
+        [sys.executable, "-m", "genpipe", "run", "vae", *args],
         capture_output=True,
         text=True,
         timeout=900,

@@ -12,9 +12,9 @@ import mlflow.pyfunc
 import pytest
 from typer.testing import CliRunner
 
+from genpipe.cli import app
 from pipelines.local import run_local
 from zoo import tracking
-from zoo.cli import app
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"

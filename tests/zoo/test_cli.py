@@ -8,7 +8,7 @@ import yaml
 
 def genpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "zoo", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "genpipe", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genpipe.cli.generate import generate_output, parse_ref
 from zoo import models
-from zoo.cli_generate import generate_output, parse_ref
 from zoo.errors import ConfigError
 from zoo.models.text_common import build_vocab
 

@@ -38,7 +38,17 @@ def test_generate_prints_only_what_was_asked(stack, registered_vae, tmp_path):
     env = {**os.environ, "GENPIPE_HOME": str(stack.state_dir)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell
     out = subprocess.run(
-        [sys.executable, "-m", "zoo", "generate", registered_vae, "-n", "4", "-o", str(out_png)],
+        [
+            sys.executable,
+            "-m",
+            "genpipe",
+            "generate",
+            registered_vae,
+            "-n",
+            "4",
+            "-o",
+            str(out_png),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,7 +66,15 @@ def test_generate_prints_only_what_was_asked(stack, registered_vae, tmp_path):
 def test_generate_errors_still_reach_the_terminal_as_one_line(stack, tmp_path):
     env = {**os.environ, "GENPIPE_HOME": str(stack.state_dir)}
     out = subprocess.run(
-        [sys.executable, "-m", "zoo", "generate", "no-such-model-x", "-o", str(tmp_path / "g.png")],
+        [
+            sys.executable,
+            "-m",
+            "genpipe",
+            "generate",
+            "no-such-model-x",
+            "-o",
+            str(tmp_path / "g.png"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 
+from genpipe.cli.pipeline import NOT_BLESSED_EXIT
 from zoo import tracking
-from zoo.cli_pipeline import NOT_BLESSED_EXIT
 
 
 def genpipe(*args: str, home, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "GENPIPE_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "zoo", *args],
+        [sys.executable, "-m", "genpipe", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

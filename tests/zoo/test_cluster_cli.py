@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_cli
 
-from zoo.kfp_client import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN
+from genpipe.ops.kfp_client import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN
 
 FAKE_SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIA-fake-should-not-leak",

@@ -32,7 +32,8 @@ import upstream_contracts
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from zoo import tfconfig, tfjob
+from genpipe.ops import tfjob
+from zoo import tfconfig
 from zoo.data import fetch, load_source, publish, split
 from zoo.errors import ConfigError, GenpipeError
 
@@ -584,22 +585,13 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_zoo_imports_no_upper_layer_and_has_no_distributed_cycle() -> None:
-    """zoo is the library/operations layer: pipelines and components sit above it. Only the
-    CLI modules (zoo/cli*.py, the top layer, kept in the package) may import them."""
-    offenders = {}
-    for path in sorted((ROOT / "zoo").rglob("*.py")):
-        if path.parent == ROOT / "zoo" and path.name.startswith(("cli", "__main__")):
-            continue
-        upward = sorted(m for m in _imports(path) if m.split(".")[0] in ("pipelines", "components"))
-        if upward:
-            offenders[str(path.relative_to(ROOT))] = upward
-    assert offenders == {}
+def test_trainer_does_not_import_the_worker_entry_point() -> None:
+    """Layers in general: tests/test_layers.py. Here: the TFJob plumbing stays out of the trainer."""
     # The trainer needs only TF_CONFIG parsing, not the worker entry point that imports it.
     train_imports = _imports(ROOT / "zoo" / "train.py")
     assert not any(m.startswith("zoo.distributed") for m in train_imports), train_imports
     assert not any(
-        m.startswith(("zoo.train", "zoo.distributed", "zoo.tfjob"))
+        m.startswith(("zoo.train", "zoo.distributed", "genpipe.ops.tfjob"))
         for m in _imports(ROOT / "zoo" / "tfconfig.py")
     )
 

@@ -11,9 +11,10 @@ import sys
 import time
 import uuid
 
+from genpipe.ops import gc
 from pipelines import warm
 from pipelines.local import run_local
-from zoo import checkpoints, gc, tracking
+from zoo import checkpoints, tracking
 from zoo.data import fetch, load_source, publish, split
 from zoo.models import resolve_config
 from zoo.train import Trainer
@@ -72,7 +73,11 @@ def _put_checkpoint(store, run_id: str, size: int = 3000) -> str:
 def _genpipe(stack, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GENPIPE_HOME": str(stack.state_dir), "COLUMNS": "80"}
     out = subprocess.run(
-        [sys.executable, "-m", "zoo", *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "genpipe", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     return out

@@ -23,8 +23,7 @@ import pytest
 import yaml
 from cli_helpers import run_cli
 
-from zoo.errors import ConfigError
-from zoo.kfp_client import (
+from genpipe.ops.kfp_client import (
     COMMAND_CALLS,
     ENV_COOKIE,
     ENV_HOST,
@@ -37,6 +36,7 @@ from zoo.kfp_client import (
     cron_expression,
     kfp_rbac_needs,
 )
+from zoo.errors import ConfigError
 
 TOKEN = "kfp-token-should-not-leak"
 SA_TOKEN = "projected-token-of-genpipe-retrain"

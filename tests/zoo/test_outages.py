@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from zoo import stack as zstack
+from genpipe.ops import stack as zstack
 from zoo.errors import GenpipeError
 from zoo.settings import Settings
 from zoo.storage import ObjectStore

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from genpipe.cli.cluster import pipeline_params
 from pipelines.local import check_run_args, run_local
 from zoo import tracking
-from zoo.cli_cluster import pipeline_params
 from zoo.data import load_source
 from zoo.data.sources import dataset_name, default_registered_name
 

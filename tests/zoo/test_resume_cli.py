@@ -86,7 +86,7 @@ def test_killed_run_resumes_from_its_checkpoint(stack, store, monkeypatch):
         assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
 
     env = {**os.environ, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "zoo", "run", "vae", "--preset", "tiny"]
+    cmd = [sys.executable, "-m", "genpipe", "run", "vae", "--preset", "tiny"]
     cmd += ["--set", f"epochs={EPOCHS}", "--set", f"steps_per_epoch={STEPS}"]
     cmd += ["--experiment", experiment, "--name", name, "--thresholds", LOOSE]
     out = subprocess.run(

@@ -23,10 +23,10 @@ from cli_helpers import run_cli
 from minio import Minio
 from PIL import Image
 
+from genpipe.ops.server import MAX_BODY_BYTES, MAX_CONNECTIONS, render, serve
+from genpipe.ops.stack import MLFLOW_BUCKET
 from zoo import models, registration, tracking
-from zoo.server import MAX_BODY_BYTES, MAX_CONNECTIONS, render, serve
 from zoo.settings import Settings
-from zoo.stack import MLFLOW_BUCKET
 from zoo.train import load_model, write_model_config
 
 SPEC = {"shape": [28, 28, 1], "num_classes": 10}
@@ -311,7 +311,7 @@ def test_serve_end_to_end(stack, registered, tmp_path):
         [
             sys.executable,
             "-c",
-            "from zoo.cli import main; main()",
+            "from genpipe.cli import main; main()",
             "serve",
             f"{registered}@champion",
             "--port",

@@ -26,9 +26,9 @@ from minio import Minio
 from minio.error import S3Error
 from typer.testing import CliRunner
 
+from genpipe.cli import app
+from genpipe.ops import stack as zstack
 from tests.as_user import NOBODY, can_switch_user, run_as
-from zoo import stack as zstack
-from zoo.cli import app
 from zoo.errors import StackError
 from zoo.settings import DEFAULT_BUCKET
 from zoo.storage import ObjectStore
@@ -304,7 +304,7 @@ def test_cli_status_and_env(stack) -> None:
 
 
 def _genpipe(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; sys.argv[0] = 'genpipe'; from zoo.cli import main; main()"
+    code = "import sys; sys.argv[0] = 'genpipe'; from genpipe.cli import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
     )

@@ -15,9 +15,9 @@ import mlflow.pyfunc
 import pytest
 from mlflow import MlflowClient
 
+from genpipe.ops import mlflow_auth
+from genpipe.ops import stack as zstack
 from tests.as_user import NOBODY, can_switch_user, run_as
-from zoo import mlflow_auth
-from zoo import stack as zstack
 
 
 class _Echo(mlflow.pyfunc.PythonModel):

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc  # imported here, used only in forked children (a fork after gRPC ran may hang)
 import pytest
 
+from genpipe.ops import stack as zstack
 from tests.as_user import NOBODY, can_switch_user, run_as
-from zoo import stack as zstack
 from zoo.settings import DEFAULT_BUCKET
 from zoo.storage import ObjectStore
 

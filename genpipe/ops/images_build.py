@@ -213,7 +213,7 @@ def _stream(argv: list[str], cwd: Path, env: dict[str, str], on_log: Log, what: 
 def context_files(root: Path) -> list[Path]:
     """The files of the build context (.dockerignore's allow list), sorted."""
     out: list[Path] = []
-    for name in ("pyproject.toml", "README.md", "zoo", "components", "pipelines"):
+    for name in ("pyproject.toml", "README.md", "zoo", "components", "pipelines", "genpipe"):
         p = root / name
         if p.is_file():
             out.append(p)

@@ -145,8 +145,8 @@ def register(app: typer.Typer) -> None:
         if image and not containers:
             raise ConfigError(f"--image {image!r} needs --containers (tasks run in this Python)")
         if containers:
+            from genpipe.cli.cluster import check_image
             from pipelines.platform import load_profile
-            from zoo.cli_cluster import check_image
 
             image = check_image(image) if image else load_profile("cpu").image
         # The task process starts importing TensorFlow & co. now; this one never does.
@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         if resume:  # the run to resume is looked up in the stack's MLflow and object store
             import os
 
-            from zoo import stack
+            from genpipe.ops import stack
 
             os.environ.update(stack.ensure_up())
         # Type-check config and thresholds before anything runs (in the warm process, where
@@ -255,8 +255,8 @@ def register(app: typer.Typer) -> None:
         retries: int = typer.Option(2, help="Retries per task."),
     ) -> None:
         """Compile MODEL's pipeline to KFP IR YAML with the profile's GPU, scheduling and secrets."""
+        from genpipe.cli.cluster import check_image
         from pipelines.factory import compile_pipeline
-        from zoo.cli_cluster import check_image
 
         # Same rule as submit/schedule: a compiled pipeline must name a pinned image.
         compile_pipeline(

@@ -70,11 +70,6 @@ def job_name(mlflow_run_id: str, prefix: str = "genpipe-train") -> str:
     return f"{prefix}-{re.sub(r'[^a-z0-9]', '', mlflow_run_id.lower())[:40]}".rstrip("-")
 
 
-def model_prefix(mlflow_run_id: str) -> str:
-    """Where the chief of a TFJob uploads the trained model directory (under the bucket)."""
-    return f"models/{mlflow_run_id}/model"
-
-
 def worker_command(
     model: str, manifest_uri: str, mlflow_run_id: str, preset: str, overrides: str
 ) -> list[str]:

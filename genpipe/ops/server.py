@@ -70,7 +70,7 @@ def render(samples: Any, fmt: str) -> tuple[str, bytes]:
             f"the model returned an array of shape {list(arr.shape)}, not images: "
             'ask for "format": "json"'
         )
-    from zoo.images import grid_png
+    from zoo.grids import grid_png
 
     return "image/png", grid_png(arr)
 

@@ -39,7 +39,8 @@ def load_registered(ref: str) -> tuple[Any, dict[str, Any]]:
     """Download and load `ref` from the MLflow registry of the running stack."""
     import os
 
-    from zoo import registration, stack, tracking
+    from genpipe.ops import stack
+    from zoo import registration, tracking
     from zoo.train import load_model
 
     os.environ.update(stack.ensure_up())
@@ -68,7 +69,7 @@ def generate_output(
     output: Path | None,
 ) -> str:
     """Generate with a loaded model; returns the text (text models) or the PNG path written."""
-    from zoo import images
+    from zoo import grids as images
     from zoo.serving import generate_from_request
 
     if model.family == "text":
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
 
         TensorFlow's and MLflow's own messages go to $GENPIPE_HOME/logs/generate-*.log.
         """
-        from zoo.cli import quiet_libraries
+        from genpipe.cli import quiet_libraries
 
         with quiet_libraries("generate"):
             model, _ = load_registered(ref)

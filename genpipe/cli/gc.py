@@ -1,4 +1,4 @@
-"""`genpipe gc`: list, and with --yes delete, what interrupted runs left behind (zoo.gc)."""
+"""`genpipe gc`: list, and with --yes delete, what interrupted runs left behind (genpipe.ops.gc)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
-        from zoo import gc, stack, tracking
+        from genpipe.ops import gc, stack
+        from zoo import tracking
         from zoo.storage import ObjectStore
 
         os.environ.update(stack.ensure_up())

@@ -46,7 +46,7 @@ def parse_model_ref(ref: str) -> tuple[str, str]:
 
 def artifacts_destination(value: str = "") -> str:
     """The MLflow server's --artifacts-destination (flag, env, else the embedded stack's)."""
-    from zoo.stack import MLFLOW_ARTIFACTS
+    from genpipe.ops.stack import MLFLOW_ARTIFACTS
 
     dest = value or os.environ.get(ENV_ARTIFACTS_DESTINATION, "") or MLFLOW_ARTIFACTS
     if urlparse(dest).scheme not in _DIRECT_SCHEMES:

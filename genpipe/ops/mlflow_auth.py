@@ -1,4 +1,4 @@
-"""Cheap authentication for the embedded MLflow server (`zoo.stack`), loaded BY that server.
+"""Cheap authentication for the embedded MLflow server (`genpipe.ops.stack`), loaded BY that server.
 
 MLflow's basic-auth app (`mlflow server --app-name basic-auth`) calls the ini's
 `authorization_function` on every request. Its default checks the password against a
@@ -7,8 +7,8 @@ a 256-bit random token, which needs no slow hash (nothing to brute-force), so th
 compares it in constant time against the secret in the stack's 0600 `mlflow-auth.json`.
 
 The MLflow server imports this module: it imports nothing but the standard library and the
-flask/werkzeug the server already runs on (never `zoo.stack` or the model code), and those
-only when called, so `zoo.stack` can name `FUNCTION` and `ENV_AUTH_FILE` for free.
+flask/werkzeug the server already runs on (never `genpipe.ops.stack` or the model code), and those
+only when called, so `genpipe.ops.stack` can name `FUNCTION` and `ENV_AUTH_FILE` for free.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: `zoo.stack` reads the constants without flask
+if TYPE_CHECKING:  # imported where used: `genpipe.ops.stack` reads the constants without flask
     from flask import Response
     from werkzeug.datastructures import Authorization
 
-#: the server's environment names the credentials file (`zoo.stack._start_mlflow` sets it)
+#: the server's environment names the credentials file (`genpipe.ops.stack._start_mlflow` sets it)
 ENV_AUTH_FILE = "GENPIPE_MLFLOW_AUTH_FILE"
 #: what the ini's `authorization_function` names
 FUNCTION = f"{__name__}:authenticate"

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from genpipe.ops.stack import GRPC_OFFSET
 from zoo.errors import StackError
-from zoo.stack import GRPC_OFFSET
 
 out = Console()  # stdout: tables, and `env` lines meant for eval
 err = Console(stderr=True)  # progress and hints, so `eval $(genpipe env)` sees only exports
@@ -38,7 +38,7 @@ def _port_opt(flag: str, what: str, default: int, grpc: bool = True) -> int | No
     )
 
 
-def _table(info) -> Table:  # info: zoo.stack.StackInfo
+def _table(info) -> Table:  # info: genpipe.ops.stack.StackInfo
     logs = info.services[0].log.parent
     table = Table(title=f"genpipe stack in {info.state_dir} (logs: {logs})", title_justify="left")
     for col in ("service", "pid", "url", "healthy"):
@@ -69,7 +69,7 @@ def up(
     """Start SeaweedFS (S3) and MLflow on 127.0.0.1 (nothing if they already run), and the
     warm task server that later `genpipe run`s fork their tasks from. Both require the
     stack's credentials (generated once, 0600 files in the state dir): `genpipe env`."""
-    from zoo import stack
+    from genpipe.ops import stack
 
     base = stack.load_ports(state_dir) or stack.Ports()
     overrides = {
@@ -103,7 +103,7 @@ def down(
     ),
 ) -> None:
     """Stop the embedded stack and the warm task server; data and credentials stay."""
-    from zoo import stack
+    from genpipe.ops import stack
 
     if any(s.pid for s in stack.status(state_dir).services):
         err.print("Stopping (SeaweedFS drains its connections for up to ~18 s) ...")
@@ -118,7 +118,7 @@ def down(
 
 def status(state_dir: Path | None = _state_opt()) -> None:
     """Show each server's pid, URL and health; exits 1 unless all are healthy."""
-    from zoo import stack
+    from genpipe.ops import stack
 
     info = stack.status(state_dir)
     out.print(_table(info))
@@ -134,7 +134,7 @@ def env(state_dir: Path | None = _state_opt()) -> None:
     This prints the S3 secret key and the MLflow password (that is its purpose); keep the
     output out of logs.
     """
-    from zoo import stack
+    from genpipe.ops import stack
 
     values = stack.env(state_dir)
     if not stack.status(state_dir).healthy:

@@ -108,7 +108,7 @@ def _compile(model: str, profile: str, image: str, retries: int, where: Path) ->
 
 
 def _connect(host: str, token: str, cookie: str, namespace: str) -> Any:
-    from zoo.kfp_client import Kfp, resolve_auth, resolve_host
+    from genpipe.ops.kfp_client import Kfp, resolve_auth, resolve_host
 
     return Kfp(resolve_host(host), resolve_auth(token, cookie), namespace)
 
@@ -118,8 +118,8 @@ def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from genpipe.ops.kserve import parse_model_ref
     from zoo import registration
-    from zoo.kserve import parse_model_ref
     from zoo.settings import ENV_MLFLOW_URI
 
     name, sel = parse_model_ref(ref)
@@ -291,7 +291,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     ) -> None:
         """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one
         once the new one is accepted."""
-        from zoo.kfp_client import cron_expression, interval_seconds
+        from genpipe.ops.kfp_client import cron_expression, interval_seconds
 
         if bool(cron) == bool(every):
             raise ConfigError("give exactly one of --cron '0 0 3 * * *' or --every 24h")
@@ -330,7 +330,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         namespace: str = ns_opt,
     ) -> None:
         """List recurring runs."""
-        from zoo.kfp_client import describe_trigger
+        from genpipe.ops.kfp_client import describe_trigger
 
         kfp = _connect(host, token, cookie, namespace)
         table = Table("name", "id", "trigger", "status", "created")
@@ -375,9 +375,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         ),
     ) -> None:
         """Download a registered model (model.keras + config.json) from MLflow."""
+        from genpipe.ops.kserve import artifacts_destination as dest_of
+        from genpipe.ops.kserve import storage_uri
         from zoo import registration
-        from zoo.kserve import artifacts_destination as dest_of
-        from zoo.kserve import storage_uri
 
         c, name, sel, version = _mlflow_version(ref)
         registration.download_model_dir(c, name, str(version.version), output)
@@ -396,7 +396,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         ),
     ) -> None:
         """Serve a registered model over HTTP: GET /healthz, POST /v1/generate."""
-        from zoo.server import serve
+        from genpipe.ops.server import serve
 
         tmp = Path(tempfile.mkdtemp(prefix="genpipe-serve-"))
         try:
@@ -447,10 +447,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         ),
     ) -> None:
         """Render the KServe InferenceService for a registered model (pipe into kubectl apply -f -)."""
+        from genpipe.ops.kserve import artifacts_destination as dest_of
+        from genpipe.ops.kserve import check_runtime, render_inference_service, storage_uri
+        from genpipe.ops.kserve import service_name as svc_name
         from pipelines.platform import load_profile
-        from zoo.kserve import artifacts_destination as dest_of
-        from zoo.kserve import check_runtime, render_inference_service, storage_uri
-        from zoo.kserve import service_name as svc_name
 
         # Bad options fail before MLflow is asked.
         prof = load_profile(profile)
@@ -488,7 +488,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     )
 
     def _variants(variant: str) -> list[str]:
-        from zoo.images_build import variants
+        from genpipe.ops.images_build import variants
 
         have = variants()
         if variant == "all":
@@ -518,7 +518,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         push: bool = typer.Option(False, "--push", help="Push after building."),
     ) -> None:
         """Build images/Dockerfile.{cpu,gpu,serving} as REPOSITORY:VERSION-VARIANT."""
-        from zoo.images_build import build_image, detect_builder, push_image
+        from genpipe.ops.images_build import build_image, detect_builder, push_image
 
         chosen = _variants(variant)
         tags = [image_tag(repository, v, version) for v in chosen]  # refuse before building
@@ -548,7 +548,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         builder: str = builder_opt,
     ) -> None:
         """Push REPOSITORY:VERSION-VARIANT (log in with `docker login` / `podman login` first)."""
-        from zoo.images_build import detect_builder, push_image
+        from genpipe.ops.images_build import detect_builder, push_image
 
         tags = [image_tag(repository, v, version) for v in _variants(variant)]
         tool = detect_builder(builder)

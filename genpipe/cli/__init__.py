@@ -40,13 +40,10 @@ def _main(
 
 
 def _register_commands() -> None:
-    from zoo import cli_pipeline, cli_stack
+    import importlib
 
-    cli_stack.register(app)
-    cli_pipeline.register(app)
-    __import__("zoo.cli_generate").cli_generate.register(app)
-    __import__("zoo.cli_cluster").cli_cluster.register(app)
-    __import__("zoo.cli_gc").cli_gc.register(app)
+    for noun in ("stack", "pipeline", "generate", "cluster", "gc"):
+        importlib.import_module(f"genpipe.cli.{noun}").register(app)
 
 
 _register_commands()

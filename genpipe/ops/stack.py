@@ -13,7 +13,7 @@
     STATE/mlflow.db          MLflow backend store (sqlite)
     STATE/mlflow-auth.json   MLflow's admin user and 256-bit password (mode 0600), generated on
                              the first `up`; every MLflow request must carry them (Basic auth,
-                             checked by `zoo.mlflow_auth`)
+                             checked by `genpipe.ops.mlflow_auth`)
     STATE/mlflow-auth.ini    MLflow auth app config; STATE/mlflow-auth.db its user database
     STATE/logs/*.log         server output, quoted in errors
     STATE/*.pid              process ids (each the leader of its own process group)
@@ -48,7 +48,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zoo import mlflow_auth, settings
+from genpipe.ops import mlflow_auth
+from zoo import settings
 from zoo.errors import StackError
 
 MLFLOW_BUCKET = "genpipe-mlflow"
@@ -730,7 +731,7 @@ def _enable_mlflow_auth(state: Path) -> None:
         auth = {
             "username": "admin",
             # 256 random bits: checked with a constant-time compare, no slow hash needed
-            # (`zoo.mlflow_auth`).
+            # (`genpipe.ops.mlflow_auth`).
             "password": secrets.token_urlsafe(32),
             # Signs the auth app's CSRF tokens; stable across restarts of this stack.
             "flask_secret": secrets.token_urlsafe(36),
@@ -741,7 +742,7 @@ def _enable_mlflow_auth(state: Path) -> None:
 
 
 def _mlflow_auth_ini(state: Path) -> str:
-    """The auth app's config: only the admin exists, and `zoo.mlflow_auth` checks it cheaply."""
+    """The auth app's config: only the admin exists, and `genpipe.ops.mlflow_auth` checks it cheaply."""
     return (
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"

@@ -1,0 +1,313 @@
+"""Benchmark: quality per CPU-minute, ours vs the published keras-io recipe, same budget.
+
+    python bench/bench_quality.py [--models vae,ddpm] [--budget-s 150] [--dry-run]
+
+For each model family, on MNIST t10k (images: 9,000 train / 1,000 held out, split as
+`genpipe run` ingests it) or tiny-shakespeare (text: last 10% held out):
+
+* **ours**: the registered model with its default config, trained by our trainer
+  (`zoo.train.Trainer`) for the budget. The step count is planned from a short calibration
+  run (so the text models' cosine schedule ends at the budget) and the run is stopped at
+  1.1x the budget in any case (then the last epoch's checkpoint is scored).
+* **recipe**: the keras-io example for that family (bench/quality_refs.py: architecture,
+  optimizer, batch and loss as published, each number cited there; adaptations stated),
+  trained by plain Keras `fit` (with the recipe's own `train_step` where it has one) until
+  the same budget is spent (a callback checks after every batch).
+* Both are scored by the pipeline's own functions for the family's primary metric:
+  `zoo.train.evaluate_split` (the exact held-out means behind test_neg_elbo,
+  test_bits_per_dim and val_loss) or `zoo.evaluation.image.sample_metrics` (test_fid: n
+  generated vs the first n held-out images in the domain feature space).
+
+The budget is **process CPU seconds** (`time.process_time`, all threads), not wall time, so
+other jobs on a shared machine do not shrink one side's budget; wall time is printed too.
+Calibration, model building and scoring are outside the budget; tracing and the first
+steps are inside it for both sides. Writes bench/results/quality.{json,md} (or --out-dir).
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+FAMILIES = ["vae", "cgan", "wgan_gp", "ddpm", "realnvp", "pixelcnn", "char_rnn", "gpt"]
+#: the pipeline's primary metric per model (zoo.models.*.primary_metric) without the split
+METRIC = {
+    "vae": "neg_elbo",
+    "cgan": "fid",
+    "wgan_gp": "fid",
+    "ddpm": "fid",
+    "realnvp": "bits_per_dim",
+    "pixelcnn": "bits_per_dim",
+    "char_rnn": "loss",
+    "gpt": "loss",
+}
+UNITS = {
+    "neg_elbo": "nats/image",
+    "fid": "FID",
+    "bits_per_dim": "bits/dim",
+    "loss": "nats/char",
+}
+GOAL = 0.20  # issue 14: ours >= 20% better on the primary metric
+
+
+class BudgetSpent(Exception):
+    """Raised from the trainer's step callback once the hard budget is exceeded."""
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+@dataclasses.dataclass
+class Side:
+    metric: float
+    cpu_s: float
+    wall_s: float
+    steps: int
+    note: str = ""
+
+
+def score(model: Any, data: Any, metric: str, fid_samples: int) -> float:
+    """The family's primary metric by the pipeline's own function (lower is better)."""
+    from zoo.train import evaluate_split
+
+    split = model.heldout_split
+    if metric == "fid":
+        from zoo.data import load_split_arrays
+        from zoo.evaluation.image import sample_metrics
+
+        x, y = load_split_arrays(data, split)
+        return float(sample_metrics(model, data, x, y, fid_samples, seed=0)[0]["fid"])
+    return float(evaluate_split(model, data, split)[metric])
+
+
+# -- ours -------------------------------------------------------------------------------
+def _config(name: str, tiny: bool, overrides: dict[str, Any]) -> Any:
+    from zoo import models
+
+    return models.resolve_config(name, "tiny" if tiny else "default", overrides)
+
+
+def _restore(name: str, cfg: Any, data: Any, ckpt_dir: Path) -> Any:
+    """The model as of the trainer's newest checkpoint (written at every epoch end)."""
+    import tensorflow as tf
+
+    from zoo import models
+    from zoo.train import build_for_training, data_spec_from_manifest
+
+    model, opts = build_for_training(
+        models.get(name), cfg, data_spec_from_manifest(data.manifest, data)
+    )
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=model, step=step, **{f"opt_{k}": v for k, v in opts.items()})
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    if latest is None:
+        raise RuntimeError(f"{name}: no checkpoint in {ckpt_dir}: the budget ended in epoch 1")
+    ckpt.restore(latest).expect_partial()
+    return model, int(step.numpy())
+
+
+def _calibrate(name: str, cfg: Any, data: Any, workdir: Path) -> tuple[float, float]:
+    """(CPU s per optimizer step, CPU s until the first step is done) of our trainer."""
+    from zoo.train import Trainer
+
+    steps = 3 if cfg.steps_per_epoch and cfg.steps_per_epoch <= 3 else 12
+    marks: list[float] = []
+    t0 = cpu()
+    c = dataclasses.replace(cfg, epochs=1, steps_per_epoch=steps)
+    Trainer(name, c, data, workdir, on_step=lambda s: marks.append(cpu())).run()
+    per_step = (marks[-1] - marks[1]) / max(1, len(marks) - 2) if len(marks) > 2 else 1.0
+    return max(per_step, 1e-4), marks[0] - t0
+
+
+def run_ours(
+    name: str, data: Any, budget: float, tiny: bool, fid_samples: int, workdir: Path
+) -> Side:
+    from zoo.train import Trainer
+
+    cfg = _config(name, tiny, {})
+    per_step, first = _calibrate(name, cfg, data, workdir / "calib")
+    n_train = data.manifest["splits"]["train"]["count"]
+    natural = max(1, n_train // cfg.batch_size)
+    # Plan the steps that fit in the budget after the first (tracing) step; epochs of at
+    # most a natural epoch so a hard stop loses at most one epoch (typically << budget).
+    planned = max(2, int((budget - first) / per_step * 0.95))
+    epochs = max(1, math.ceil(planned / natural), 4 if planned >= 40 else 1)
+    spe = max(1, math.ceil(planned / epochs))
+    cfg = dataclasses.replace(cfg, epochs=epochs, steps_per_epoch=spe)
+    run_dir = workdir / "run"
+    done = {"epochs": 0}
+    t0, w0 = cpu(), time.perf_counter()
+
+    def on_step(step: int) -> None:
+        # Only once an epoch's checkpoint exists: the stopped run is scored from it.
+        if done["epochs"] and cpu() - t0 > 1.1 * budget:
+            raise BudgetSpent
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        done["epochs"] = epoch
+
+    note = f"{epochs}x{spe} steps planned"
+    try:
+        Trainer(name, cfg, data, run_dir, on_step=on_step, on_epoch=on_epoch).run()
+    except BudgetSpent:
+        note += "; hard stop at 1.1x budget, last epoch's checkpoint scored"
+    used, wall = cpu() - t0, time.perf_counter() - w0
+    model, steps = _restore(name, cfg, data, run_dir / "ckpt")
+    return Side(score(model, data, METRIC[name], fid_samples), used, wall, steps, note)
+
+
+# -- the recipe ---------------------------------------------------------------------------
+def run_ref(name: str, data: Any, budget: float, tiny: bool, fid_samples: int) -> Side:
+    import keras
+
+    from quality_refs import REFS, BudgetStop
+
+    keras.utils.set_random_seed(0)
+    ref = REFS[name](data, tiny=tiny)
+    model, x, kw = ref.build()
+    stop = BudgetStop(budget, cpu)
+    w0 = time.perf_counter()
+    t0 = cpu()
+    model.fit(x, epochs=100_000, verbose=0, callbacks=[stop], **kw)
+    used, wall = cpu() - t0, time.perf_counter() - w0
+    ref.after_fit()
+    return Side(score(ref, data, METRIC[name], fid_samples), used, wall, stop.steps, ref.source)
+
+
+# -- main -------------------------------------------------------------------------------
+def compare(
+    name: str, budget: float, tiny: bool, fid_samples: int, workdir: Path
+) -> dict[str, Any]:
+    import keras
+
+    from zoo import models
+
+    data = common.dataset_for(name, workdir / "data")
+    out: dict[str, Any] = {"model": name, "metric": METRIC[name], "budget_cpu_s": budget}
+    for side in ("ours", "recipe"):
+        keras.backend.clear_session()
+        print(f"== {name} / {side}: budget {budget:.0f} CPU-s", flush=True)
+        if side == "ours":
+            r = run_ours(name, data, budget, tiny, fid_samples, workdir / name)
+        else:
+            r = run_ref(name, data, budget, tiny, fid_samples)
+        out[side] = dataclasses.asdict(r)
+        print(
+            f"   {METRIC[name]}={r.metric:.4f} after {r.steps} steps, "
+            f"{r.cpu_s:.0f} CPU-s, {r.wall_s:.0f} s wall ({r.note})",
+            flush=True,
+        )
+    ours, ref = out["ours"]["metric"], out["recipe"]["metric"]
+    assert models.get(name).lower_is_better
+    out["ours_over_recipe"] = ours / ref if ref else float("nan")
+    out["better_by"] = 1.0 - out["ours_over_recipe"]
+    out["goal_met"] = bool(out["better_by"] >= GOAL)
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    headers = [
+        "model",
+        "metric (lower is better)",
+        "budget CPU-s",
+        "ours",
+        "ours steps / CPU-s / wall-s",
+        "recipe",
+        "recipe steps / CPU-s / wall-s",
+        "ours / recipe",
+        "ours better by",
+        ">= 20%?",
+    ]
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["model"], r.get("metric", ""), r.get("budget_cpu_s", "")] + ["error"] * 7)
+            continue
+        o, f = r["ours"], r["recipe"]
+        body.append(
+            [
+                r["model"],
+                f"{r['metric']} ({UNITS[r['metric']]})",
+                f"{r['budget_cpu_s']:.0f}",
+                f"{o['metric']:.3f}",
+                f"{o['steps']} / {o['cpu_s']:.0f} / {o['wall_s']:.0f}",
+                f"{f['metric']:.3f}",
+                f"{f['steps']} / {f['cpu_s']:.0f} / {f['wall_s']:.0f}",
+                f"{r['ours_over_recipe']:.3f}",
+                f"{100 * r['better_by']:.1f}%",
+                "yes" if r["goal_met"] else "no",
+            ]
+        )
+    return common.md_table(headers, body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=",".join(FAMILIES), help="comma-separated subset")
+    p.add_argument(
+        "--budget-s", type=float, default=150.0, help="process CPU seconds per side per model"
+    )
+    p.add_argument(
+        "--fid-samples", type=int, default=1000, help="generated images per FID (pipeline: 1000)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny configs and recipes, 2 CPU-s, 32 FID samples: checks the harness only",
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="default bench/results")
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        p.error(f"unknown model {bad[0]!r}; valid: {', '.join(FAMILIES)}")
+    if args.budget_s <= 0 or args.fid_samples < 4:
+        p.error(f"--budget-s={args.budget_s} must be > 0 and --fid-samples={args.fid_samples} >= 4")
+    budget = 2.0 if args.dry_run else args.budget_s
+    fid_n = min(args.fid_samples, 32) if args.dry_run else args.fid_samples
+    common.quiet_tf()
+    if args.out_dir:
+        common.RESULTS = args.out_dir
+    rows = []
+    w0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="genpipe-bench-quality-"))
+    try:
+        for name in names:
+            try:
+                rows.append(compare(name, budget, args.dry_run, fid_n, work))
+            except Exception as e:  # one failing family must not lose the others' figures
+                print(f"!! {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                rows.append({"model": name, "metric": METRIC[name], "error": f"{type(e).__name__}: {e}"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    md = table(rows)
+    payload = {
+        "machine": common.machine(),
+        "budget_cpu_s": budget,
+        "fid_samples": fid_n,
+        "dry_run": args.dry_run,
+        "total_wall_s": time.perf_counter() - w0,
+        "results": rows,
+    }
+    out = common.write_results("quality", payload, md)
+    print("\n" + md)
+    print(f"wrote {out} (total {payload['total_wall_s']:.0f} s wall, load {os.getloadavg()[0]:.1f})")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
