@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genpipe.ops import procs
 from zoo import checkpoints
 from zoo.storage import ObjectStore
 
@@ -114,7 +115,7 @@ def temp_leftovers(root: Path, stale_s: float = 3600.0) -> list[Leftover]:
         size, newest = _du(path)
         if m["pid"]:
             pid = int(m["pid"])
-            if _alive(pid):
+            if procs.alive(pid):
                 continue
             why = f"process {pid} is gone"
         else:
@@ -123,16 +124,6 @@ def temp_leftovers(root: Path, stale_s: float = 3600.0) -> list[Leftover]:
             why = f"unchanged for {(now - newest) / 3600:.1f} h"
         out.append(Leftover("tempdir", str(path), size, why))
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process holds the pid: not ours, but alive
-        return True
-    return True
 
 
 def _du(path: Path) -> tuple[int, float]:

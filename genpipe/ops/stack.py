@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from genpipe.ops import mlflow_auth
+from genpipe.ops import mlflow_auth, procs
 from zoo import settings
 from zoo.errors import StackError
 
@@ -278,22 +278,6 @@ def _marker(state: Path, name: str) -> str:
     return str(state / "seaweedfs") if name == WEED else str(state / "mlflow.db")
 
 
-def _cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return None
-    try:  # no /proc (macOS)
-        out = subprocess.run(
-            ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else ""
-
-
 def _reap(pid: int) -> None:
     """Collect the exit status if `pid` is our own child, so it does not linger as a zombie."""
     for proc in _CHILDREN:
@@ -306,16 +290,7 @@ def _reap(pid: int) -> None:
 
 def _alive(pid: int) -> bool:
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie has exited; it only awaits its parent
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
+    return procs.alive(pid)
 
 
 def _pid_file(state: Path, name: str) -> Path:
@@ -331,7 +306,7 @@ def _running_pid(state: Path, name: str) -> int | None:
         return None
     if not _alive(pid):
         return None
-    cmd = _cmdline(pid)
+    cmd = procs.cmdline(pid)
     if cmd is not None and _marker(state, name) not in cmd:
         return None  # the pid was reused by an unrelated process
     return pid
