@@ -22,6 +22,7 @@ from rich.table import Table
 
 import zoo
 from zoo.errors import ConfigError, GenpipeError
+from zoo.refs import check_image, parse_model_ref
 
 out = Console(soft_wrap=True)  # long URLs and ids stay on one line
 err = Console(stderr=True, soft_wrap=True)
@@ -31,27 +32,13 @@ DEFAULT_REPOSITORY = "ghcr.io/genpipe/genpipe"
 PROFILE_HELP = "Cluster profile: cpu | gke | eks | aks | generic-nvidia, or a profile YAML path."
 
 
-def check_image(image: str) -> str:
-    """An image reference with a pinned tag or digest (never the implicit or explicit latest)."""
-    ref = image.rsplit("/", 1)[-1]
-    if not image or ("@" not in ref and ":" not in ref):
-        raise ConfigError(
-            f"--image {image!r} has no tag: pin a version, e.g. {image}:{zoo.__version__}-cpu"
-        )
-    if ref.endswith(":latest"):
-        raise ConfigError(
-            f"--image {image!r}: `latest` moves; pin a version so runs are reproducible"
-        )
-    return image
-
-
 def image_tag(repository: str, variant: str, version: str = "") -> str:
     if variant not in IMAGE_VARIANTS:
         raise ConfigError(f"image variant {variant!r} is not one of {', '.join(IMAGE_VARIANTS)}")
     version = version or zoo.__version__
     if version == "latest":
         raise ConfigError("--version latest: pin a version so runs are reproducible")
-    return check_image(f"{repository}:{version}-{variant}")
+    return check_image(f"{repository}:{version}-{variant}", "--repository")
 
 
 def pipeline_params(
@@ -103,7 +90,9 @@ def _compile(model: str, profile: str, image: str, retries: int, where: Path) ->
     from pipelines.factory import compile_pipeline
 
     path = where / f"{model}.yaml"
-    compile_pipeline(model, str(path), profile, check_image(image) if image else None, retries)
+    compile_pipeline(
+        model, str(path), profile, check_image(image, "--image") if image else None, retries
+    )
     return path
 
 
@@ -118,7 +107,6 @@ def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from genpipe.ops.kserve import parse_model_ref
     from zoo import registration
     from zoo.settings import ENV_MLFLOW_URI
 

@@ -14,25 +14,7 @@ from typing import Any
 import typer
 
 from zoo.errors import ConfigError
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """'gpt@champion' -> ('gpt', 'champion'); 'gpt/3' -> ('gpt', '3'); 'gpt' -> champion."""
-    if "@" in ref:
-        name, _, version = ref.partition("@")
-    elif "/" in ref:
-        name, _, version = ref.rpartition("/")
-        if not version.isdigit():
-            raise ConfigError(
-                f"model reference {ref!r}: the part after '/' must be a version number"
-            )
-    else:
-        name, version = ref, "champion"
-    if not name or not version:
-        raise ConfigError(
-            f"model reference {ref!r} is not NAME, NAME@ALIAS or NAME/VERSION (e.g. gpt@champion)"
-        )
-    return name, version
+from zoo.refs import parse_model_ref
 
 
 def load_registered(ref: str) -> tuple[Any, dict[str, Any]]:
@@ -44,7 +26,7 @@ def load_registered(ref: str) -> tuple[Any, dict[str, Any]]:
     from zoo.train import load_model
 
     os.environ.update(stack.ensure_up())
-    name, version = parse_ref(ref)
+    name, version = parse_model_ref(ref)
     c = tracking.client()
     with tempfile.TemporaryDirectory(prefix="genpipe-generate-") as tmp:
         model_dir = tracking.retrying(  # MLflow's artifact API: retried through outages here

@@ -145,10 +145,10 @@ def register(app: typer.Typer) -> None:
         if image and not containers:
             raise ConfigError(f"--image {image!r} needs --containers (tasks run in this Python)")
         if containers:
-            from genpipe.cli.cluster import check_image
             from pipelines.platform import load_profile
+            from zoo.refs import check_image
 
-            image = check_image(image) if image else load_profile("cpu").image
+            image = check_image(image, "--image") if image else load_profile("cpu").image
         # The task process starts importing TensorFlow & co. now; this one never does.
         warm.prestart(state_dir())
         from pipelines.local import run_local
@@ -255,11 +255,15 @@ def register(app: typer.Typer) -> None:
         retries: int = typer.Option(2, help="Retries per task."),
     ) -> None:
         """Compile MODEL's pipeline to KFP IR YAML with the profile's GPU, scheduling and secrets."""
-        from genpipe.cli.cluster import check_image
         from pipelines.factory import compile_pipeline
+        from zoo.refs import check_image
 
         # Same rule as submit/schedule: a compiled pipeline must name a pinned image.
         compile_pipeline(
-            model, str(output), profile, check_image(image) if image else None, retries=retries
+            model,
+            str(output),
+            profile,
+            check_image(image, "--image") if image else None,
+            retries=retries,
         )
         out.print(f"wrote {output} ({model}, profile {profile})")

@@ -29,21 +29,6 @@ _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DIRECT_SCHEMES = ("s3", "gs", "abfs", "wasbs", "https", "http", "pvc", "hdfs", "oci")
 
 
-def parse_model_ref(ref: str) -> tuple[str, str]:
-    """'NAME@alias' -> (NAME, alias), 'NAME/3' -> (NAME, '3'), 'NAME' -> (NAME, 'champion')."""
-    if "@" in ref:
-        name, _, sel = ref.partition("@")
-    elif "/" in ref:
-        name, _, sel = ref.rpartition("/")
-        if not sel.isdigit():
-            raise ConfigError(f"{ref!r}: after '/' comes a version number, e.g. {name}/3")
-    else:
-        name, sel = ref, "champion"
-    if not name or not sel:
-        raise ConfigError(f"{ref!r} is not NAME, NAME@alias or NAME/version (e.g. vae@champion)")
-    return name, sel
-
-
 def artifacts_destination(value: str = "") -> str:
     """The MLflow server's --artifacts-destination (flag, env, else the embedded stack's)."""
     from genpipe.ops.stack import MLFLOW_ARTIFACTS

@@ -5,29 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genpipe.cli.generate import generate_output, parse_ref
+from genpipe.cli.generate import generate_output
 from zoo import models
 from zoo.errors import ConfigError
 from zoo.models.text_common import build_vocab
-
-
-@pytest.mark.parametrize(
-    "ref, expected",
-    [
-        ("gpt@champion", ("gpt", "champion")),
-        ("gpt@candidate", ("gpt", "candidate")),
-        ("my-gpt/3", ("my-gpt", "3")),
-        ("vae", ("vae", "champion")),
-    ],
-)
-def test_parse_ref(ref, expected):
-    assert parse_ref(ref) == expected
-
-
-@pytest.mark.parametrize("ref", ["gpt@", "@champion", "gpt/latest", "/3"])
-def test_parse_ref_rejects_malformed(ref):
-    with pytest.raises(ConfigError, match="model reference"):
-        parse_ref(ref)
 
 
 def _tiny(name, spec):
