@@ -66,25 +66,19 @@ def check_run_args(
     registered_name: str = "",
     source: str = "",
     resume: str = "",
+    test_fraction: float = 0.1,
 ) -> dict[str, Any]:
-    """Validate a run's model, config overrides, thresholds (metrics the model reports) and
-    registered model name (default MODEL-DATASET, returned as `registered_name`); ConfigError
-    names the bad value. With `resume` (an MLflow run id; needs the stack's environment), also
+    """`zoo.request.RunRequest.checked()` for `genpipe run` (in the warm process, where the
+    model modules are imported): returns the config's `epochs` and `registered_name` (--name,
+    else MODEL-DATASET). With `resume` (an MLflow run id; needs the stack's environment), also
     that this run can resume it: its `latest.json` comes back as `resume` (step, status)."""
-    from zoo import models
-    from zoo.blessing import check_thresholds
-    from zoo.tracking import check_registered_name
+    from zoo.request import RunRequest
 
-    cfg = models.resolve_config(model, preset, overrides)
-    check_thresholds(thresholds, model, "--thresholds")
-    if registered_name:
-        check_registered_name(registered_name, "--name")
-    from zoo.data.sources import default_registered_name
-
-    checked: dict[str, Any] = {
-        "epochs": cfg.epochs,
-        "registered_name": registered_name or default_registered_name(model, source or "digits"),
-    }
+    run = RunRequest(
+        model, source, preset, overrides, thresholds, registered_name, test_fraction
+    ).checked()
+    cfg = run.config
+    checked: dict[str, Any] = {"epochs": cfg.epochs, "registered_name": run.registered_name}
     if resume:
         from zoo import checkpoints, tracking
         from zoo import config as cfgmod
