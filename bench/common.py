@@ -31,7 +31,7 @@ def image_local_dataset(workdir: Path, source: str | None = None, shards: int = 
     import numpy as np
 
     from zoo.data import LocalDataset, fingerprint, load_source, split
-    from zoo.data.dataset import _write_tfrecord
+    from zoo.data.publishing import write_tfrecord
 
     raw = load_source(source or f"idx:{MNIST_DIR}")
     parts = split(raw, test_fraction=0.1)
@@ -50,7 +50,7 @@ def image_local_dataset(workdir: Path, source: str | None = None, shards: int = 
             p = d / f"{name}-{i:05d}-of-{k:05d}.tfrecord"
             labels = None if r.labels is None else r.labels[bounds[i] : bounds[i + 1]]
             if not p.exists():
-                _write_tfrecord(p, r.images[bounds[i] : bounds[i + 1]], labels)
+                write_tfrecord(p, r.images[bounds[i] : bounds[i + 1]], labels)
             paths[name].append(p)
             entries.append({"key": f"s3://local/{p.name}", "count": int(bounds[i + 1] - bounds[i])})
         splits[name] = {"count": n, "shards": entries}

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zoo.data.dataset import LocalDataset
+from zoo.data.fetching import LocalDataset
 from zoo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

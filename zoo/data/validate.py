@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo.data.sources import RawImages, RawText
+from zoo.data.raw import RawImages, RawText
 from zoo.errors import DataError
 
 MIN_SIDE = 4

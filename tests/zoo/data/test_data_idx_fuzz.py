@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zoo.data import load_source
-from zoo.data.sources import gunzip_if_needed, parse_idx
+from zoo.data.idx import gunzip_if_needed, parse_idx
 from zoo.errors import DataError
 
 VALID = idx_bytes(np.arange(2 * 5 * 4, dtype=np.uint8).reshape(2, 5, 4))

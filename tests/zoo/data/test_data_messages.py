@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zoo.data import load_source, publish, split
-from zoo.data.sources import images_from_npz_bytes
+from zoo.data.npz import images_from_npz_bytes
 from zoo.errors import DataError
 
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from zoo.data.sources import images_from_npz_bytes
+from zoo.data.npz import images_from_npz_bytes
 from zoo.data.validate import validate
 from zoo.errors import DataError
 

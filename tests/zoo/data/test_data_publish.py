@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from data_helpers import MNIST_DIR, SHAKESPEARE, list_objects, unique_images
 
-import zoo.data.dataset as dataset_mod
+import zoo.data.publishing as publishing_mod
 from zoo.data import (
     FORMAT,
     LocalDataset,
@@ -103,7 +103,7 @@ def test_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(
 ) -> None:
     parts = split(unique_images(40))
     fp = fingerprint(parts)
-    real_put = dataset_mod._put_shard
+    real_put = publishing_mod._put_shard
     done: list[str] = []
 
     def crash_after_two(st, uri, path) -> None:  # noqa: ANN001
@@ -112,7 +112,7 @@ def test_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(
         real_put(st, uri, path)
         done.append(uri)
 
-    monkeypatch.setattr(dataset_mod, "_put_shard", crash_after_two)
+    monkeypatch.setattr(publishing_mod, "_put_shard", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):
         publish(parts, store, source="t", shards=4)
     written = list_objects(store, prefix_of(fp))
@@ -120,7 +120,7 @@ def test_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(
     with pytest.raises(DataError, match="cannot read the dataset manifest"):
         fetch(store.uri(f"datasets/{fp}/manifest.json"), store, tmp_path)
 
-    monkeypatch.setattr(dataset_mod, "_put_shard", real_put)
+    monkeypatch.setattr(publishing_mod, "_put_shard", real_put)
     m = publish(parts, store, source="t", shards=4)
     assert len(list_objects(store, prefix_of(fp))) == 2 * 4 + 1
     x, y = load_split_arrays(fetch(m["uri"], store, tmp_path), "train")

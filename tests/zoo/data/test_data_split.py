@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from data_helpers import MNIST_DIR, unique_images
 
-from zoo.data import RawImages, RawText, fingerprint, load_source, split
+from zoo.data import RawImages, RawText, fingerprint, load_source, publish, split
 from zoo.errors import ConfigError, DataError
 
 
@@ -53,9 +53,42 @@ def test_split_that_would_be_empty_is_a_data_error() -> None:
         split(RawText("ab", "t"), 0.1)
 
 
-def test_split_validates_first() -> None:
-    with pytest.raises(DataError, match="dtype float64"):
-        split(RawImages(np.zeros((10, 4, 4, 1)), None, "x"), 0.1)
+def test_split_trusts_loaded_data_and_publish_still_rejects_bad_splits() -> None:
+    """split() takes data as load_source returns it (validated there) and re-checks nothing
+    but test_fraction and sizes; publish checks what it writes before any I/O."""
+    parts = split(RawImages(np.zeros((10, 4, 4, 1)), None, "x"), 0.1)
+    with pytest.raises(DataError, match=r"^x: the 'train' split .* images have dtype float64"):
+        publish(parts, None, source="x")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="expected RawImages or RawText, got dict"):
+        split({"images": []}, 0.1)  # type: ignore[arg-type]
+
+
+def test_ingest_path_validates_each_thing_once(
+    monkeypatch: pytest.MonkeyPatch, store, tmp_path
+) -> None:
+    """load_source -> split -> publish: the loaded data is validated once (in load_source),
+    each split once (in publish, before writing); no step repeats another's check."""
+    import sys
+
+    # (the package attribute `zoo.data.validate` is the function, so look the module up)
+    real = sys.modules["zoo.data.validate"].validate
+    seen: list[int] = []
+
+    def spy(raw: object) -> None:
+        seen.append(id(raw))
+        real(raw)  # type: ignore[arg-type]
+
+    # Every module of the data layer that holds the function, whatever its import style.
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("zoo.data") and getattr(mod, "validate", None) is real:
+            monkeypatch.setattr(mod, "validate", spy)
+    src = tmp_path / "t.txt"
+    src.write_text("the quick brown fox jumps over the lazy dog\n" * 3)
+    raw = load_source(f"text:{src}")
+    parts = split(raw, 0.2)
+    publish(parts, store, source=f"text:{src}")
+    assert seen.count(id(raw)) == 1, seen
+    assert sorted(seen) == sorted([id(raw), *(id(p) for p in parts.values())])
 
 
 def test_fingerprint_is_stable_and_independent_of_source() -> None:
