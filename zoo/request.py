@@ -91,14 +91,11 @@ class RunRequest:
         from zoo import models
         from zoo.blessing import check_thresholds
         from zoo.data.sources import default_registered_name
+        from zoo.data.splits import check_test_fraction
         from zoo.tracking import check_registered_name
 
         models.check_name(self.model)
-        fraction = self.test_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise ConfigError(f"{where['test_fraction']}={fraction!r} must be a number in (0, 1)")
-        if not 0.0 < fraction < 1.0:
-            raise ConfigError(f"{where['test_fraction']}={fraction} must be in (0, 1)")
+        check_test_fraction(self.test_fraction, where["test_fraction"])
         if self.preset not in models.PRESETS:
             raise ConfigError(
                 f"{where['preset']} {self.preset!r} is not one of {', '.join(models.PRESETS)}"

@@ -16,16 +16,15 @@ from zoo.errors import ConfigError, DataError
 Splits = Mapping[str, "RawImages | RawText"]
 
 
-def check_test_fraction(test_fraction: object) -> float:
-    """`test_fraction` if it is a number in (0, 1); else a one-line ConfigError naming it."""
+def check_test_fraction(test_fraction: object, where: str = "test_fraction") -> float:
+    """`test_fraction` if it is a number in (0, 1); else a one-line ConfigError naming it as
+    `where` (the CLI flag or pipeline parameter; zoo.request checks a run with this too)."""
     if (
         isinstance(test_fraction, bool)
         or not isinstance(test_fraction, (int, float))
         or not 0 < test_fraction < 1
     ):
-        raise ConfigError(
-            f"test_fraction={test_fraction!r} must be a number in (0, 1), for example 0.1"
-        )
+        raise ConfigError(f"{where}={test_fraction!r} must be a number in (0, 1), for example 0.1")
     return float(test_fraction)
 
 
