@@ -38,10 +38,10 @@ def registered_name(client: Any, mlflow_run_id: str, name: str) -> str:
     """`name`, or (the pipeline's default, "") MODEL-DATASET from the run's model and source."""
     if name:
         return name
-    from zoo import tracking
+    from zoo import names
     from zoo.data.sources import default_registered_name
 
     run = client.get_run(mlflow_run_id)
     return default_registered_name(
-        run.data.tags[tracking.TAG_MODEL], run.data.params["dataset.source"]
+        run.data.tags[names.TAG_MODEL], run.data.params[names.PARAM_SOURCE]
     )

@@ -27,7 +27,7 @@ def run(
     from components import common
     from components.common import fetch_dataset
     from zoo import grids as images
-    from zoo import models, registration, tracking
+    from zoo import models, names, tracking
     from zoo.blessing import check_thresholds, decide
     from zoo.evaluation import evaluate
     from zoo.train import load_model
@@ -68,10 +68,10 @@ def run(
     logger.metrics({"blessed": float(blessing.blessed)})
     logger.tags(
         {
-            "genpipe.blessed": str(blessing.blessed).lower(),
+            names.TAG_BLESSED: str(blessing.blessed).lower(),
             # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
-            "genpipe.not_blessed": "; ".join(blessing.failures),
-            registration.TAG_PRIMARY: f"{cls.primary_metric}={blessing.value:.6g}",
+            names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
+            names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
         }
     )
     pngs = {

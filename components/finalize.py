@@ -12,7 +12,6 @@ from kfp import dsl
 
 #: run statuses that mean "nobody ended it": the only ones finalize changes
 OPEN_STATUSES = ("RUNNING", "SCHEDULED")
-TAG_FAILURE = "genpipe.failure"
 
 
 def run(experiment: str, pipeline_run_id: str, state: str, error_message: str) -> tuple[str, str]:
@@ -24,14 +23,14 @@ def run(experiment: str, pipeline_run_id: str, state: str, error_message: str) -
     it) is nothing to do. An open run of a failed pipeline becomes FAILED (KILLED when the
     pipeline was cancelled), with the pipeline's error message as the tag genpipe.failure.
     """
-    from zoo import tracking
+    from zoo import names, tracking
 
     c = tracking.client()
     exp = c.get_experiment_by_name(experiment)
     found = (
         c.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.`{tracking.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'",
+            filter_string=f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'",
             max_results=1,
         )
         if exp
@@ -49,7 +48,7 @@ def run(experiment: str, pipeline_run_id: str, state: str, error_message: str) -
     else:
         verdict = "KILLED" if state in ("CANCELED", "CANCELLED", "CANCELING") else "FAILED"
         message = (error_message or f"pipeline {state or 'failed'}").strip()
-        c.set_tag(run_id, TAG_FAILURE, message[:5000])  # MLflow's tag value limit is larger
+        c.set_tag(run_id, names.TAG_FAILURE, message[:5000])  # MLflow's tag value limit is larger
     c.set_terminated(run_id, verdict)
     return run_id, f"MLflow run {run_id} was {status}: marked {verdict} (pipeline {state})"
 

@@ -10,9 +10,6 @@ from typing import Any, NamedTuple
 
 from kfp.dsl import Dataset, Output
 
-#: run tag of a run skipped because nothing changed since the champion: its version
-TAG_UNCHANGED = "genpipe.unchanged_since"
-
 
 def run(
     source: str,
@@ -37,8 +34,8 @@ def run(
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     from zoo import config as cfgmod
-    from zoo import models, registration, tracking
-    from zoo.data import RawText, load_source, publish, split, validate
+    from zoo import models, names, registration, tracking
+    from zoo.data import RawText, load_source, publish, split
     from zoo.data.sources import default_registered_name
     from zoo.errors import DataError
     from zoo.storage import ObjectStore
@@ -53,14 +50,14 @@ def run(
     code = registration.code_version()
     store = ObjectStore.from_env()
     store.ensure_bucket()
-    raw = load_source(source, store)
-    validate(raw)
+    raw = load_source(source, store)  # validated there: the one check of the data
     kind = "text" if isinstance(raw, RawText) else "image"
     if kind != family:
         raise DataError(
             f"source {source!r} holds {kind} data but model {model!r} trains on {family} data"
         )
     manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
+    fingerprint = manifest["fingerprint"]
 
     c = tracking.client()
     run_id = tracking.get_or_create_run(c, experiment, pipeline_run_id, model)
@@ -69,25 +66,27 @@ def run(
         logger = tracking.RunLogger(c, run_id)
         logger.tags(
             {
-                tracking.TAG_DATASET: manifest["fingerprint"],
-                registration.TAG_CONFIG: config,
-                registration.TAG_CODE: code,
+                names.TAG_FINGERPRINT: fingerprint,
+                names.TAG_CONFIG: config,
+                names.TAG_CODE: code,
             }
         )
         logger.params(
             {
-                "source": source,
-                "fingerprint": manifest["fingerprint"],
-                "test_fraction": test_fraction,
-                **{f"{name}_count": s["count"] for name, s in manifest["splits"].items()},
-            },
-            prefix="dataset.",
+                names.PARAM_SOURCE: source,
+                names.PARAM_FINGERPRINT: fingerprint,
+                names.PARAM_TEST_FRACTION: test_fraction,
+                **{
+                    f"{names.DATASET_PARAM_PREFIX}{name}_count": s["count"]
+                    for name, s in manifest["splits"].items()
+                },
+            }
         )
         logger.json(manifest, "dataset/manifest.json")
         ds = MetaDataset(
             source=_source_for_mlflow(manifest["uri"]),
             name=source,
-            digest=manifest["fingerprint"][:20],
+            digest=fingerprint[: names.MLFLOW_DIGEST_CHARS],
         )
         # Through the client, not `with mlflow.start_run(...)`: leaving that block would end
         # the run FINISHED before training even starts (see tracking.run_status).
@@ -103,14 +102,12 @@ def run(
         name = registered_name or default_registered_name(model, source)
         version = None
         if not force:
-            version = registration.unchanged_champion(
-                c, name, manifest["fingerprint"], config, code
-            )
+            version = registration.unchanged_champion(c, name, fingerprint, config, code)
         if version:
             # The pipeline's condition skips train, evaluate and register: this task is the
             # last one, so it ends the run FINISHED.
             unchanged_since = version
-            logger.tags({TAG_UNCHANGED: version})
+            logger.tags({names.TAG_UNCHANGED: version})
             status.final = True
             print(
                 f"unchanged since champion v{version} of {name} (same data, config and code): "
@@ -119,7 +116,7 @@ def run(
             )
     return {
         "manifest_uri": manifest["uri"],
-        "fingerprint": manifest["fingerprint"],
+        "fingerprint": fingerprint,
         "mlflow_run_id": run_id,
         "manifest": manifest,
         "unchanged_since": unchanged_since,

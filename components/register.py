@@ -15,24 +15,25 @@ def run(
     import dataclasses
 
     from components import common
-    from zoo import models, tracking
-    from zoo.registration import TAG_CODE, TAG_CONFIG, TAG_PRIMARY, register, standard_tags
+    from zoo import models, names, tracking
+    from zoo.registration import register, standard_tags
 
     c = tracking.client()
     registered_name = common.registered_name(c, mlflow_run_id, registered_name)
     tracking.check_registered_name(registered_name, "registered_name")
     run = c.get_run(mlflow_run_id)
-    primary = run.data.tags.get(TAG_PRIMARY, "=nan")
-    metric, _, value = primary.partition("=")
+    recorded = run.data.tags
+    cls = models.get(recorded.get(names.TAG_MODEL, ""))
     tags = standard_tags(
-        run.data.tags.get(tracking.TAG_DATASET, "unknown"),
+        recorded.get(names.TAG_FINGERPRINT, "unknown"),
         pipeline_run_id,
-        run.data.tags.get(tracking.TAG_GIT, "unknown"),
-        metric,
-        float(value or "nan"),
+        recorded.get(names.TAG_GIT, "unknown"),
+        # The primary metric: its name is the model's, its value what evaluate logged.
+        cls.primary_metric,
+        run.data.metrics.get(cls.primary_metric, float("nan")),
         # Recorded by ingest: with data and code, what a later run compares to skip training.
-        config=run.data.tags.get(TAG_CONFIG, ""),
-        code=run.data.tags.get(TAG_CODE, ""),
+        config=recorded.get(names.TAG_CONFIG, ""),
+        code=recorded.get(names.TAG_CODE, ""),
     )
     result = register(
         c,
@@ -41,10 +42,10 @@ def run(
         better_than_champion=better_than_champion,
         expected_champion=champion_version,
         tags=tags,
-        lower_is_better=models.get(run.data.tags.get(tracking.TAG_MODEL, "")).lower_is_better,
+        lower_is_better=cls.lower_is_better,
     )
     tracking.RunLogger(c, mlflow_run_id).tags(
-        {"genpipe.registered_version": result.version, "genpipe.aliases": ",".join(result.aliases)}
+        {names.TAG_REGISTERED_VERSION: result.version, names.TAG_ALIASES: ",".join(result.aliases)}
     )
     return dataclasses.asdict(result)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import warm
+from zoo import names
 from zoo.errors import GenpipeError
 from zoo.settings import Settings, state_dir
 
@@ -42,20 +43,20 @@ class LocalRunResult:
 
     @property
     def blessed(self) -> bool:
-        return self.tags.get("genpipe.blessed") == "true"
+        return self.tags.get(names.TAG_BLESSED) == "true"
 
     @property
     def registered_version(self) -> str | None:
-        return self.tags.get("genpipe.registered_version")
+        return self.tags.get(names.TAG_REGISTERED_VERSION)
 
     @property
     def unchanged_since(self) -> str | None:
         """The champion version this run equals (same data, config, code): nothing trained."""
-        return self.tags.get("genpipe.unchanged_since") or None
+        return self.tags.get(names.TAG_UNCHANGED) or None
 
     @property
     def aliases(self) -> list[str]:
-        return [a for a in self.tags.get("genpipe.aliases", "").split(",") if a]
+        return [a for a in self.tags.get(names.TAG_ALIASES, "").split(",") if a]
 
 
 def check_run_args(

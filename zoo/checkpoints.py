@@ -1,7 +1,7 @@
 """Checkpoints in the object store: what is kept, what is dropped, and resuming another run.
 
 A run's checkpoints live under `s3://<bucket>/checkpoints/<mlflow run id>/`, one folder per
-checkpoint and a `latest.json` pointer written last (zoo.train.Checkpointer). Only what a
+checkpoint and a `latest.json` pointer written last (zoo.train_checkpoint.Checkpointer). Only what a
 resume needs is kept:
 
 * while a run trains, the newest complete checkpoint (the one `latest.json` names): older
@@ -16,12 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.errors import ConfigError
+from zoo.names import PARAM_SOURCE, TAG_FINGERPRINT, TAG_MODEL, TAG_RESUMED_BY, TAG_RESUMED_FROM
 from zoo.storage import ObjectStore
 
 LATEST = "latest.json"
-#: on the resuming run: "<run id> step <n>"; on the resumed run: the run that resumed it
-TAG_RESUMED_FROM = "genpipe.resumed_from"
-TAG_RESUMED_BY = "genpipe.resumed_by"
 
 
 def model_prefix(mlflow_run_id: str) -> str:
@@ -88,20 +86,18 @@ def check_resume(
     Raises ConfigError naming the difference: another model, data source or config, a run
     already resumed, or a run without a checkpoint.
     """
-    from zoo import tracking
-
     run = _get_run(client, run_id, what)
     tags, old = run.data.tags, run.data.params
     if tags.get(TAG_RESUMED_BY):
         by = tags[TAG_RESUMED_BY]
         raise ConfigError(f"{what} {run_id}: already resumed by run {by}; valid: --resume {by}")
-    if tags.get(tracking.TAG_MODEL) != model:
+    if tags.get(TAG_MODEL) != model:
         raise ConfigError(
-            f"{what} {run_id}: that run trained {tags.get(tracking.TAG_MODEL)!r}, not {model!r}"
+            f"{what} {run_id}: that run trained {tags.get(TAG_MODEL)!r}, not {model!r}"
         )
-    if old.get("dataset.source", source) != source:
+    if old.get(PARAM_SOURCE, source) != source:
         raise ConfigError(
-            f"{what} {run_id}: that run trained on --data {old['dataset.source']}, this one on "
+            f"{what} {run_id}: that run trained on --data {old[PARAM_SOURCE]}, this one on "
             f"{source}; valid: the same data"
         )
     differ = {k: (v, old[k]) for k, v in params.items() if k in old and old[k] != v}
@@ -130,12 +126,10 @@ def adopt(
 
     Raises ConfigError when `from_run` has no checkpoint or trained on other data.
     """
-    from zoo import tracking
-
     if resume_point(store, to_run) is not None:
         return None
     run = _get_run(client, from_run, "resume_from")
-    old_fp = run.data.tags.get(tracking.TAG_DATASET, "")
+    old_fp = run.data.tags.get(TAG_FINGERPRINT, "")
     if old_fp != fingerprint:
         raise ConfigError(
             f"resume_from {from_run}: that run trained on dataset {old_fp[:12] or '?'}, this "

@@ -29,15 +29,20 @@ from mlflow.tracking import MlflowClient
 
 import zoo
 from zoo.errors import GenpipeError
-from zoo.tracking import ALIAS_CANDIDATE, ALIAS_CHAMPION, TAG_DATASET, TAG_GIT, TAG_PIPELINE_RUN
-
-TAG_MODEL_URI = "genpipe.model_uri"
-TAG_PRIMARY = "genpipe.primary_metric"
-#: sha256 of the model name and its fully resolved training config (`config_hash`)
-TAG_CONFIG = "genpipe.config_hash"
-#: the training code's version (`code_version`): its commit, plus a digest of local edits
-TAG_CODE = "genpipe.code_version"
-
+from zoo.names import (
+    ALIAS_CANDIDATE,
+    ALIAS_CHAMPION,
+    TAG_CODE,
+    TAG_CONFIG,
+    TAG_FINGERPRINT,
+    TAG_GIT,
+    TAG_MODEL,
+    TAG_MODEL_URI,
+    TAG_PIPELINE_RUN,
+    TAG_PRIMARY,
+    parse_primary_tag,
+    primary_tag,
+)
 
 #: what loading and running a logged model imports (zoo/serving.py), as distributions
 _SERVING_DISTS = ("keras", "numpy", "mlflow", "cloudpickle")
@@ -252,11 +257,8 @@ def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadli
 
 def _metric_of(version: Any) -> tuple[str, str, float] | None:
     """(dataset fingerprint, metric name, value) recorded on a version, if any."""
-    try:
-        metric, _, value = version.tags[TAG_PRIMARY].partition("=")
-        return version.tags.get(TAG_DATASET, ""), metric, float(value)
-    except (KeyError, ValueError):
-        return None
+    primary = parse_primary_tag(version.tags.get(TAG_PRIMARY, ""))
+    return (version.tags.get(TAG_FINGERPRINT, ""), *primary) if primary else None
 
 
 def register(
@@ -287,7 +289,7 @@ def register(
         # Suppressed: another pipeline may create it concurrently.
         with contextlib.suppress(MlflowException):
             c.create_registered_model(
-                name, description=f"genpipe {run.data.tags.get('genpipe.model', '')} models"
+                name, description=f"genpipe {run.data.tags.get(TAG_MODEL, '')} models"
             )
     # A retried register task must not create a second version for the same run.
     existing = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == run_id]
@@ -346,7 +348,7 @@ def _decide_promotion(
 
 
 def standard_tags(
-    manifest_fingerprint: str,
+    fingerprint: str,
     pipeline_run_id: str,
     git: str,
     primary: str,
@@ -357,10 +359,10 @@ def standard_tags(
     """The tags of every model version: its data, code, config and score (what
     `unchanged_champion` compares a new run with)."""
     tags = {
-        TAG_DATASET: manifest_fingerprint,
+        TAG_FINGERPRINT: fingerprint,
         TAG_PIPELINE_RUN: pipeline_run_id,
         TAG_GIT: git,
-        TAG_PRIMARY: f"{primary}={value:.6g}",
+        TAG_PRIMARY: primary_tag(primary, value),
     }
     if config:
         tags[TAG_CONFIG] = config
@@ -435,7 +437,7 @@ def unchanged_champion(
         return None
     tags = current.tags or {}
     same = (
-        tags.get(TAG_DATASET) == fingerprint
+        tags.get(TAG_FINGERPRINT) == fingerprint
         and tags.get(TAG_CONFIG) == config
         and tags.get(TAG_CODE) == code
     )

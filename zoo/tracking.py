@@ -26,16 +26,9 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from zoo import grids as imgs
+from zoo import names
 from zoo.errors import ConfigError, GenpipeError
 from zoo.settings import Settings
-
-TAG_PIPELINE_RUN = "genpipe.pipeline_run_id"
-TAG_MODEL = "genpipe.model"
-TAG_DATASET = "genpipe.dataset_fingerprint"
-TAG_GIT = "genpipe.git_commit"
-ALIAS_CANDIDATE = "candidate"
-ALIAS_CHAMPION = "champion"
-
 
 ENV_RETRY_SECONDS = "GENPIPE_RETRY_SECONDS"
 #: MLflow's own per-request knobs (mlflow/environment_variables.py); we set them unless the
@@ -305,14 +298,20 @@ def get_or_create_run(
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else _create_experiment(c, experiment)
     found = c.search_runs(
-        [exp_id], filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}'", max_results=1
+        [exp_id],
+        filter_string=f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'",
+        max_results=1,
     )
     if found:
         return found[0].info.run_id
     run = c.create_run(
         exp_id,
         run_name=run_name or f"{model_name}-{pipeline_run_id[-8:]}",
-        tags={TAG_PIPELINE_RUN: pipeline_run_id, TAG_MODEL: model_name, TAG_GIT: git_commit()},
+        tags={
+            names.TAG_PIPELINE_RUN: pipeline_run_id,
+            names.TAG_MODEL: model_name,
+            names.TAG_GIT: git_commit(),
+        },
     )
     return run.info.run_id
 

@@ -9,12 +9,15 @@ Checkpoints (model, optimizers, step, epoch, position in the epoch) are publishe
 object store with a `latest.json` pointer written last; a restarted process with the same
 checkpoint URI (a KFP retry of the same task) resumes from it. Only the newest one is kept in
 the object store (zoo.checkpoints says what is kept when).
+
+Here: the loop (Trainer), its entry point for a pipeline run and the exact held-out means.
+Beside it: zoo.train_setup (strategy, model + optimizers, the saved config.json; also
+importable from here) and zoo.train_checkpoint (Checkpointer: save, publish, restore).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -23,33 +26,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo import __version__, models
 from zoo import checkpoints as ckpts
 from zoo import config as cfgmod
+from zoo import models, names
 from zoo.errors import DataError, TrainingDiverged
-from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
+from zoo.models.base import GenerativeModel, TrainConfig
 
 # One loader for training, evaluation and serving: the served model's load path (zoo.serving)
 # must stay free of storage/training imports, so it owns the function and we re-export it.
 from zoo.serving import load_model  # noqa: F401
 from zoo.storage import ObjectStore
-from zoo.tfconfig import cluster_info
 from zoo.tracking import RunLogger
-
-
-def make_strategy(distribution: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for a config's `distribution` setting."""
-    gpus = tf.config.list_physical_devices("GPU")
-    multi = cluster_info().num_workers > 1  # one TF_CONFIG parser (zoo.tfconfig)
-    if distribution == "multi_worker" or (distribution == "auto" and multi):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if distribution == "mirrored" or (distribution == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+from zoo.train_checkpoint import Checkpointer
+from zoo.train_setup import (
+    build_for_training,
+    data_spec_from_manifest,
+    make_strategy,
+    write_model_config,
+)
 
 
 @dataclasses.dataclass
@@ -97,86 +94,6 @@ def train_for_run(
             {"train_wall_s": result.wall_s, "train_samples_per_s_overall": result.samples_per_s}
         )
     return result
-
-
-def data_spec_from_manifest(manifest: dict[str, Any], data: Any = None) -> dict[str, Any]:
-    """What a model needs to know about its data; text models get the vocabulary built on
-    the training split of the fetched dataset `data` (stored with the model)."""
-    if manifest.get("kind") == "text":
-        from zoo.data import text_split
-        from zoo.models.text_common import build_vocab
-
-        if data is None:
-            raise DataError("text models need the fetched dataset to build their vocabulary")
-        # "shape": None keeps the image-oriented champion comparison working for text.
-        return {"shape": None, "num_classes": None, "vocab": build_vocab(text_split(data, "train"))}
-    return {"shape": list(manifest["shape"]), "num_classes": manifest.get("num_classes")}
-
-
-def build_for_training(
-    model_cls: type[GenerativeModel], cfg: TrainConfig, data_spec: dict[str, Any]
-) -> tuple[GenerativeModel, dict[str, Any]]:
-    """The model (layers under the config's precision policy) and its built optimizers;
-    under mixed_float16 each optimizer does dynamic loss scaling."""
-    with dtype_policy(cfg.precision):
-        model = model_cls(cfg, data_spec)
-        model.build_model()
-    optimizers = model.make_optimizers()
-    if cfg.precision == "mixed_float16":
-        # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
-        optimizers = {k: keras.optimizers.LossScaleOptimizer(v) for k, v in optimizers.items()}
-    # Create the optimizer variables now (inside the caller's strategy scope), not lazily in
-    # the first compiled step, and so before a checkpoint restore.
-    for opt in optimizers.values():
-        opt.build(model.trainable_variables)
-    return model, optimizers
-
-
-def _is_chief() -> bool:
-    return cluster_info().is_chief
-
-
-class Checkpointer:
-    """Local tf.train checkpoints mirrored to an object-store prefix, published by `latest.json`."""
-
-    def __init__(
-        self, ckpt: tf.train.Checkpoint, local_dir: Path, uri: str | None, store: ObjectStore | None
-    ):
-        self.ckpt = ckpt
-        self.local_dir = local_dir
-        self.uri = uri.rstrip("/") if uri else None
-        self.store = store
-        self.manager = tf.train.CheckpointManager(ckpt, str(local_dir), max_to_keep=2)
-
-    def save(self, step: int, info: dict[str, Any]) -> str:
-        path = self.manager.save(checkpoint_number=step)
-        # Every multi-worker process saves (the strategy needs all of them), but only the
-        # chief publishes: concurrent writers of one prefix could mix files of two workers.
-        if self.uri and self.store and _is_chief():
-            name = Path(path).name
-            files = sorted(p for p in Path(path).parent.glob(f"{name}.*"))
-            for f in files:
-                self.store.put_file(f"{self.uri}/{name}/{f.name}", f)
-            # Pointer last: a reader never sees a checkpoint whose files are not all there.
-            self.store.put_json(
-                f"{self.uri}/latest.json",
-                {"prefix": name, "files": [f.name for f in files], "step": step, **info},
-            )
-            # Then the older ones go: a resume needs only the newest complete checkpoint.
-            ckpts.prune(self.store, self.uri, keep=name)
-        return path
-
-    def restore_latest(self) -> dict[str, Any] | None:
-        """Restore the newest published checkpoint; None when there is none."""
-        if not (self.uri and self.store) or not self.store.exists(f"{self.uri}/latest.json"):
-            return None
-        latest = self.store.get_json(f"{self.uri}/latest.json")
-        dest = self.local_dir / "restore"
-        shutil.rmtree(dest, ignore_errors=True)
-        for f in latest["files"]:
-            self.store.get_file(f"{self.uri}/{latest['prefix']}/{f}", dest / f)
-        self.ckpt.restore(str(dest / latest["prefix"])).assert_existing_objects_matched()
-        return latest
 
 
 class Trainer:
@@ -440,7 +357,7 @@ class Trainer:
                 else f"no checkpoint had been written yet (none at {where})"
             )
             if self.logger:
-                self.logger.tags({"genpipe.diverged": reason})
+                self.logger.tags({names.TAG_DIVERGED: reason})
             raise TrainingDiverged(
                 f"{self.model_name}: training diverged at epoch {epoch + 1}, step {step}: {reason}; "
                 f"{kept}; lower learning_rate or max_grad_norm"
@@ -453,28 +370,6 @@ class Trainer:
         model.save(out / "model.keras")
         write_model_config(out, self.model_name, self.cfg, model.data_spec, self.data.manifest)
         return out
-
-
-def write_model_config(
-    out: Path,
-    model_name: str,
-    cfg: TrainConfig,
-    data_spec: dict[str, Any],
-    manifest: dict[str, Any],
-) -> None:
-    (out / "config.json").write_text(
-        json.dumps(
-            {
-                "model": model_name,
-                "config": cfgmod.to_dict(cfg),
-                "data_spec": data_spec,
-                "dataset_fingerprint": manifest["fingerprint"],
-                "dataset_uri": manifest.get("uri"),
-                "genpipe_version": __version__,
-            },
-            indent=2,
-        )
-    )
 
 
 def evaluate_split(

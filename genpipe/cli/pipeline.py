@@ -1,4 +1,8 @@
-"""CLI commands that build and run pipelines: `models`, `run`, `compile`."""
+"""Pipelines on this machine: `genpipe models`, `run` (kfp.local) and `compile` (KFP IR YAML).
+
+`run` checks the whole request once (zoo.request.RunRequest, in the warm task process) before
+anything runs; `submit`/`schedule` (genpipe/cli/cluster.py) check the same request.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 
 from zoo.errors import ConfigError
+from zoo.request import RunRequest
 
 out = Console()
 err = Console(stderr=True)
 #: `genpipe run`'s exit code when the pipeline ran but the model was not blessed
 NOT_BLESSED_EXIT = 3
-
-
-def _parse_sets(sets: list[str]) -> dict[str, str]:
-    from zoo.config import parse_overrides
-
-    return parse_overrides(sets)
 
 
 @contextlib.contextmanager
@@ -153,27 +152,16 @@ def register(app: typer.Typer) -> None:
         warm.prestart(state_dir())
         from pipelines.local import run_local
 
-        overrides = _parse_sets(sets)
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+        request = RunRequest.from_cli(model, data, preset, sets, thresholds, name, test_fraction)
         if resume:  # the run to resume is looked up in the stack's MLflow and object store
             import os
 
             from genpipe.ops import stack
 
             os.environ.update(stack.ensure_up())
-        # Type-check config and thresholds before anything runs (in the warm process, where
-        # the model modules are already imported).
-        checked = warm.call(
-            "pipelines.local:check_run_args",
-            model=model,
-            preset=preset,
-            overrides=overrides,
-            thresholds=thresholds,
-            registered_name=name,
-            source=data,
-            resume=resume,
-        )
+        # RunRequest.checked() before anything runs (in the warm process, where the model
+        # modules are already imported): config, thresholds, name, test fraction.
+        checked = warm.call("pipelines.local:check_run_args", **request.to_kwargs(), resume=resume)
         name = checked["registered_name"]  # --name, or MODEL-DATASET
         out.print(
             f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={checked['epochs']})"
@@ -189,7 +177,7 @@ def register(app: typer.Typer) -> None:
                 model,
                 source=data,
                 preset=preset,
-                overrides=overrides,
+                overrides=dict(request.overrides),
                 experiment=experiment or None,
                 registered_name=name or None,
                 thresholds=thresholds,
@@ -237,7 +225,9 @@ def register(app: typer.Typer) -> None:
                 f"(a write to $HOME: {probe.get('home', '?')}), exit {c.get('exit_code', '?')}"
             )
         if not res.blessed:
-            because = res.tags.get("genpipe.not_blessed", "") or "see evaluation/report.html"
+            from zoo.names import TAG_NOT_BLESSED
+
+            because = res.tags.get(TAG_NOT_BLESSED, "") or "see evaluation/report.html"
             err.print(f"not blessed: {because}", highlight=False, soft_wrap=True)
             raise typer.Exit(NOT_BLESSED_EXIT)
 

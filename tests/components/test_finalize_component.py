@@ -5,8 +5,9 @@ import uuid
 
 import pytest
 
-from components.finalize import TAG_FAILURE, run
+from components.finalize import run
 from zoo import tracking
+from zoo.names import TAG_FAILURE
 
 EXPERIMENT = "genpipe-test-finalize"
 

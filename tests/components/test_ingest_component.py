@@ -4,7 +4,7 @@
 import uuid
 
 from components.ingest import run
-from zoo import tracking
+from zoo import names, tracking
 
 
 def test_ingest_retry_is_idempotent(stack):
@@ -18,16 +18,14 @@ def test_ingest_retry_is_idempotent(stack):
     )
     c = tracking.client()
     exp = c.get_experiment_by_name("genpipe-test-ingest")
-    runs = c.search_runs(
-        [exp.experiment_id], f"tags.`{tracking.TAG_PIPELINE_RUN}` = '{pipeline_run}'"
-    )
+    runs = c.search_runs([exp.experiment_id], f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run}'")
     assert len(runs) == 1
     r = runs[0]
     assert (
         r.data.params["dataset.train_count"] == "1617"
         and r.data.params["dataset.test_count"] == "180"
     )
-    assert r.data.tags[tracking.TAG_DATASET] == first["fingerprint"]
+    assert r.data.tags[names.TAG_FINGERPRINT] == first["fingerprint"]
     digests = [i.dataset.digest for i in r.inputs.dataset_inputs]
     assert len(digests) == 1 and first["fingerprint"].startswith(digests[0])
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from zoo import tracking
-from zoo.registration import TAG_CODE, TAG_CONFIG
+from zoo.names import TAG_CODE, TAG_CONFIG
 
 LOOSE = '{"test_neg_elbo": {"max": 1000}}'
 TINY = ["--preset", "tiny", "--set", "epochs=1", "--set", "steps_per_epoch=5"]

@@ -11,7 +11,7 @@ import pytest
 
 from genpipe.cli.cluster import pipeline_params
 from pipelines.local import check_run_args, run_local
-from zoo import tracking
+from zoo import names, tracking
 from zoo.data import load_source
 from zoo.data.sources import dataset_name, default_registered_name
 
@@ -90,7 +90,7 @@ def test_compiled_pipeline_defaults_to_model_and_dataset(stack, tmp_path: Path) 
     assert param["defaultValue"] == "" and param.get("isOptional")
     c = tracking.client()
     exp = c.create_experiment(f"genpipe-test-names-{uuid.uuid4().hex[:8]}")
-    run_id = c.create_run(exp, tags={tracking.TAG_MODEL: "vae"}).info.run_id
+    run_id = c.create_run(exp, tags={names.TAG_MODEL: "vae"}).info.run_id
     c.log_param(run_id, "dataset.source", "s3://genpipe/data/mnist")
     assert registered_name(c, run_id, "") == "vae-mnist"
     assert registered_name(c, run_id, "vae") == "vae"  # an explicit name is kept

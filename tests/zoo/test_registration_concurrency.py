@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 # Nothing here imports TensorFlow at module level: the spawned workers import this module.
-from zoo import models, registration, tracking
+from zoo import models, names, registration, tracking
 from zoo.errors import GenpipeError
 
 N = 10
@@ -49,7 +49,7 @@ def logged_runs(stack, tmp_path):
     runs = [first]
     for _ in range(N - 1):
         run_id = tracking.get_or_create_run(c, "genpipe-test-concurrent", uuid.uuid4().hex, "vae")
-        c.set_tag(run_id, registration.TAG_MODEL_URI, model_uri)
+        c.set_tag(run_id, names.TAG_MODEL_URI, model_uri)
         runs.append(run_id)
     return runs
 

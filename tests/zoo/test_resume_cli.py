@@ -14,7 +14,7 @@ import pytest
 from proc_helpers import descendants
 
 from pipelines.local import check_run_args, run_local
-from zoo import checkpoints, tracking
+from zoo import checkpoints, names, tracking
 from zoo.errors import ConfigError, GenpipeError
 
 LOOSE = '{"test_neg_elbo": {"max": 1000}}'
@@ -98,14 +98,14 @@ def test_killed_run_resumes_from_its_checkpoint(stack, store, monkeypatch):
     c = tracking.client()
     new = _runs(experiment)[-1]
     assert new.info.run_id != old_id and new.info.status == "FINISHED"
-    assert new.data.tags[checkpoints.TAG_RESUMED_FROM] == f"{old_id} step {point['step']}"
+    assert new.data.tags[names.TAG_RESUMED_FROM] == f"{old_id} step {point['step']}"
     # It trained only the epochs the killed run had not finished.
     history = c.get_metric_history(new.info.run_id, "train_loss")
     done_epochs = point["step"] // STEPS
     assert sorted(m.step for m in history) == list(range(done_epochs + 1, EPOCHS + 1))
     assert new.data.params["epochs"] == str(EPOCHS)  # the new run has its own params
     old = c.get_run(old_id)
-    assert old.data.tags[checkpoints.TAG_RESUMED_BY] == new.info.run_id
+    assert old.data.tags[names.TAG_RESUMED_BY] == new.info.run_id
     # Ended: FAILED by the pipeline, or KILLED by the resume when its process died silently.
     assert old.info.status in ("KILLED", "FAILED")
     # Neither run's checkpoints are left: copied and dropped, then dropped after success.
