@@ -1,4 +1,12 @@
-"""`genpipe` command line: embedded stack, local runs, compile (and, later, cluster commands).
+"""`genpipe` command line, one module per noun, each thin over the library and operations:
+
+stack.py     up, down, status, env (the embedded SeaweedFS + MLflow)
+pipeline.py  models, run (kfp.local), compile (KFP IR YAML)
+generate.py  generate (sample from a registered model)
+cluster.py   submit, schedule, schedules (Kubeflow Pipelines)
+registry.py  pull, serve, deploy (registered models in MLflow, KServe)
+gc.py        gc (what interrupted runs left behind)
+images.py    images build | push (component images)
 
 Errors a user can fix (GenpipeError) are printed as one line and exit 1; `--debug` shows the
 traceback. Heavy imports (TensorFlow, kfp, mlflow) happen inside commands so `--help` is fast.
@@ -39,10 +47,12 @@ def _main(
     _state["debug"] = debug
 
 
-def _register_commands() -> None:
-    import importlib
+#: one module per noun, each with `register(app)`; this order is `genpipe --help`'s
+NOUNS = ("stack", "pipeline", "generate", "cluster", "registry", "gc", "images")
 
-    for noun in ("stack", "pipeline", "generate", "cluster", "gc"):
+
+def _register_commands() -> None:
+    for noun in NOUNS:
         importlib.import_module(f"genpipe.cli.{noun}").register(app)
 
 

@@ -1,44 +1,29 @@
-"""Cluster commands: submit, schedule, schedules, pull, serve, deploy, images.
+"""Pipelines on a Kubeflow cluster: `genpipe submit`, `schedule` and `schedules`.
 
-`submit`/`schedule` compile MODEL's pipeline for a cluster profile, upload it to KFP once per
-content (version named by hash) and start a run / a recurring run. `pull`, `serve` and
-`deploy` resolve a registered model `NAME@alias` (or `NAME/version`) in MLflow.
+`submit`/`schedule` check the run (zoo.request.RunRequest, as `genpipe run` does), compile
+MODEL's pipeline for a cluster profile, upload it to KFP once per content (version named by
+hash) and start a run / a recurring run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-import zoo
+from genpipe.cli.options import PROFILE_HELP
 from zoo.errors import ConfigError, GenpipeError
-from zoo.refs import check_image, parse_model_ref
+from zoo.refs import check_image
+from zoo.request import CLI_FLAGS, RunRequest
 
 out = Console(soft_wrap=True)  # long URLs and ids stay on one line
 err = Console(stderr=True, soft_wrap=True)
-
-IMAGE_VARIANTS = ("cpu", "gpu", "serving")
-DEFAULT_REPOSITORY = "ghcr.io/genpipe/genpipe"
-PROFILE_HELP = "Cluster profile: cpu | gke | eks | aks | generic-nvidia, or a profile YAML path."
-
-
-def image_tag(repository: str, variant: str, version: str = "") -> str:
-    if variant not in IMAGE_VARIANTS:
-        raise ConfigError(f"image variant {variant!r} is not one of {', '.join(IMAGE_VARIANTS)}")
-    version = version or zoo.__version__
-    if version == "latest":
-        raise ConfigError("--version latest: pin a version so runs are reproducible")
-    return check_image(f"{repository}:{version}-{variant}", "--repository")
 
 
 def pipeline_params(
@@ -52,20 +37,16 @@ def pipeline_params(
     tolerance: float,
     test_fraction: float,
     force: bool = False,
+    where: Mapping[str, str] = CLI_FLAGS,
 ) -> dict[str, Any]:
     """The pipeline's runtime parameters, checked locally so a typo fails before any upload.
 
-    `force`: train even when data, config and code equal the champion's (else skipped)."""
-    from zoo import models
-    from zoo.blessing import parse_thresholds
-    from zoo.config import parse_overrides
-    from zoo.data.sources import default_registered_name
-
-    overrides = parse_overrides(sets)
-    models.resolve_config(model, preset, overrides)
-    parse_thresholds(thresholds, models.get(model).default_thresholds, "--thresholds")
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"--test-fraction={test_fraction} must be in (0, 1)")
+    `force`: train even when data, config and code equal the champion's (else skipped).
+    `where`: how errors name the options (`schedule` calls --name --registered-name)."""
+    request = RunRequest.from_cli(
+        model, data, preset, sets, thresholds, name, test_fraction, where=where
+    )
+    run = request.checked(where)
     kind, _, path = data.partition(":")
     if kind in ("idx", "npz", "text") and path and Path(path).expanduser().exists():
         # The pipeline's pods cannot see this machine's files.
@@ -76,9 +57,9 @@ def pipeline_params(
     return {
         "source": data,
         "preset": preset,
-        "overrides": json.dumps(overrides, sort_keys=True),
+        "overrides": request.overrides_json(),
         "experiment": experiment or f"genpipe-{model}",
-        "registered_name": name or default_registered_name(model, data),
+        "registered_name": run.registered_name,
         "thresholds": thresholds,
         "champion_tolerance": tolerance,
         "test_fraction": test_fraction,
@@ -97,53 +78,14 @@ def _compile(model: str, profile: str, image: str, retries: int, where: Path) ->
 
 
 def _connect(host: str, token: str, cookie: str, namespace: str) -> Any:
-    from genpipe.ops.kfp_client import Kfp, resolve_auth, resolve_host
+    from genpipe.ops.kfp_auth import resolve_auth, resolve_host
+    from genpipe.ops.kfp_client import Kfp
 
     return Kfp(resolve_host(host), resolve_auth(token, cookie), namespace)
 
 
-def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
-    """(client, name, selector, ModelVersion) for NAME@alias | NAME/version | NAME."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from zoo import registration
-    from zoo.settings import ENV_MLFLOW_URI
-
-    name, sel = parse_model_ref(ref)
-    # Only the tracking URI: artifacts come through the MLflow proxy, so pull/serve/deploy
-    # need no S3 credentials on the user's machine.
-    uri = os.environ.get(ENV_MLFLOW_URI, "")
-    if not uri:
-        raise ConfigError(
-            f"{ENV_MLFLOW_URI} is not set: `eval $(genpipe env)` for the embedded stack, or "
-            "`kubectl -n genpipe port-forward svc/mlflow 5000:5000` and "
-            f"export {ENV_MLFLOW_URI}=http://localhost:5000"
-        )
-    mlflow.set_tracking_uri(uri)
-    c = MlflowClient(uri)
-    return c, name, sel, registration.resolve_version(c, name, sel)
-
-
-def load_registered(ref: str, dest: Path) -> tuple[Any, dict[str, str]]:
-    """Download and load NAME@alias into `dest`; (model, info for /healthz)."""
-    from zoo import registration
-    from zoo.train import load_model
-
-    c, name, sel, version = _mlflow_version(ref)
-    registration.download_model_dir(c, name, str(version.version), dest)
-    model, meta = load_model(dest)
-    info = {
-        "model": name,
-        "version": str(version.version),
-        "ref": sel,
-        "family": str(getattr(model, "family", meta.get("family", ""))),
-        "architecture": str(meta.get("model", "")),
-    }
-    return model, info
-
-
 def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
+    """Add `submit`, `schedule` and the `schedules` group to the `genpipe` app."""
     host_opt = typer.Option("", "--host", help="KFP API URL (env GENPIPE_KFP_HOST).")
     token_opt = typer.Option(
         "", "--token", help="Bearer token (env GENPIPE_KFP_TOKEN).", show_default=False
@@ -279,14 +221,24 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     ) -> None:
         """Retrain MODEL on a KFP recurring run (cron or interval); replaces a same-named one
         once the new one is accepted."""
-        from genpipe.ops.kfp_client import cron_expression, interval_seconds
+        from genpipe.ops.kfp_schedule import cron_expression, interval_seconds
 
         if bool(cron) == bool(every):
             raise ConfigError("give exactly one of --cron '0 0 3 * * *' or --every 24h")
         cron_expr = cron_expression(cron) if cron else ""
         seconds = interval_seconds(every) if every else 0
         params = pipeline_params(
-            model, data, preset, sets, experiment, name, thresholds, tolerance, test_fraction, force
+            model,
+            data,
+            preset,
+            sets,
+            experiment,
+            name,
+            thresholds,
+            tolerance,
+            test_fraction,
+            force,
+            {**CLI_FLAGS, "registered_name": "--registered-name"},
         )
         with tempfile.TemporaryDirectory(prefix="genpipe-schedule-") as tmp:
             # Compile first: a bad profile or image fails before any request to KFP.
@@ -318,7 +270,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         namespace: str = ns_opt,
     ) -> None:
         """List recurring runs."""
-        from genpipe.ops.kfp_client import describe_trigger
+        from genpipe.ops.kfp_schedule import describe_trigger
 
         kfp = _connect(host, token, cookie, namespace)
         table = Table("name", "id", "trigger", "status", "created")
@@ -350,196 +302,3 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
     _by_name("pause", "paused")
     _by_name("resume", "resumed")
     _by_name("delete", "deleted")
-
-    @app.command("pull")
-    def pull_cmd(
-        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
-        output: Path = typer.Option(
-            ..., "--output", "-o", help="Directory to write model.keras + config.json."
-        ),
-        artifacts_destination: str = typer.Option(
-            "",
-            help="MLflow server's --artifacts-destination (env GENPIPE_MLFLOW_ARTIFACTS_DESTINATION).",
-        ),
-    ) -> None:
-        """Download a registered model (model.keras + config.json) from MLflow."""
-        from genpipe.ops.kserve import artifacts_destination as dest_of
-        from genpipe.ops.kserve import storage_uri
-        from zoo import registration
-
-        c, name, sel, version = _mlflow_version(ref)
-        registration.download_model_dir(c, name, str(version.version), output)
-        out.print(f"pulled {name} v{version.version} ({sel}) -> {output}")
-        out.print(f"mlflow source: {version.source}")
-        out.print(
-            f"storage URI:   {storage_uri(version.source, dest_of(artifacts_destination), c)}"
-        )
-
-    @app.command("serve")
-    def serve_cmd(
-        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
-        port: int = typer.Option(8080, help="Port to listen on."),
-        bind: str = typer.Option(
-            "127.0.0.1", "--bind", help="Address to bind (0.0.0.0 exposes it to the network)."
-        ),
-    ) -> None:
-        """Serve a registered model over HTTP: GET /healthz, POST /v1/generate."""
-        from genpipe.ops.server import serve
-
-        tmp = Path(tempfile.mkdtemp(prefix="genpipe-serve-"))
-        try:
-            model, info = load_registered(ref, tmp / "model")
-            server = serve(model, info, bind, port)
-            out.print(f"serving {info['model']} v{info['version']} on {server.url} (Ctrl-C stops)")
-            out.print(
-                f"  curl -s {server.url}/healthz\n"
-                f"  curl -s -X POST {server.url}/v1/generate -H 'Content-Type: application/json' "
-                '-d \'{"n": 16, "seed": 0}\' -o samples.png'
-            )
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    @app.command("deploy")
-    def deploy_cmd(
-        ref: str = typer.Argument(..., help="NAME@alias, NAME/version or NAME (= NAME@champion)."),
-        namespace: str = typer.Option(
-            "kubeflow", "--namespace", "-n", help="Namespace of the InferenceService (with KServe)."
-        ),
-        service_name: str = typer.Option(
-            "", "--service-name", help="InferenceService name (default from NAME)."
-        ),
-        service_account: str = typer.Option(
-            "genpipe-kserve", help="ServiceAccount with the S3 credentials Secret."
-        ),
-        profile: str = typer.Option(
-            "cpu",
-            help=PROFILE_HELP + " The serving image is CPU-only: no profile adds a GPU; a GPU "
-            "profile keeps the predictor off its GPU nodes.",
-        ),
-        runtime: str = typer.Option(
-            "genpipe-mlserver",
-            help="KServe ServingRuntime (default genpipe's: k8s/serving/servingruntime.yaml).",
-        ),
-        artifacts_destination: str = typer.Option(
-            "",
-            help="MLflow server's --artifacts-destination (env GENPIPE_MLFLOW_ARTIFACTS_DESTINATION).",
-        ),
-        output: Path | None = typer.Option(
-            None, "--output", "-o", help="Write YAML here (default stdout)."
-        ),
-    ) -> None:
-        """Render the KServe InferenceService for a registered model (pipe into kubectl apply -f -)."""
-        from genpipe.ops.kserve import artifacts_destination as dest_of
-        from genpipe.ops.kserve import check_runtime, render_inference_service, storage_uri
-        from genpipe.ops.kserve import service_name as svc_name
-        from pipelines.platform import load_profile
-
-        # Bad options fail before MLflow is asked.
-        prof = load_profile(profile)
-        check_runtime(runtime)
-        c, name, sel, version = _mlflow_version(ref)
-        isvc = render_inference_service(
-            service_name or svc_name(name),
-            storage_uri(version.source, dest_of(artifacts_destination), c),
-            namespace=namespace,
-            registered_name=name,
-            version=str(version.version),
-            alias=sel,
-            source=version.source,
-            service_account=service_account,
-            profile=prof,
-            runtime=runtime,
-        )
-        text = yaml.safe_dump(isvc, sort_keys=False)
-        if output:
-            output.write_text(text)
-            err.print(
-                f"wrote {output}: {name} v{version.version} -> {isvc['spec']['predictor']['model']['storageUri']}"
-            )
-        else:
-            print(text, end="")
-
-    images = typer.Typer(
-        help="Build or push the component images (Docker engine, podman or buildah).",
-        no_args_is_help=True,
-    )
-    app.add_typer(images, name="images")
-    builder_opt = typer.Option(
-        "auto",
-        help="auto (a reachable Docker engine, else podman, else buildah), docker, podman, buildah.",
-    )
-
-    def _variants(variant: str) -> list[str]:
-        from genpipe.ops.images_build import variants
-
-        have = variants()
-        if variant == "all":
-            return have
-        if variant not in have:
-            raise ConfigError(f"--variant {variant!r} is not one of {', '.join([*have, 'all'])}")
-        return [variant]
-
-    @images.command("build")
-    def images_build(
-        variant: str = typer.Option("all", help="cpu, gpu, serving or all."),
-        repository: str = typer.Option(
-            DEFAULT_REPOSITORY, help="Image repository (registry/name)."
-        ),
-        version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
-        base_image: str = typer.Option(
-            "",
-            "--base-image",
-            help="Base image (default: the Dockerfile's, python:3.11-slim-bookworm pinned by digest).",
-        ),
-        ca_cert: list[Path] = typer.Option(
-            [],
-            "--ca-cert",
-            help="Extra CA certificate (PEM) for downloads during the build, e.g. a proxy's; repeatable. A build secret: no image layer keeps it.",
-        ),
-        builder: str = builder_opt,
-        push: bool = typer.Option(False, "--push", help="Push after building."),
-    ) -> None:
-        """Build images/Dockerfile.{cpu,gpu,serving} as REPOSITORY:VERSION-VARIANT."""
-        from genpipe.ops.images_build import build_image, detect_builder, push_image
-
-        chosen = _variants(variant)
-        tags = [image_tag(repository, v, version) for v in chosen]  # refuse before building
-        tool = detect_builder(builder)
-        for v, tag in zip(chosen, tags, strict=True):
-            image_id = build_image(
-                v,
-                tag,
-                builder=tool,
-                version=version or zoo.__version__,
-                base_image=base_image,
-                ca_certs=ca_cert,
-                on_log=lambda line: err.print(line, highlight=False, markup=False),
-            )
-            out.print(f"built {tag} ({image_id}) with {tool}")
-            if push:
-                push_image(tool, tag, on_log=lambda line: err.print(line, highlight=False))
-                out.print(f"pushed {tag}")
-
-    @images.command("push")
-    def images_push(
-        variant: str = typer.Option("all", help="cpu, gpu, serving or all."),
-        repository: str = typer.Option(
-            DEFAULT_REPOSITORY, help="Image repository (registry/name)."
-        ),
-        version: str = typer.Option("", help=f"Tag version (default {zoo.__version__})."),
-        builder: str = builder_opt,
-    ) -> None:
-        """Push REPOSITORY:VERSION-VARIANT (log in with `docker login` / `podman login` first)."""
-        from genpipe.ops.images_build import detect_builder, push_image
-
-        tags = [image_tag(repository, v, version) for v in _variants(variant)]
-        tool = detect_builder(builder)
-        for tag in tags:
-            push_image(tool, tag, on_log=lambda line: err.print(line, highlight=False))
-            out.print(f"pushed {tag}")
