@@ -465,7 +465,7 @@ def test_serving_runtime_is_valid_and_configures_mlserver_like_kserve():
     import upstream_contracts
 
     import zoo
-    from genpipe.cli.cluster import DEFAULT_REPOSITORY
+    from genpipe.cli.images import DEFAULT_REPOSITORY
 
     runtime = yaml.safe_load(SERVING_RUNTIME_FILE.read_text())
     upstream_contracts.assert_valid(runtime)
