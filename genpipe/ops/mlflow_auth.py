@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported where used: `genpipe.ops.stack` reads the constant
     from flask import Response
     from werkzeug.datastructures import Authorization
 
-#: the server's environment names the credentials file (`genpipe.ops.stack._start_mlflow` sets it)
+#: the server's environment names the credentials file (`genpipe.ops.stack.mlflow_server` sets it)
 ENV_AUTH_FILE = "GENPIPE_MLFLOW_AUTH_FILE"
 #: what the ini's `authorization_function` names
 FUNCTION = f"{__name__}:authenticate"

@@ -28,8 +28,10 @@ from typer.testing import CliRunner
 
 from genpipe.cli import app
 from genpipe.ops import stack as zstack
+from genpipe.ops.stack import processes
 from tests.as_user import NOBODY, can_switch_user, run_as
 from zoo.errors import StackError
+from zoo.ports import port_free
 from zoo.settings import DEFAULT_BUCKET
 from zoo.storage import ObjectStore
 
@@ -273,9 +275,9 @@ def test_env_without_a_stack_says_run_up(tmp_path: Path) -> None:
 
 
 def test_startup_failure_quotes_the_log(tmp_path: Path) -> None:
-    pid = zstack._spawn(tmp_path, "mlflow", ["sh", "-c", "echo 'boom: bad flag' >&2; exit 3"], {})
+    pid = processes.spawn(tmp_path, "mlflow", ["sh", "-c", "echo 'boom: bad flag' >&2; exit 3"], {})
     with pytest.raises(StackError, match="(?s)exited during startup.*boom: bad flag"):
-        zstack._wait_ready(tmp_path, "mlflow", pid, lambda: False, timeout=10)
+        processes.wait_ready(tmp_path, "mlflow", pid, lambda: False, timeout=10)
 
 
 # ------------------------------------------------------------------ CLI
@@ -337,9 +339,9 @@ def test_down_stops_everything_and_up_keeps_data(stack, store: ObjectStore) -> N
     assert not any(s.healthy for s in after.services)
     assert _pids(after) == {"seaweedfs": None, "mlflow": None}
     for s in before.services:
-        assert not zstack._alive(s.pid)
+        assert not processes.alive(s.pid)
     for port, _what, _option in ports.listening():
-        zstack._check_port_free(port, "", "")  # every port was released
+        assert port_free(port)  # every port was released
     ours = {f"-{port}.sock" for port, _what, _option in ports.listening()}
     assert [
         p for p in Path("/tmp").glob("seaweedfs-*.sock") if p.name[p.name.rfind("-") :] in ours

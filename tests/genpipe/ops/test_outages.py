@@ -14,17 +14,18 @@ import time
 import pytest
 
 from genpipe.ops import stack as zstack
+from genpipe.ops.stack import processes
 from zoo.errors import GenpipeError
 from zoo.settings import Settings
 from zoo.storage import ObjectStore
 
 
 def _kill_seaweedfs(state_dir) -> None:
-    pid = zstack._running_pid(state_dir, zstack.WEED)
+    pid = processes.running_pid(state_dir, zstack.WEED)
     assert pid, "SeaweedFS is not running"
     os.killpg(pid, signal.SIGKILL)  # the hard way: no graceful drain
     deadline = time.time() + 10
-    while zstack._running_pid(state_dir, zstack.WEED) and time.time() < deadline:
+    while processes.running_pid(state_dir, zstack.WEED) and time.time() < deadline:
         time.sleep(0.2)
 
 
@@ -80,10 +81,10 @@ def test_mlflow_logging_survives_a_tracking_server_restart(stack):
 
     c = tracking.client()
     run_id = tracking.get_or_create_run(c, "genpipe-test-outage", f"outage-{time.time_ns()}", "vae")
-    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    pid = processes.running_pid(stack.state_dir, zstack.MLFLOW)
     assert pid
     os.killpg(pid, signal.SIGKILL)
-    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+    while processes.running_pid(stack.state_dir, zstack.MLFLOW):
         time.sleep(0.2)
     outage = {"s": 0.0}
 
@@ -154,7 +155,7 @@ def _assert_bounded_failure(stack, out, err, elapsed, budget_s, cause):
 def test_stalled_mlflow_fails_within_the_budget_naming_it(stack):
     """SIGSTOPped server: connections are accepted, nothing answers."""
     run_id = _mlflow_run_id()
-    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    pid = processes.running_pid(stack.state_dir, zstack.MLFLOW)
     assert pid
     os.killpg(pid, signal.SIGSTOP)
     try:
@@ -167,10 +168,10 @@ def test_stalled_mlflow_fails_within_the_budget_naming_it(stack):
 
 def test_dead_mlflow_fails_within_the_budget_naming_it(stack):
     run_id = _mlflow_run_id()
-    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    pid = processes.running_pid(stack.state_dir, zstack.MLFLOW)
     assert pid
     os.killpg(pid, signal.SIGKILL)
-    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+    while processes.running_pid(stack.state_dir, zstack.MLFLOW):
         time.sleep(0.2)
     try:
         out, err, elapsed = _call_mlflow_with_budget(run_id, 5)
@@ -188,10 +189,10 @@ def test_mlflow_fluent_calls_survive_a_tracking_server_restart(stack):
     from zoo import tracking
 
     tracking.client()  # sets the tracking URI and MLflow's per-request knobs
-    pid = zstack._running_pid(stack.state_dir, zstack.MLFLOW)
+    pid = processes.running_pid(stack.state_dir, zstack.MLFLOW)
     assert pid
     os.killpg(pid, signal.SIGKILL)
-    while zstack._running_pid(stack.state_dir, zstack.MLFLOW):
+    while processes.running_pid(stack.state_dir, zstack.MLFLOW):
         time.sleep(0.2)
     restarter = threading.Timer(3, zstack.up, args=(stack.state_dir,))
     restarter.start()

@@ -1,0 +1,154 @@
+"""The stack's MLflow tracking server: its command line, its auth config and its health.
+
+It serves artifacts as a proxy (`mlflow-artifacts:/` URIs) onto `MLFLOW_ARTIFACTS` on the
+stack's SeaweedFS and requires the admin's credentials on every request: the auth app runs
+`genpipe.ops.mlflow_auth.authenticate` (named in STATE/mlflow-auth.ini), which checks them
+against STATE/mlflow-auth.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from genpipe.ops import mlflow_auth
+from genpipe.ops.stack.processes import spawn
+from genpipe.ops.stack.statedir import HOST, MLFLOW, Credentials, Ports, write_private
+from zoo.errors import StackError
+
+MLFLOW_BUCKET = "genpipe-mlflow"
+MLFLOW_ARTIFACTS = f"s3://{MLFLOW_BUCKET}/artifacts"
+
+
+def _auth_path(state: Path) -> Path:
+    return state / "mlflow-auth.json"
+
+
+def client_env(state: Path) -> dict[str, str]:
+    """MLflow client credentials (the stack's MLflow always requires them)."""
+    path = _auth_path(state)
+    if not path.exists():
+        return {}  # not started yet: `up` generates them
+    auth = json.loads(path.read_text())
+    return {
+        "MLFLOW_TRACKING_USERNAME": auth["username"],
+        "MLFLOW_TRACKING_PASSWORD": auth["password"],
+    }
+
+
+def enable_auth(state: Path) -> None:
+    """Generate the admin credentials (once, mode 0600): this stack's MLflow requires them."""
+    path = _auth_path(state)
+    if not path.exists():
+        auth = {
+            "username": "admin",
+            # 256 random bits: checked with a constant-time compare, no slow hash needed
+            # (`genpipe.ops.mlflow_auth`).
+            "password": secrets.token_urlsafe(32),
+            # Signs the auth app's CSRF tokens; stable across restarts of this stack.
+            "flask_secret": secrets.token_urlsafe(36),
+        }
+        write_private(path, json.dumps(auth) + "\n")
+    elif path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # someone loosened it; a secret stays owner-only
+
+
+def _auth_ini(state: Path) -> str:
+    """The auth app's config: only the admin exists, and `genpipe.ops.mlflow_auth` checks it cheaply."""
+    return (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{state / 'mlflow-auth.db'}\n"
+        f"admin_username = {client_env(state)['MLFLOW_TRACKING_USERNAME']}\n"
+        f"authorization_function = {mlflow_auth.FUNCTION}\n"
+    )
+
+
+def auth_current(state: Path) -> bool:
+    """Whether a running MLflow was started with today's auth config (older ones ran none)."""
+    ini = state / "mlflow-auth.ini"
+    return ini.exists() and ini.read_text() == _auth_ini(state)
+
+
+def _server_args(state: Path) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` arguments and env for its auth app: nobody but the admin may do anything."""
+    enable_auth(state)
+    auth = json.loads(_auth_path(state).read_text())
+    ini = state / "mlflow-auth.ini"
+    write_private(ini, _auth_ini(state))
+    # The password goes through the environment and the 0600 file, never the ini file or the
+    # command line. The auth db gets the admin (hashed once, at its creation).
+    return ["--app-name", "basic-auth"], {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth["password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": auth["flask_secret"],
+        mlflow_auth.ENV_AUTH_FILE: str(_auth_path(state)),
+    }
+
+
+def start(state: Path, ports: Ports, creds: Credentials) -> int:
+    try:
+        import boto3  # noqa: F401  (MLflow's S3 artifact store needs it, in the server process)
+    except ImportError as e:
+        raise StackError(
+            "MLflow stores artifacts on S3 through boto3, which is not installed: pip install boto3"
+        ) from e
+    cmd = [
+        sys.executable,  # the same environment as genpipe, wherever PATH points
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{state / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        MLFLOW_ARTIFACTS,
+        "--host",
+        HOST,
+        "--port",
+        str(ports.mlflow),
+        "--workers",
+        "1",
+        # DNS-rebinding guard: only requests addressed to this very server.
+        "--allowed-hosts",
+        f"{HOST}:{ports.mlflow},localhost:{ports.mlflow}",
+    ]
+    auth_args, auth_env = _server_args(state)
+    cmd += auth_args
+    server_env = {
+        **auth_env,
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{ports.s3}",
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # Newer boto3 adds flexible checksums that S3-compatible servers may not know.
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        # The GenAI job runner spawns ~8 huey workers (>1 GB RAM, +10 s startup): unused here.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    # boto3 honours http(s)_proxy: keep the server's S3 calls to 127.0.0.1 direct.
+    for var in ("NO_PROXY", "no_proxy"):
+        server_env[var] = ",".join(filter(None, [os.environ.get(var), HOST, "localhost"]))
+    # A session token or profile from the user's shell would be sent along with our keys.
+    return spawn(state, MLFLOW, cmd, server_env, drop=("AWS_SESSION_TOKEN", "AWS_PROFILE"))
+
+
+# No proxies: an http_proxy from the user's shell must not see (or break) loopback traffic.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def healthy(ports: Ports) -> bool:
+    try:
+        with _DIRECT.open(f"http://{HOST}:{ports.mlflow}/health", timeout=3) as r:
+            return r.status == 200
+    except urllib.error.HTTPError as e:
+        e.close()  # it holds the response's socket
+        return False
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
