@@ -1,10 +1,7 @@
 """Talking to a Kubeflow Pipelines API server (v2beta1) through the real `kfp.Client`.
 
-Auth, in order: a bearer token (`--token` / GENPIPE_KFP_TOKEN), a session cookie (`--cookie` /
-GENPIPE_KFP_COOKIE, e.g. `authservice_session=...` behind Kubeflow's oauth2-proxy/Dex), else the
-in-cluster projected ServiceAccount token at KF_PIPELINES_SA_TOKEN_PATH (default
-/var/run/secrets/kubeflow/pipelines/token, audience pipelines.kubeflow.org) when that file
-exists, else no auth (a port-forwarded standalone KFP).
+How to authenticate and where the server is: `genpipe.ops.kfp_auth`; the cron or interval of
+a recurring run: `genpipe.ops.kfp_schedule`.
 
 Pipelines are uploaded once per content: the version is named by the SHA-256 of the compiled
 YAML, so submitting an unchanged pipeline reuses the existing version. Recurring runs cannot
@@ -24,26 +21,18 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from genpipe.ops.kfp_auth import KfpAuth
 from zoo.errors import ConfigError, GenpipeError
 
-ENV_HOST = "GENPIPE_KFP_HOST"
-ENV_TOKEN = "GENPIPE_KFP_TOKEN"
-ENV_COOKIE = "GENPIPE_KFP_COOKIE"
-ENV_SA_TOKEN_PATH = "KF_PIPELINES_SA_TOKEN_PATH"  # the name kfp itself reads
-DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
-_EVERY_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 # The (resource, verb) pairs on API group pipelines.kubeflow.org that KFP's API server checks
 # (one SubjectAccessReview each) in multi-user mode for each method of `Kfp` below. Sources,
@@ -93,159 +82,6 @@ def kfp_rbac_needs(commands: tuple[str, ...] = tuple(COMMAND_CALLS)) -> set[tupl
 
 class KfpError(GenpipeError):
     """The KFP API server refused a request or cannot be reached."""
-
-
-@dataclass(frozen=True)
-class KfpAuth:
-    """How to authenticate to KFP: at most one of token, cookie, token_path."""
-
-    token: str = ""
-    cookie: str = ""
-    token_path: str = ""
-
-    @property
-    def kind(self) -> str:
-        if self.token:
-            return "bearer token"
-        if self.cookie:
-            return "cookie"
-        if self.token_path:
-            return f"service-account token {self.token_path}"
-        return "none"
-
-    def __repr__(self) -> str:  # never print a credential
-        return f"KfpAuth({self.kind})"
-
-
-def resolve_auth(token: str = "", cookie: str = "", env: dict[str, str] | None = None) -> KfpAuth:
-    """Flags first, then environment, then the in-cluster SA token file if it exists."""
-    env = dict(os.environ if env is None else env)
-    token = token or env.get(ENV_TOKEN, "")
-    cookie = cookie or env.get(ENV_COOKIE, "")
-    if token and cookie:
-        raise ConfigError("give a KFP bearer token or a cookie, not both")
-    if token or cookie:
-        return KfpAuth(token=token.strip(), cookie=cookie.strip())
-    path = env.get(ENV_SA_TOKEN_PATH, DEFAULT_SA_TOKEN_PATH)
-    return KfpAuth(token_path=path) if Path(path).is_file() else KfpAuth()
-
-
-def resolve_host(host: str = "", env: dict[str, str] | None = None) -> str:
-    env = dict(os.environ if env is None else env)
-    host = host or env.get(ENV_HOST, "") or env.get("KF_PIPELINES_ENDPOINT", "")
-    if not host:
-        raise ConfigError(
-            f"no KFP host: pass --host URL or set {ENV_HOST} (in-cluster: "
-            "http://ml-pipeline.kubeflow.svc.cluster.local:8888; from a laptop: "
-            "`kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80` and http://localhost:8080)"
-        )
-    if not host.startswith(("http://", "https://")):
-        raise ConfigError(f"--host {host!r} is not a URL: expected http(s)://host[:port]")
-    return host.rstrip("/")
-
-
-# KFP's API server (server/api_converter.go toModelJob) and its ScheduledWorkflow controller
-# parse cron with robfig/cron v1's cron.Parse: seconds minutes hours day-of-month month
-# day-of-week, each a list of `*`/`?`, N, N-M or names (jan-dec, sun-sat), with an optional
-# /STEP; or a descriptor. (That parser also takes 5 fields, reading them seconds-first, so the
-# usual Unix `0 3 * * *` would run hourly: refused here.)
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
-    ("seconds", 0, 59, {}),
-    ("minutes", 0, 59, {}),
-    ("hours", 0, 23, {}),
-    ("day-of-month", 1, 31, {}),
-    ("month", 1, 12, {m: i + 1 for i, m in enumerate(_MONTHS)}),
-    ("day-of-week", 0, 6, {d: i for i, d in enumerate(_WEEKDAYS)}),
-)
-_CRON_DESCRIPTORS = (
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
-)
-_GO_DURATION = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$")
-_CRON_HELP = "KFP cron: seconds minutes hours day-of-month month day-of-week, e.g. '0 0 3 * * *'"
-
-
-def cron_expression(cron: str) -> str:
-    """Check a KFP cron the way KFP parses it (robfig/cron v1, 6 fields, seconds first, or a
-    descriptor such as @daily / @every 1h30m); the normalized expression, or one ConfigError
-    naming the field and its valid range."""
-    spec = " ".join(cron.split())
-    if spec.startswith("@"):
-        if spec in _CRON_DESCRIPTORS:
-            return spec
-        if spec.startswith("@every ") and _GO_DURATION.match(spec[len("@every ") :]):
-            return spec
-        raise ConfigError(
-            f"--cron {cron!r}: unknown descriptor; use one of {', '.join(_CRON_DESCRIPTORS)} "
-            "or '@every DURATION' (e.g. @every 1h30m)"
-        )
-    fields = spec.split()
-    if len(fields) != 6:
-        hint = f" (did you mean '0 {spec}'?)" if len(fields) == 5 else ""
-        raise ConfigError(
-            f"--cron {cron!r} has {len(fields)} fields; KFP cron has 6, seconds first, "
-            f"e.g. '0 0 3 * * *' for 03:00 every day{hint}"
-        )
-    for value, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
-        for part in value.split(","):
-            if part:  # robfig skips empty list items
-                problem = _cron_part_problem(part, low, high, names)
-                if problem:
-                    named = f" or names {list(names)[0]}-{list(names)[-1]}" if names else ""
-                    raise ConfigError(
-                        f"--cron {cron!r}: {name} {part!r} {problem}; valid: {low}-{high}{named}, "
-                        f"*, ?, lists, ranges and /steps ({_CRON_HELP})"
-                    )
-    return spec
-
-
-def _cron_part_problem(part: str, low: int, high: int, names: dict[str, int]) -> str:
-    """Why one list item of a cron field is invalid ('' if it is valid)."""
-    range_part, slash, step = part.partition("/")
-    if slash:
-        if "/" in step:
-            return "has more than one '/'"
-        if not re.fullmatch(r"\+?\d+", step) or int(step) == 0:
-            return f"has step {step!r}, not a positive whole number"
-    if range_part in ("*", "?"):
-        return ""
-    bounds = range_part.split("-")
-    if len(bounds) > 2:
-        return "has more than one '-'"
-    values = []
-    for b in bounds:
-        if b.lower() in names:
-            values.append(names[b.lower()])
-        elif re.fullmatch(r"\+?\d+", b):
-            values.append(int(b))
-        else:
-            return f"has {b!r}, which is not a number" + (" or a name" if names else "")
-    start = values[0]
-    end = values[-1] if len(values) == 2 else (high if slash else start)
-    if not (low <= start <= high and low <= end <= high):
-        return "is out of range"
-    if start > end:
-        return f"starts after it ends ({start} > {end})"
-    return ""
-
-
-def interval_seconds(every: str) -> int:
-    """'24h', '90m', '1d12h', '3600s' -> seconds (at least one minute)."""
-    m = _EVERY_RE.match(every.strip())
-    if not every.strip() or not m or not any(m.groups()):
-        raise ConfigError(f"--every {every!r} is not a duration: use e.g. 24h, 90m, 1d12h or 3600s")
-    d, h, mi, s = (int(g or 0) for g in m.groups())
-    seconds = ((d * 24 + h) * 60 + mi) * 60 + s
-    if seconds < 60:
-        raise ConfigError(f"--every {every!r} is {seconds}s: the minimum interval is 60s")
-    return seconds
 
 
 def content_version_name(package: Path) -> str:
@@ -528,12 +364,3 @@ class Kfp:
             with _api("delete recurring run"):
                 self.client.delete_recurring_run(i)
         return len(ids)
-
-
-def describe_trigger(r: Any) -> str:
-    trig = r.trigger
-    if trig and trig.cron_schedule and trig.cron_schedule.cron:
-        return f"cron {trig.cron_schedule.cron}"
-    if trig and trig.periodic_schedule and trig.periodic_schedule.interval_second:
-        return f"every {int(trig.periodic_schedule.interval_second)}s"
-    return "?"

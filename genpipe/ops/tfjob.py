@@ -204,20 +204,15 @@ def current_namespace(environ: dict[str, str] | None = None) -> str:
     )
 
 
-def _load_kube_config() -> None:
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-
-
 def _apis(custom_api: Any, core_api: Any) -> tuple[Any, Any]:
+    """The given clients, else new ones from the in-cluster config (else ~/.kube/config)."""
     if custom_api is None or core_api is None:
-        from kubernetes import client
+        from kubernetes import client, config
 
-        _load_kube_config()
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
         custom_api = custom_api or client.CustomObjectsApi()
         core_api = core_api or client.CoreV1Api()
     return custom_api, core_api

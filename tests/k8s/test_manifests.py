@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from genpipe.ops.kfp_client import DEFAULT_SA_TOKEN_PATH
+from genpipe.ops.kfp_auth import DEFAULT_SA_TOKEN_PATH
 from genpipe.ops.tfjob import LABEL_JOB_NAME, LABEL_REPLICA_TYPE, TF_PORT
 from pipelines.platform import CONFIG_MAP, POD_LABELS, SECRET_MLFLOW, SECRET_S3, load_profile
 

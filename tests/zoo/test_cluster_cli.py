@@ -1,6 +1,6 @@
 """Cluster CLI commands that need no cluster: `genpipe images` refusals and what compiled
 pipelines hold. The KFP commands (submit, schedule, schedules) are tested against the
-swagger-validating KFP server in tests/zoo/test_kfp_client.py.
+swagger-validating KFP server in tests/genpipe/ops/test_kfp_client.py.
 """
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_cli
 
-from genpipe.ops.kfp_client import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN
+from genpipe.ops.kfp_auth import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN
 
 FAKE_SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIA-fake-should-not-leak",

@@ -23,19 +23,9 @@ import pytest
 import yaml
 from cli_helpers import run_cli
 
-from genpipe.ops.kfp_client import (
-    COMMAND_CALLS,
-    ENV_COOKIE,
-    ENV_HOST,
-    ENV_SA_TOKEN_PATH,
-    ENV_TOKEN,
-    KFP_RBAC,
-    Kfp,
-    KfpAuth,
-    KfpError,
-    cron_expression,
-    kfp_rbac_needs,
-)
+from genpipe.ops.kfp_auth import ENV_COOKIE, ENV_HOST, ENV_SA_TOKEN_PATH, ENV_TOKEN, KfpAuth
+from genpipe.ops.kfp_client import COMMAND_CALLS, KFP_RBAC, Kfp, KfpError, kfp_rbac_needs
+from genpipe.ops.kfp_schedule import cron_expression
 from zoo.errors import ConfigError
 
 TOKEN = "kfp-token-should-not-leak"
