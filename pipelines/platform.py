@@ -1,11 +1,11 @@
-"""The one place where platform config is applied to KFP pipeline tasks.
+"""The one place where a cluster profile is applied to KFP pipeline tasks and TFJobs.
 
-A `Profile` says where each pipeline step (role) runs: image, CPU/memory, GPU, node selector,
-tolerations, timeout, and how many TFJob workers train. Profiles come from
-`pipelines/profiles.yaml` (by name) or a user YAML file (by path). `apply_platform` turns a
-profile plus a role into calls on a `kfp.dsl.PipelineTask`; `tfjob_template` turns the same
-profile into the TFJob the train task launches when `workers` >= 2, with the same scheduling,
-env references and security settings, so every pod genpipe starts is configured here.
+A `Profile` (pipelines/profile.py) says where each pipeline step (role) runs: image,
+CPU/memory, GPU, node selector, tolerations, timeout, and how many TFJob workers train.
+`apply_platform` turns a profile plus a role into calls on a `kfp.dsl.PipelineTask`;
+`tfjob_template` turns the same profile into the TFJob the train task launches when `workers`
+>= 2, with the same scheduling, env references and security settings, so every pod genpipe
+starts is configured here.
 
 Credentials reach the containers only as Kubernetes Secret references (`use_secret_as_env`), and
 endpoints as ConfigMap references: the compiled pipeline YAML names the Secret and its keys but
@@ -15,21 +15,25 @@ never holds a value, so it can be committed, shared and uploaded to KFP safely.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
-import re
-from dataclasses import dataclass, field
-from importlib import resources as importlib_resources
-from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from kfp import dsl, kubernetes
 
-import zoo
 from genpipe.ops import tfjob
-from zoo.config import PRECISIONS
+
+# Profiles and their loading live in pipelines.profile; re-exported for callers of this module.
+from pipelines.profile import (
+    IMAGE_PULL_POLICIES,
+    LAUNCHER,
+    RESOURCE_ROLES,
+    ROLES,
+    Profile,
+    RoleResources,
+    cpu_variant,
+    load_profile,
+    profile_names,
+)
 from zoo.errors import ConfigError
 from zoo.settings import (
     ENV_ACCESS_KEY,
@@ -38,6 +42,29 @@ from zoo.settings import (
     ENV_S3_ENDPOINT,
     ENV_SECRET_KEY,
 )
+
+__all__ = [
+    "CONFIG_MAP",
+    "IMAGE_PULL_POLICIES",
+    "LAUNCHER",
+    "POD_LABELS",
+    "RESOURCE_ROLES",
+    "ROLES",
+    "SECRET_MLFLOW",
+    "SECRET_S3",
+    "EnvSource",
+    "Profile",
+    "RoleResources",
+    "apply_platform",
+    "container_resources",
+    "cpu_variant",
+    "env_refs",
+    "env_sources",
+    "load_profile",
+    "pod_scheduling",
+    "profile_names",
+    "tfjob_template",
+]
 
 # Kubernetes objects a cluster admin creates once per pipeline namespace. Key names equal the
 # environment variable names the components read (zoo.settings), so `kubectl create secret
@@ -59,42 +86,6 @@ MLFLOW_SECRET_KEYS = {
 CONFIG_MAP_REQUIRED_KEYS = {ENV_S3_ENDPOINT: ENV_S3_ENDPOINT, ENV_MLFLOW_URI: ENV_MLFLOW_URI}
 # The bucket has a default in zoo.settings, so the key may be left out of the ConfigMap.
 CONFIG_MAP_OPTIONAL_KEYS = {ENV_BUCKET: ENV_BUCKET}
-
-# `finalize`: the pipeline's exit task (components/finalize.py), which ends an MLflow run that
-# a task killed outright left RUNNING; small, CPU only, configured like every other step.
-ROLES = ("ingest", "train", "evaluate", "register", "finalize")
-# `launcher`: the train task of a multi-worker pipeline, which only creates the TFJob and waits
-# (no GPU, small); its resources are configured like a role's.
-LAUNCHER = "launcher"
-RESOURCE_ROLES = (*ROLES, LAUNCHER)
-RESOURCE_FIELDS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
-IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-TOLERATION_OPERATORS = ("Exists", "Equal")
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
-
-_PROFILE_KEYS = (
-    "name",
-    "description",
-    "image",
-    "accelerator_type",
-    "accelerator_limit",
-    "node_selector",
-    "tolerations",
-    "gpu_roles",
-    "resources",
-    "image_pull_policy",
-    "train_defaults",
-    "cpu_image",
-    "workers",
-    "timeouts",
-    "tfjob_ttl_seconds",
-    "security_context",
-)
-#: Training settings a profile may default (the hardware decides them; the user's overrides
-#: still win): the type each must have.
-TRAIN_DEFAULT_KEYS: dict[str, type] = {"precision": str, "steps_per_call": int, "jit_compile": bool}
-_BUILTIN_FILE = "profiles.yaml"
 
 # The numeric user and group of the genpipe images (images/Dockerfile.*: USER 10001:10001).
 RUN_AS_USER = 10001
@@ -124,46 +115,6 @@ TMP_VOLUME = "tmp"
 # in k8s/pipeline-namespace select genpipe's pods by it.
 POD_LABELS = {"genpipe.io/pipeline": "true"}
 
-# The same patterns kfp 2.17 checks in PipelineTask.set_cpu_*/set_memory_* (it raises a bare
-# ValueError at pipeline build time); checking at load time lets the error name file and key.
-_CPU_RE = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
-_MEMORY_RE = re.compile(r"^([0-9]+)(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
-_MEMORY_FACTORS = {
-    None: 1,
-    **{s: 1000**i for i, s in enumerate(("K", "M", "G", "T", "P", "E"), start=1)},
-    **{s: 1024**i for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
-}
-
-
-class _Invalid(Exception):
-    """A bad value at `key` (dotted path inside a profile); turned into a ConfigError."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-@dataclass
-class RoleResources:
-    """CPU and memory requests/limits of one role, as Kubernetes quantity strings."""
-
-    cpu_request: str
-    cpu_limit: str
-    memory_request: str
-    memory_limit: str
-
-
-def default_resources() -> dict[str, RoleResources]:
-    """Per-role resources from the `defaults` block of the built-in profiles.yaml."""
-    raw = _builtin_document()["defaults"]["resources"]
-    return {role: RoleResources(**raw[role]) for role in RESOURCE_ROLES}
-
-
-def default_timeouts() -> dict[str, int]:
-    """Per-role timeouts (seconds) from the `defaults` block of the built-in profiles.yaml."""
-    return dict(_builtin_document()["defaults"]["timeouts"])
-
 
 @dataclass(frozen=True)
 class EnvSource:
@@ -188,114 +139,6 @@ def env_sources() -> tuple[EnvSource, ...]:
         EnvSource("config_map", CONFIG_MAP, tuple(CONFIG_MAP_REQUIRED_KEYS), False),
         EnvSource("config_map", CONFIG_MAP, tuple(CONFIG_MAP_OPTIONAL_KEYS), True),
     )
-
-
-@dataclass
-class Profile:
-    """Where and with what each pipeline role runs on a cluster.
-
-    Values are checked on construction (ConfigError naming the field), so a Profile that
-    exists can be applied without kfp raising halfway through building a pipeline.
-    """
-
-    name: str
-    description: str
-    image: str
-    accelerator_type: str | None = None
-    accelerator_limit: int = 0
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    gpu_roles: tuple[str, ...] = ("train", "evaluate")
-    resources: dict[str, RoleResources] = field(default_factory=default_resources)
-    image_pull_policy: str = "IfNotPresent"
-    # Config defaults for the train step on this hardware, e.g. {precision: mixed_float16}.
-    train_defaults: dict[str, Any] = field(default_factory=dict)
-    # Image of the roles outside gpu_roles; None: the image's `-gpu` tag as `-cpu`.
-    cpu_image: str | None = None
-    # TFJob worker pods that train (>= 2: the train task launches a TFJob and waits).
-    workers: int = 1
-    # activeDeadlineSeconds per role: a hung step fails instead of holding its node forever.
-    timeouts: dict[str, int] = field(default_factory=default_timeouts)
-    # How long a finished TFJob (and its pods' logs) stays before the operator deletes it.
-    tfjob_ttl_seconds: int = 3600
-    # Pipeline pods run as uid/gid 10001, non-root (kfp-kubernetes set_security_context).
-    # False only for KFP backends older than that field, whose driver refuses unknown fields.
-    security_context: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.image, str):
-            self.image = self.image.replace("{version}", zoo.__version__)
-        if isinstance(self.cpu_image, str):
-            self.cpu_image = self.cpu_image.replace("{version}", zoo.__version__)
-        try:
-            _validate(self)
-        except _Invalid as e:
-            raise ConfigError(f"profile {self.name!r}: {e}") from None
-
-    @property
-    def has_accelerator(self) -> bool:
-        return bool(self.accelerator_type) and self.accelerator_limit > 0
-
-    @property
-    def multi_worker(self) -> bool:
-        """Whether the train task launches a TFJob instead of training itself."""
-        return self.workers >= 2
-
-    def gpu_role(self, role: str) -> bool:
-        """Whether `role`'s pods get the accelerator, node selector and tolerations."""
-        return role in self.gpu_roles
-
-    def image_for(self, role: str) -> str:
-        """The image of `role`: the GPU image for accelerated roles, else the CPU image.
-
-        A GPU image is several GB of CUDA libraries; ingest and register never use them.
-        """
-        if self.has_accelerator and not self.gpu_role(role):
-            return self.cpu_image or cpu_variant(self.image)
-        return self.image
-
-    def with_image(self, image: str) -> Profile:
-        """This profile with `image` (e.g. `--image`); the CPU image follows its tag."""
-        return dataclasses.replace(self, image=image, cpu_image=cpu_variant(image))
-
-
-def cpu_variant(image: str) -> str:
-    """The CPU twin of a genpipe image: tag `X-gpu` -> `X-cpu`; other images unchanged."""
-    repo, sep, tag = image.rpartition(":")
-    if sep and "/" not in tag and "@" not in image and tag.endswith("-gpu"):
-        return f"{repo}:{tag[: -len('gpu')]}cpu"
-    return image
-
-
-def profile_names() -> list[str]:
-    """Names of the built-in profiles, in file order (`cpu` first)."""
-    return list(_builtin_document()["profiles"])
-
-
-def load_profile(name_or_path: str) -> Profile:
-    """A built-in profile by name, or a user profile from a YAML file path.
-
-    Unknown names raise ConfigError listing the valid ones; a bad file raises ConfigError
-    naming the file and the offending key.
-    """
-    builtin = _builtin_document()
-    if name_or_path in builtin["profiles"]:
-        raw = builtin["profiles"][name_or_path]
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{_builtin_path()}: profiles.{name_or_path}: expected a mapping")
-        return _build(name_or_path, raw, _builtin_path(), f"profiles.{name_or_path}.", base=None)
-    path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
-        return _load_user_file(path)
-    raise ConfigError(
-        f"unknown platform profile {name_or_path!r}: valid profiles are "
-        f"{', '.join(profile_names())}, or the path of a profile YAML file"
-    )
-
-
-def resolve_profile(profile: Profile | str) -> Profile:
-    """Accept a Profile or a profile name/path (what pipeline builders take as an argument)."""
-    return profile if isinstance(profile, Profile) else load_profile(profile)
 
 
 def apply_platform(
@@ -479,399 +322,3 @@ def tfjob_template(profile: Profile, workers: int | None = None) -> dict[str, An
             },
         },
     }
-
-
-# --- loading ----------------------------------------------------------------------------------
-
-
-def _builtin_path() -> str:
-    return str(importlib_resources.files("pipelines").joinpath(_BUILTIN_FILE))
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_document_cached() -> dict[str, Any]:
-    text = importlib_resources.files("pipelines").joinpath(_BUILTIN_FILE).read_text("utf-8")
-    doc = _parse_yaml(text, _builtin_path())
-    for key in ("defaults", "profiles"):
-        if not isinstance(doc.get(key), dict):
-            raise ConfigError(f"{_builtin_path()}: {key}: missing or not a mapping")
-    return doc
-
-
-def _builtin_document() -> dict[str, Any]:
-    # A deep copy, so nothing a caller does to a loaded profile can change the cached file.
-    return copy.deepcopy(_builtin_document_cached())
-
-
-def _parse_yaml(text: str, where: str) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: expected a mapping of profile keys, got {type(doc).__name__}")
-    return doc
-
-
-def _load_user_file(path: Path) -> Profile:
-    file = str(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"platform profile file {file} not found "
-            f"(built-in profiles: {', '.join(profile_names())})"
-        )
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file}: cannot read profile file: {e}") from None
-    doc = _parse_yaml(text, file)
-    name, prefix = path.stem, ""
-    if "profiles" in doc:  # the layout of profiles.yaml itself, holding one profile
-        entries = doc["profiles"]
-        if not isinstance(entries, dict) or len(entries) != 1:
-            raise ConfigError(f"{file}: profiles: expected a mapping with exactly one profile")
-        ((name, doc),) = entries.items()
-        prefix = f"profiles.{name}."
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{file}: {prefix[:-1]}: expected a mapping of profile keys")
-    doc = dict(doc)
-    name = doc.pop("name", name)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{file}: {prefix}name: expected a non-empty string, got {name!r}")
-    base = None
-    if "extends" in doc:
-        parent = doc.pop("extends")
-        if parent not in profile_names():
-            raise ConfigError(
-                f"{file}: {prefix}extends: {parent!r} is not a built-in profile "
-                f"(valid: {', '.join(profile_names())})"
-            )
-        base = _builtin_document()["profiles"][parent]
-    return _build(name, doc, file, prefix, base)
-
-
-def _build(
-    name: str, raw: dict[str, Any], file: str, prefix: str, base: dict[str, Any] | None
-) -> Profile:
-    """Merge `raw` over `base` (a built-in profile) over the defaults; errors name file and key."""
-    try:
-        unknown = sorted(set(raw) - set(_PROFILE_KEYS))
-        if unknown:
-            valid = ", ".join(k for k in _PROFILE_KEYS if k != "name")
-            raise _Invalid(unknown[0], f"unknown key; valid keys are {valid} (and extends)")
-        defaults = _builtin_document()["defaults"]
-        merged: dict[str, Any] = {**defaults, **(base or {}), **raw}
-        if "image" not in merged:
-            raise _Invalid("image", "missing (e.g. ghcr.io/genpipe/genpipe:{version}-cpu)")
-        kwargs = {
-            "name": name,
-            "description": _str(merged.get("description", ""), "description", allow_empty=True),
-            "image": _image(merged["image"]),
-            "accelerator_type": _opt_str(merged.get("accelerator_type"), "accelerator_type"),
-            "accelerator_limit": _int(merged.get("accelerator_limit", 0), "accelerator_limit"),
-            "node_selector": _labels(merged.get("node_selector") or {}, "node_selector"),
-            "tolerations": _tolerations(merged.get("tolerations") or [], "tolerations"),
-            "gpu_roles": _roles(merged.get("gpu_roles"), "gpu_roles"),
-            "resources": _resources(
-                defaults["resources"], (base or {}).get("resources"), raw.get("resources")
-            ),
-            "image_pull_policy": _str(merged.get("image_pull_policy"), "image_pull_policy"),
-            "train_defaults": copy.deepcopy(merged.get("train_defaults") or {}),
-            "cpu_image": _image(merged["cpu_image"], "cpu_image")
-            if merged.get("cpu_image") is not None
-            else None,
-            "workers": _int(merged.get("workers", 1), "workers"),
-            "timeouts": _timeouts(
-                defaults["timeouts"], (base or {}).get("timeouts"), raw.get("timeouts")
-            ),
-            "tfjob_ttl_seconds": _int(merged.get("tfjob_ttl_seconds", 3600), "tfjob_ttl_seconds"),
-            "security_context": merged.get("security_context", True),
-        }
-        # Check here, not only in Profile.__post_init__, so the message names file and key.
-        _validate(SimpleNamespace(**kwargs))
-    except _Invalid as e:
-        raise ConfigError(f"{file}: {prefix}{e}") from None
-    return Profile(**kwargs)
-
-
-def _resources(
-    defaults: dict[str, Any], base: dict[str, Any] | None, raw: dict[str, Any] | None
-) -> dict[str, RoleResources]:
-    """Per-role resources: `raw` over `base` over `defaults`, field by field."""
-    layers = [layer for layer in (base, raw) if layer is not None]
-    for layer in layers:
-        if not isinstance(layer, dict):
-            raise _Invalid("resources", f"expected a mapping of role -> resources, got {layer!r}")
-        for role, fields in layer.items():
-            if role not in RESOURCE_ROLES:
-                raise _Invalid(
-                    f"resources.{role}",
-                    f"unknown role; valid roles are {', '.join(RESOURCE_ROLES)}",
-                )
-            if not isinstance(fields, dict):
-                raise _Invalid(
-                    f"resources.{role}", f"expected a mapping with {', '.join(RESOURCE_FIELDS)}"
-                )
-            for f in fields:
-                if f not in RESOURCE_FIELDS:
-                    raise _Invalid(
-                        f"resources.{role}.{f}",
-                        f"unknown key; valid keys are {', '.join(RESOURCE_FIELDS)}",
-                    )
-    out = {}
-    for role in RESOURCE_ROLES:
-        values = dict(defaults[role])
-        for layer in layers:
-            values.update(layer.get(role) or {})
-        out[role] = RoleResources(
-            **{f: _quantity(values.get(f), f"resources.{role}.{f}") for f in RESOURCE_FIELDS}
-        )
-    return out
-
-
-def _timeouts(
-    defaults: dict[str, Any], base: dict[str, Any] | None, raw: dict[str, Any] | None
-) -> dict[str, int]:
-    """Per-role timeouts in seconds: `raw` over `base` over `defaults`, role by role."""
-    out = dict(defaults)
-    for layer in (base, raw):
-        if layer is None:
-            continue
-        if not isinstance(layer, dict):
-            raise _Invalid("timeouts", f"expected a mapping of role -> seconds, got {layer!r}")
-        for role, seconds in layer.items():
-            if role not in ROLES:
-                raise _Invalid(
-                    f"timeouts.{role}", f"unknown role; valid roles are {', '.join(ROLES)}"
-                )
-            out[role] = _int(seconds, f"timeouts.{role}")
-    return out
-
-
-# --- field checks -----------------------------------------------------------------------------
-
-
-def _str(value: Any, key: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not value and not allow_empty):
-        raise _Invalid(
-            key, f"expected a {'' if allow_empty else 'non-empty '}string, got {value!r}"
-        )
-    return value
-
-
-def _opt_str(value: Any, key: str) -> str | None:
-    return None if value in (None, "") else _str(value, key)
-
-
-def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(key, f"expected an integer, got {value!r}")
-    return value
-
-
-def _quantity(value: Any, key: str) -> str:
-    # YAML reads `cpu_limit: 2` as an int; Kubernetes quantities are strings.
-    if isinstance(value, bool) or value is None:
-        raise _Invalid(key, f"expected a quantity string such as '2' or '4Gi', got {value!r}")
-    return str(value) if isinstance(value, (int, float)) else _str(value, key)
-
-
-def _image(value: Any, key: str = "image") -> str:
-    image = _str(value, key).replace("{version}", zoo.__version__)
-    if "{" in image or "}" in image:
-        raise _Invalid(key, f"{value!r}: the only placeholder is {{version}}")
-    return image
-
-
-def _labels(value: Any, key: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise _Invalid(key, f"expected a mapping of label -> value, got {value!r}")
-    out = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not k:
-            raise _Invalid(key, f"label keys must be non-empty strings, got {k!r}")
-        if isinstance(v, bool):  # an unquoted `true` in YAML; the label value is the string
-            v = "true" if v else "false"
-        elif isinstance(v, int):
-            v = str(v)
-        out[k] = _str(v, f"{key}.{k}", allow_empty=True)
-    return out
-
-
-def _tolerations(value: Any, key: str) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        raise _Invalid(key, f"expected a list of tolerations, got {value!r}")
-    out = []
-    for i, tol in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(tol, dict):
-            raise _Invalid(where, f"expected a mapping with {', '.join(TOLERATION_KEYS)}")
-        for k in tol:
-            if k not in TOLERATION_KEYS:
-                raise _Invalid(
-                    f"{where}.{k}", f"unknown key; valid keys are {', '.join(TOLERATION_KEYS)}"
-                )
-        out.append({k: tol[k] for k in TOLERATION_KEYS if tol.get(k) is not None})
-    return out
-
-
-def _roles(value: Any, key: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise _Invalid(key, f"expected a list of roles ({', '.join(ROLES)}), got {value!r}")
-    return tuple(value)
-
-
-# --- value checks (also for profiles built in code) -------------------------------------------
-
-
-def _validate(p: Any) -> None:
-    """Raise _Invalid for the first bad value of `p` (a Profile or the same attributes)."""
-    _str(p.name, "name")
-    _check_image(p.image, "image")
-    if p.cpu_image is not None:
-        _check_image(p.cpu_image, "cpu_image")
-    if p.image_pull_policy not in IMAGE_PULL_POLICIES:
-        raise _Invalid(
-            "image_pull_policy",
-            f"{p.image_pull_policy!r} is not one of {', '.join(IMAGE_PULL_POLICIES)}",
-        )
-    if isinstance(p.accelerator_limit, bool) or not isinstance(p.accelerator_limit, int):
-        raise _Invalid("accelerator_limit", f"expected an integer, got {p.accelerator_limit!r}")
-    if p.accelerator_type and p.accelerator_limit < 1:
-        raise _Invalid(
-            "accelerator_limit",
-            f"{p.accelerator_limit} with accelerator_type {p.accelerator_type!r}: use 1 or more",
-        )
-    if not p.accelerator_type and p.accelerator_limit != 0:
-        raise _Invalid(
-            "accelerator_limit",
-            f"{p.accelerator_limit} without accelerator_type: set both or neither",
-        )
-    bad_roles = [r for r in p.gpu_roles if r not in ROLES]
-    if bad_roles:
-        raise _Invalid(
-            "gpu_roles", f"unknown role {bad_roles[0]!r}; valid roles are {', '.join(ROLES)}"
-        )
-    for k, v in p.node_selector.items():
-        if not isinstance(k, str) or not k or not isinstance(v, str):
-            raise _Invalid(f"node_selector.{k}", f"labels must map strings to strings, got {v!r}")
-    for i, tol in enumerate(p.tolerations):
-        _check_toleration(tol, f"tolerations[{i}]")
-    missing = [r for r in RESOURCE_ROLES if r not in p.resources]
-    if missing:
-        raise _Invalid(f"resources.{missing[0]}", "missing")
-    for role in RESOURCE_ROLES:
-        _check_resources(p.resources[role], f"resources.{role}")
-    _check_train_defaults(p.train_defaults)
-    if isinstance(p.workers, bool) or not isinstance(p.workers, int) or p.workers < 1:
-        raise _Invalid(
-            "workers",
-            f"{p.workers!r} must be an integer >= 1 (1 trains in the train task's pod, "
-            ">= 2 launches a TFJob of that many worker pods)",
-        )
-    for role in ROLES:
-        seconds = p.timeouts.get(role) if isinstance(p.timeouts, dict) else None
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-            raise _Invalid(
-                f"timeouts.{role}", f"{seconds!r} must be an integer number of seconds >= 1"
-            )
-    if not isinstance(p.security_context, bool):
-        raise _Invalid("security_context", f"expected true or false, got {p.security_context!r}")
-    ttl = p.tfjob_ttl_seconds
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
-        raise _Invalid("tfjob_ttl_seconds", f"{ttl!r} must be an integer number of seconds >= 0")
-
-
-def _check_image(image: Any, key: str) -> None:
-    _str(image, key)
-    ref = image.rsplit("/", 1)[-1]
-    if "@" not in ref and ":" not in ref:
-        raise _Invalid(key, f"{image!r} has no tag: pin a version, never the implicit latest")
-    if ref.endswith(":latest"):
-        raise _Invalid(key, f"{image!r}: `latest` moves; pin a version so runs are reproducible")
-
-
-def _check_train_defaults(defaults: Any) -> None:
-    if not isinstance(defaults, dict):
-        raise _Invalid("train_defaults", f"expected a mapping, got {defaults!r}")
-    for key, value in defaults.items():
-        where = f"train_defaults.{key}"
-        if key not in TRAIN_DEFAULT_KEYS:
-            raise _Invalid(where, f"unknown key; valid keys are {', '.join(TRAIN_DEFAULT_KEYS)}")
-        tp = TRAIN_DEFAULT_KEYS[key]
-        if type(value) is not tp:  # bool is an int subclass: compare types exactly
-            raise _Invalid(where, f"expected {tp.__name__}, got {value!r}")
-    if "precision" in defaults and defaults["precision"] not in PRECISIONS:
-        raise _Invalid(
-            "train_defaults.precision",
-            f"{defaults['precision']!r} is not one of {', '.join(PRECISIONS)}",
-        )
-    if defaults.get("steps_per_call", 1) < 1:
-        raise _Invalid(
-            "train_defaults.steps_per_call", f"{defaults['steps_per_call']} must be >= 1"
-        )
-
-
-def _check_toleration(tol: dict[str, Any], where: str) -> None:
-    operator = tol.get("operator", "Equal")  # the Kubernetes default
-    if operator not in TOLERATION_OPERATORS:
-        raise _Invalid(
-            f"{where}.operator", f"{operator!r} is not one of {', '.join(TOLERATION_OPERATORS)}"
-        )
-    effect = tol.get("effect")
-    if effect is not None and effect not in TOLERATION_EFFECTS:
-        raise _Invalid(
-            f"{where}.effect", f"{effect!r} is not one of {', '.join(TOLERATION_EFFECTS)}"
-        )
-    if operator == "Exists" and tol.get("value"):
-        raise _Invalid(
-            f"{where}.value", "must be empty with operator Exists (it matches any value)"
-        )
-    if not tol.get("key") and operator != "Exists":
-        raise _Invalid(
-            f"{where}.key", "an empty key tolerates every taint and needs operator Exists"
-        )
-    for k in ("key", "value"):
-        if k in tol and not isinstance(tol[k], str):
-            raise _Invalid(f"{where}.{k}", f"expected a string, got {tol[k]!r}")
-    seconds = tol.get("toleration_seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
-        raise _Invalid(f"{where}.toleration_seconds", f"expected an integer, got {seconds!r}")
-
-
-def _check_resources(r: Any, where: str) -> None:
-    if not isinstance(r, RoleResources):
-        raise _Invalid(where, f"expected RoleResources, got {r!r}")
-    for f in ("cpu_request", "cpu_limit"):
-        v = getattr(r, f)
-        if not isinstance(v, str) or not _CPU_RE.match(v):
-            raise _Invalid(
-                f"{where}.{f}", f"{v!r} is not a CPU quantity such as '2', '0.5' or '500m'"
-            )
-    for f in ("memory_request", "memory_limit"):
-        v = getattr(r, f)
-        if not isinstance(v, str) or not _MEMORY_RE.match(v):
-            raise _Invalid(
-                f"{where}.{f}",
-                f"{v!r} is not a memory quantity such as '512Mi' or '8Gi' (integers only)",
-            )
-    # Kubernetes rejects the pod if a request exceeds its limit; say so before submitting.
-    if _cpu_millis(r.cpu_request) > _cpu_millis(r.cpu_limit):
-        raise _Invalid(f"{where}.cpu_request", f"{r.cpu_request} is above cpu_limit {r.cpu_limit}")
-    if _memory_bytes(r.memory_request) > _memory_bytes(r.memory_limit):
-        raise _Invalid(
-            f"{where}.memory_request", f"{r.memory_request} is above memory_limit {r.memory_limit}"
-        )
-
-
-def _cpu_millis(q: str) -> float:
-    return float(q[:-1]) if q.endswith("m") else float(q) * 1000
-
-
-def _memory_bytes(q: str) -> int:
-    m = _MEMORY_RE.match(q)
-    assert m is not None  # checked by the caller
-    return int(m.group(1)) * _MEMORY_FACTORS[m.group(2)]

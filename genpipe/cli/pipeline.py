@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         if image and not containers:
             raise ConfigError(f"--image {image!r} needs --containers (tasks run in this Python)")
         if containers:
-            from pipelines.platform import load_profile
+            from pipelines.profile import load_profile  # not platform: that imports kfp
             from zoo.refs import check_image
 
             image = check_image(image, "--image") if image else load_profile("cpu").image

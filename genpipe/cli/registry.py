@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         from genpipe.ops.kserve import artifacts_destination as dest_of
         from genpipe.ops.kserve import check_runtime, render_inference_service, storage_uri
         from genpipe.ops.kserve import service_name as svc_name
-        from pipelines.platform import load_profile
+        from pipelines.profile import load_profile
 
         # Bad options fail before MLflow is asked.
         prof = load_profile(profile)

@@ -6,6 +6,7 @@ the SDK objects that produced it.
 
 # No `from __future__ import annotations`: kfp reads the component signatures at runtime.
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from pipelines.platform import (
     apply_platform,
     load_profile,
     profile_names,
-    resolve_profile,
 )
+from pipelines.profile import TrainDefaults
 from zoo.errors import ConfigError
 
 GPU_PROFILES = ["gke", "eks", "aks", "generic-nvidia"]
@@ -276,12 +277,6 @@ def test_unknown_role_is_a_config_error() -> None:
             apply_platform(task_factory(), load_profile("cpu"), "serve")
 
 
-def test_resolve_profile_accepts_name_or_profile() -> None:
-    gke = load_profile("gke")
-    assert resolve_profile(gke) is gke
-    assert resolve_profile("gke") == gke
-
-
 def test_loaded_profiles_are_independent_copies() -> None:
     a = load_profile("gke")
     a.node_selector["x"] = "y"
@@ -409,6 +404,12 @@ def test_user_profile_in_profiles_yaml_layout(tmp_path: Path) -> None:
         ("extends: gke\ncpu_image: ghcr.io/genpipe/genpipe:latest\n", "cpu_image"),
         ("extends: gke\nresources: {launcher: {cpu_request: lots}}\n", "resources.launcher"),
         ("extends: gke\nsecurity_context: maybe\n", "security_context"),
+        # null for one role is not "inherit" (only a whole `resources:` left empty is)
+        ("extends: gke\nresources: {train: null}\n", "resources.train"),
+        ("extends: gke\ngpu_roles: train\n", "gpu_roles"),
+        ("extends: gke\ntolerations: [{key: a, tolerationSeconds: 5}]\n", "tolerations[0]"),
+        ("extends: gke\nnode_selector: {a: 1.5}\n", "node_selector.a"),
+        ("profiles:\n  lab:\n    image: reg.example/x:1\n    workers: 0\n", "profiles.lab.workers"),
     ],
 )
 def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -418,6 +419,7 @@ def test_malformed_user_profile_names_file_and_key(tmp_path: Path, text: str, ke
     message = str(err.value)
     assert str(path) in message
     assert key in message
+    assert "\n" not in message
 
 
 def test_missing_user_profile_file(tmp_path: Path) -> None:
@@ -434,6 +436,29 @@ def test_profiles_built_in_code_are_validated() -> None:
     p = Profile(name="code", description="", image="ghcr.io/genpipe/genpipe:{version}-cpu")
     assert p.image.endswith(f":{zoo.__version__}-cpu")
     assert p.resources == base.resources
+    # Types too, not only values: what a builder passes is what kfp gets.
+    with pytest.raises(ConfigError, match=r"profile 'cpu': workers=True is not an integer"):
+        dataclasses.replace(base, workers=True)
+    with pytest.raises(ConfigError, match=r"gpu_roles\[1\]='serve' is not one of ingest, train"):
+        dataclasses.replace(base, gpu_roles=("train", "serve"))
+
+
+def test_train_defaults_are_train_config_fields_of_the_same_type() -> None:
+    """A profile's train_defaults are TrainConfig settings: same names, same types, every
+    choice one the trainer accepts; every built-in profile's defaults make a valid config."""
+    from zoo.config import PRECISIONS, field_types, from_dict
+    from zoo.models.base import TrainConfig
+
+    train = field_types(TrainConfig)
+    for key, tp in typing.get_type_hints(TrainDefaults).items():
+        if typing.get_origin(tp) is typing.Literal:
+            assert train[key] is str and typing.get_args(tp) == PRECISIONS
+            for choice in typing.get_args(tp):
+                assert from_dict(TrainConfig, {key: choice}, strict=True)
+        else:
+            assert tp is train[key]
+    for name in profile_names():
+        from_dict(TrainConfig, dict(load_profile(name).train_defaults), name, strict=True)
 
 
 # --- the real pipeline ------------------------------------------------------------------------
@@ -502,19 +527,20 @@ def test_real_pipeline_image_override_survives_apply_platform(tmp_path: Path) ->
     ("profile", "expected"),
     [("cpu", {}), ("gke", {"precision": "mixed_float16", "steps_per_call": 10})],
 )
-def test_profile_train_defaults_are_compiled_into_the_train_task(
+def test_profile_train_defaults_are_compiled_into_the_ingest_task(
     tmp_path: Path, profile: str, expected: dict
 ) -> None:
-    """GPU profiles train in mixed precision: a constant input of the train task (so also
-    part of its cache key), which the run's own overrides win over."""
+    """GPU profiles train in mixed precision: a constant input of the ingest task (so also
+    part of its cache key), which the run's own overrides win over; ingest resolves the
+    config with them and records it on the MLflow run, where train reads it."""
     import json
 
     factory = pytest.importorskip("pipelines.factory")
     path = tmp_path / "p.yaml"
     compiler.Compiler().compile(factory.build_pipeline("vae", profile), package_path=str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    train = pipeline_task(spec, "train")["inputs"]["parameters"]
-    assert json.loads(train["platform_overrides"]["runtimeValue"]["constant"]) == expected
+    ingest = pipeline_task(spec, "ingest")["inputs"]["parameters"]
+    assert json.loads(ingest["platform_overrides"]["runtimeValue"]["constant"]) == expected
     assert load_profile(profile).train_defaults == expected
 
 
