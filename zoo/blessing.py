@@ -110,7 +110,7 @@ def known_metrics(model: str) -> list[str]:
         names = TEXT_METRICS
     else:
         names = EVAL_BATCH_METRICS[model] + IMAGE_SAMPLE_METRICS
-        if getattr(cls, "conditional", False):
+        if cls.conditional:
             names += ("cond_accuracy",)
     return [f"{split}_{n}" for n in names]
 
@@ -124,7 +124,7 @@ def check_thresholds(text: str, model: str, where: str = "--thresholds") -> Thre
     parsed = parse_thresholds(text, cls.default_thresholds, where)
     known = known_metrics(model)
     per_label = re.compile(rf"{cls.heldout_split}_cond_accuracy_\d+")
-    conditional = getattr(cls, "conditional", False)
+    conditional = cls.conditional
     for metric in parsed:
         if metric not in known and not (conditional and per_label.fullmatch(metric)):
             raise ConfigError(

@@ -17,7 +17,7 @@ Every image model gets, on its held-out split (`test_` prefix):
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,11 +25,14 @@ from zoo.errors import ConfigError
 from zoo.evaluation import Evaluation
 from zoo.evaluation import metrics as M
 
+if TYPE_CHECKING:
+    from zoo.models.base import GenerativeModel
+
 DEFAULT_SAMPLES = 1000
 
 
-def _num_samples(model: Any, num_samples: int | None) -> int:
-    raw = num_samples or os.environ.get("GENPIPE_EVAL_SAMPLES") or getattr(model, "eval_samples", 0)
+def _num_samples(model: GenerativeModel, num_samples: int | None) -> int:
+    raw = num_samples or os.environ.get("GENPIPE_EVAL_SAMPLES") or model.eval_samples
     n = int(raw or DEFAULT_SAMPLES)
     if n < 4:
         raise ConfigError(f"evaluation samples={n} must be >= 4 (GENPIPE_EVAL_SAMPLES)")
@@ -39,14 +42,18 @@ def _num_samples(model: Any, num_samples: int | None) -> int:
 def sample_metrics(
     model: Any, data: Any, x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
 ) -> tuple[dict[str, float], list[str]]:
-    """Feature-space metrics of n generated samples vs the first n held-out images."""
+    """Feature-space metrics of n generated samples vs the first n held-out images.
+
+    `model`: a GenerativeModel, or anything with its `conditional` and `generate(n, seed[,
+    labels])` (bench/quality_refs.py scores the Keras reference recipes with this too).
+    """
     from zoo.data import load_split_arrays
     from zoo.evaluation.features import get_extractor
 
     fe = get_extractor(data)
     n = min(n, len(x))
     x_real, y_real = x[:n], y[:n]
-    conditional = bool(getattr(model, "conditional", False))
+    conditional = bool(model.conditional)
     # Conditional models are asked for the held-out labels: same class mix as the reference.
     gen = (
         model.generate(n, seed=seed, labels=y_real) if conditional else model.generate(n, seed=seed)
@@ -80,7 +87,9 @@ def sample_metrics(
     return out, notes
 
 
-def evaluate(model: Any, data: Any, seed: int = 0, num_samples: int | None = None) -> Evaluation:
+def evaluate(
+    model: GenerativeModel, data: Any, seed: int = 0, num_samples: int | None = None
+) -> Evaluation:
     from zoo.data import load_split_arrays
     from zoo.train import evaluate_split
 

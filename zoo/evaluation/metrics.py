@@ -1,13 +1,12 @@
-"""Sample-quality and likelihood metrics on feature vectors (numpy; no TensorFlow).
+"""Sample-quality metrics on feature vectors (numpy; no TensorFlow).
 
 FID (Heusel et al., 2017), KID (Binkowski et al., 2018, unbiased MMD^2 with the cubic
-polynomial kernel), k-NN precision/recall (Kynkaanniemi et al., 2019), class-histogram checks
-against mode collapse, and the bits/dim convention of the likelihood models.
+polynomial kernel), k-NN precision/recall (Kynkaanniemi et al., 2019) and class-histogram
+checks against mode collapse. (The likelihood models compute their own bits/dim in their
+`eval_batch`.)
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -109,15 +108,3 @@ def histogram_checks(
         "classes_covered": float((p >= 0.01).sum()),
         "class_tv": float(0.5 * np.abs(p - q).sum()),
     }
-
-
-def bits_per_dim(nll_nats: np.ndarray | float, dims: int) -> np.ndarray | float:
-    """Negative log-likelihood in nats per example (summed over `dims`) -> bits per dimension."""
-    return np.asarray(nll_nats) / (dims * math.log(2.0))
-
-
-def dequantized_nll(
-    log_density_unit_cube: np.ndarray | float, dims: int, bits: int = 8
-) -> np.ndarray | float:
-    """-log P(k) bound of `bits`-bit data from the density of y = (k + u) / 2^bits on [0, 1)^D."""
-    return -np.asarray(log_density_unit_cube) + dims * bits * math.log(2.0)

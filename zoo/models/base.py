@@ -113,6 +113,12 @@ class GenerativeModel(keras.Model):
     default_thresholds: ClassVar[dict[str, tuple[str, float]]] = {}
     #: the held-out split evaluation uses ("test" for images, "val" for text)
     heldout_split: ClassVar[str] = "test"
+    #: class-conditional: `generate` takes `labels=`, so the image evaluator asks for the
+    #: held-out labels and reports `cond_accuracy` (thresholds may name per-label ones too)
+    conditional: ClassVar[bool] = False
+    #: generated samples the image evaluator scores (FID, KID, ...); 0 = its default (1000).
+    #: GENPIPE_EVAL_SAMPLES overrides it; slow samplers (PixelCNN) ask for fewer.
+    eval_samples: ClassVar[int] = 0
 
     def __init__(
         self, config: dict[str, Any] | TrainConfig, data_spec: dict[str, Any], **kwargs: Any

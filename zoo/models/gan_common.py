@@ -60,8 +60,6 @@ class GANBase(GenerativeModel):
     family = "image"
     primary_metric = "test_fid"
     lower_is_better = True
-    #: True when the networks take class labels (conditional GAN)
-    conditional: bool = False
 
     def __init__(
         self, config: dict[str, Any] | GANConfig, data_spec: dict[str, Any], **kwargs: Any

@@ -89,7 +89,6 @@ class PixelCNN(GenerativeModel):
     lower_is_better = True
     # Untrained: ~8 bits/dim (near-uniform categorical); a short MNIST run is well under 2.
     default_thresholds = {"test_bits_per_dim": ("max", 2.5)}
-    likelihood = True
     #: sequential sampling costs H*W network passes: evaluate FID on fewer samples
     eval_samples = 200
 

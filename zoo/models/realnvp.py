@@ -72,7 +72,6 @@ class RealNVP(GenerativeModel):
     # Measured on MNIST (2 CPUs): the untrained flow (logit transform + N(0, I)) scores
     # 10.9 bits/dim, 200 steps of batch 64 reach 4.5; the full default run goes lower.
     default_thresholds = {"test_bits_per_dim": ("max", 5.0)}
-    likelihood = True
 
     def __init__(
         self, config: dict[str, Any] | RealNVPConfig, data_spec: dict[str, Any], **kwargs: Any

@@ -64,14 +64,6 @@ def test_histogram_checks_flag_mode_collapse():
     assert collapsed["class_tv"] == pytest.approx(0.9)
 
 
-def test_bits_per_dim_of_a_uniform_model_is_8():
-    d = 28 * 28
-    # Uniform density on [0, 1)^D has log density 0: the dequantized bound is D log 256.
-    assert M.bits_per_dim(M.dequantized_nll(0.0, d), d) == pytest.approx(8.0)
-    # A uniform 256-way categorical per pixel: -log(1/256) per dimension.
-    assert M.bits_per_dim(d * math.log(256.0), d) == pytest.approx(8.0)
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory, stack):
     from zoo.storage import ObjectStore

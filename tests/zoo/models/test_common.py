@@ -55,6 +55,25 @@ def test_registry_entry_is_complete(name):
     assert tiny.epochs <= default.epochs
 
 
+def test_evaluation_hooks_are_declared_on_the_base_class():
+    """`conditional` and `eval_samples` (read by the evaluator and the threshold check) are
+    declared, typed and defaulted on GenerativeModel, not left to getattr fallbacks."""
+    from zoo.models.base import GenerativeModel
+
+    assert GenerativeModel.__dict__["conditional"] is False
+    assert GenerativeModel.__dict__["eval_samples"] == 0
+    hints = GenerativeModel.__annotations__
+    assert "bool" in str(hints["conditional"]) and "int" in str(hints["eval_samples"])
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_evaluation_hooks_have_their_types(name):
+    cls = models.get(name)
+    assert isinstance(cls.conditional, bool)
+    assert isinstance(cls.eval_samples, int) and cls.eval_samples >= 0
+    assert not cls.conditional or cls.family == "image"
+
+
 @pytest.mark.parametrize("name", models.names())
 def test_one_train_step_is_finite_and_updates_weights(name):
     cls, model = _build(name)
