@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,64 @@ def fetch_dataset(manifest_uri: str) -> Any:
     return fetch(manifest_uri, ObjectStore.from_env(), cache_dir())
 
 
-def registered_name(client: Any, mlflow_run_id: str, name: str) -> str:
-    """`name`, or (the pipeline's default, "") MODEL-DATASET from the run's model and source."""
-    if name:
-        return name
-    from zoo import names
-    from zoo.data.sources import default_registered_name
+@dataclass(frozen=True)
+class RecordedRun:
+    """The run as ingest checked it (zoo.request.CheckedRun), read back from the MLflow run."""
 
-    run = client.get_run(mlflow_run_id)
-    return default_registered_name(
-        run.data.tags[names.TAG_MODEL], run.data.params[names.PARAM_SOURCE]
+    model: str
+    preset: str
+    #: the profile's train_defaults with the run's own overrides over them (JSON values)
+    overrides: dict[str, Any]
+    #: the model's resolved, typed config (preset + overrides)
+    config: Any
+    #: blessing thresholds: metric -> ("max" | "min", bound)
+    thresholds: dict[str, tuple[str, float]]
+    #: the registered model name (`registered_name`, else MODEL-DATASET)
+    registered_name: str
+
+
+def record_run(logger: Any, checked: Any) -> None:
+    """Record a checked run (zoo.request.CheckedRun) on its MLflow run for the later tasks.
+
+    One JSON tag (a few hundred characters: MLflow keeps up to 8,000), so a task reads it
+    with the run it fetches anyway; rewritten with the same value by a retried ingest.
+    """
+    from zoo import config as cfgmod
+    from zoo import names
+
+    request = checked.request
+    record = {
+        "model": request.model,
+        "preset": request.preset,
+        "overrides": dict(request.overrides),
+        "config": cfgmod.to_dict(checked.config),
+        "thresholds": {k: list(v) for k, v in checked.thresholds.items()},
+        "registered_name": checked.registered_name,
+    }
+    logger.tags({names.TAG_RUN_REQUEST: json.dumps(record, sort_keys=True)})
+
+
+def recorded_run(client: Any, mlflow_run_id: str) -> RecordedRun:
+    """What ingest recorded on the run (`record_run`): the later tasks' one source of the
+    run's config, thresholds and registered name, checked once, at ingest."""
+    from zoo import config as cfgmod
+    from zoo import models, names
+    from zoo.errors import GenpipeError
+
+    raw = client.get_run(mlflow_run_id).data.tags.get(names.TAG_RUN_REQUEST)
+    if not raw:
+        raise GenpipeError(
+            f"MLflow run {mlflow_run_id} has no tag {names.TAG_RUN_REQUEST}: it was not "
+            "created by this version's ingest task; valid: a run of this pipeline's ingest"
+        )
+    record = json.loads(raw)
+    cls = models.get(record["model"])
+    where = f"MLflow run {mlflow_run_id} {names.TAG_RUN_REQUEST}"
+    return RecordedRun(
+        model=record["model"],
+        preset=record["preset"],
+        overrides=record["overrides"],
+        config=cfgmod.from_dict(cls.config_cls, record["config"], where),
+        thresholds={k: (op, float(v)) for k, (op, v) in record["thresholds"].items()},
+        registered_name=record["registered_name"],
     )

@@ -18,40 +18,40 @@ def run(
     manifest_uri: str,
     model_dir: str,
     mlflow_run_id: str,
-    registered_name: str,
-    thresholds: str = "",
     champion_tolerance: float = 0.0,
     report_path: str | None = None,
 ) -> dict[str, Any]:
-    """Score the trained model in `model_dir` and decide its blessing."""
-    from components import common
-    from components.common import fetch_dataset
+    """Score the trained model in `model_dir` and decide its blessing.
+
+    The thresholds and the registered name (whose champion it is compared with) are what
+    ingest checked and recorded on the MLflow run (components.common `recorded_run`).
+    """
+    from components.common import fetch_dataset, recorded_run
     from zoo import grids as images
     from zoo import models, names, tracking
-    from zoo.blessing import check_thresholds, decide
+    from zoo.blessing import decide
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
+    c = tracking.client()
+    rec = recorded_run(c, mlflow_run_id)
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
-    limits = check_thresholds(thresholds, meta["model"], "thresholds")  # before the work
     t0 = time.perf_counter()
     result = evaluate(model, data, seed=0)
     # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
     # pipeline-overhead benchmark subtracts as work, as train_wall_s for training.
     metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
 
-    c = tracking.client()
-    registered_name = common.registered_name(c, mlflow_run_id, registered_name)
     t0 = time.perf_counter()
     champ_value, champ_version, champ_note = _score_champion(
-        c, registered_name, mlflow_run_id, meta, data, cls
+        c, rec.registered_name, mlflow_run_id, meta, data, cls
     )
     metrics["eval_champion_wall_s"] = time.perf_counter() - t0
     blessing = decide(
         metrics,
-        limits,
+        rec.thresholds,
         cls.primary_metric,
         cls.lower_is_better,
         champion_value=champ_value,
@@ -154,8 +154,6 @@ def render_report(
 
 
 def evaluate(
-    registered_name: str,
-    thresholds: str,
     champion_tolerance: float,
     mlflow_run_id: str,
     dataset: Input[Dataset],
@@ -168,10 +166,14 @@ def evaluate(
         ("blessed", bool),
         ("better_than_champion", bool),
         ("champion_version", str),
-        ("primary_value", float),
     ],
 ):
-    """KFP interface of evaluate (imports inside: KFP runs this function's source alone)."""
+    """KFP interface of evaluate (imports inside: KFP runs this function's source alone).
+
+    Outputs what the DAG needs: `blessed` (the "blessed" condition) and, for register, the
+    champion it was compared with; the metrics themselves are on the MLflow run (and in the
+    `metrics`/`report` artifacts, for the KFP UI).
+    """
     from collections import namedtuple
 
     from components.common import read_dataset_artifact
@@ -181,13 +183,7 @@ def evaluate(
     ds = read_dataset_artifact(dataset.path)
     with tracking.run_status(mlflow_run_id) as status:
         out = run(
-            ds["manifest_uri"],
-            trained_model.path,
-            mlflow_run_id,
-            registered_name,
-            thresholds,
-            champion_tolerance,
-            report.path,
+            ds["manifest_uri"], trained_model.path, mlflow_run_id, champion_tolerance, report.path
         )
         # Not blessed: register is skipped, so this is the pipeline's last task.
         status.final = not out["blessing"]["blessed"]
@@ -195,7 +191,5 @@ def evaluate(
         metrics.log_metric(k, float(v))
     b = out["blessing"]
     print("blessing:", "; ".join(b["reasons"]))
-    outputs = namedtuple(
-        "EvaluateOutputs", ["blessed", "better_than_champion", "champion_version", "primary_value"]
-    )
-    return outputs(b["blessed"], b["better_than_champion"], b["champion_version"], b["value"])
+    outputs = namedtuple("EvaluateOutputs", ["blessed", "better_than_champion", "champion_version"])
+    return outputs(b["blessed"], b["better_than_champion"], b["champion_version"])

@@ -23,30 +23,37 @@ def run(
     platform_overrides: str = "{}",
     registered_name: str = "",
     force: bool = False,
+    thresholds: str = "",
 ) -> dict[str, Any]:
     """Ingest `source` for `model`; returns manifest URI, fingerprint, the MLflow run id and
     `unchanged_since`: the champion's version when it was trained on this very data, config
-    (`preset` + `platform_overrides` + `overrides`, resolved as train does) and code, so the
-    pipeline skips training; "" otherwise, or with `force`.
+    (`preset` + `platform_overrides` + `overrides`) and code, so the pipeline skips training;
+    "" otherwise, or with `force`.
+
+    The run's request is checked here, once, before any I/O (zoo.request.RunRequest, errors
+    naming the pipeline parameter), and recorded on the MLflow run (components.common
+    `record_run`): the later tasks read the resolved config, thresholds and registered name
+    from there.
     """
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    from components.common import record_run
     from zoo import config as cfgmod
     from zoo import models, names, registration, tracking
     from zoo.data import RawText, load_source, publish, split
-    from zoo.data.sources import default_registered_name
     from zoo.errors import DataError
+    from zoo.request import PARAMS, RunRequest
     from zoo.storage import ObjectStore
 
-    family = models.get(model).family  # unknown model -> clear error before any I/O
-    # Resolved exactly as train resolves it (a bad override fails here, before any I/O); its
-    # hash goes on the run and, via register, on the model version.
+    # The profile's hardware defaults under the run's own overrides: the config train uses.
     merged = cfgmod.merge_overrides(platform_overrides, overrides)
-    config = registration.config_hash(
-        model, cfgmod.to_dict(models.resolve_config(model, preset, merged, where="overrides"))
-    )
+    request = RunRequest(model, source, preset, merged, thresholds, registered_name, test_fraction)
+    checked = request.checked(PARAMS)  # one line naming the bad parameter, before any I/O
+    family = models.get(model).family
+    # Its hash goes on the run and, via register, on the model version.
+    config = registration.config_hash(model, cfgmod.to_dict(checked.config))
     code = registration.code_version()
     store = ObjectStore.from_env()
     store.ensure_bucket()
@@ -99,7 +106,8 @@ def run(
                 )
             ],
         )
-        name = registered_name or default_registered_name(model, source)
+        record_run(logger, checked)
+        name = checked.registered_name
         version = None
         if not force:
             version = registration.unchanged_champion(c, name, fingerprint, config, code)
@@ -143,10 +151,13 @@ def ingest(
     platform_overrides: str = "{}",
     registered_name: str = "",
     force: bool = False,
-) -> NamedTuple(
-    "IngestOutputs", [("fingerprint", str), ("mlflow_run_id", str), ("unchanged_since", str)]
-):
-    """KFP interface of ingest (imports inside: KFP runs this function's source alone)."""
+    thresholds: str = "",
+) -> NamedTuple("IngestOutputs", [("mlflow_run_id", str), ("unchanged_since", str)]):
+    """KFP interface of ingest (imports inside: KFP runs this function's source alone).
+
+    Outputs what the pipeline's DAG needs: the MLflow run (every later task reads and writes
+    it), `unchanged_since` (its "changed" condition) and the dataset artifact.
+    """
     import json
     from collections import namedtuple
 
@@ -163,12 +174,13 @@ def ingest(
         platform_overrides=platform_overrides,
         registered_name=registered_name,
         force=force,
+        thresholds=thresholds,
     )
     with open(dataset.path, "w") as f:
         json.dump({"manifest_uri": out["manifest_uri"], "fingerprint": out["fingerprint"]}, f)
     dataset.metadata.update(
         {"fingerprint": out["fingerprint"], "manifest_uri": out["manifest_uri"], "source": source}
     )
-    return namedtuple("IngestOutputs", ["fingerprint", "mlflow_run_id", "unchanged_since"])(
-        out["fingerprint"], out["mlflow_run_id"], out["unchanged_since"]
+    return namedtuple("IngestOutputs", ["mlflow_run_id", "unchanged_since"])(
+        out["mlflow_run_id"], out["unchanged_since"]
     )

@@ -1,26 +1,25 @@
 """Register: record a blessed model as an MLflow model version and move the aliases."""
 
 # No `from __future__ import annotations` here: KFP reads the component signature's real types.
-from typing import Any, NamedTuple
+from typing import Any
 
 
 def run(
-    registered_name: str,
     mlflow_run_id: str,
     better_than_champion: bool,
     champion_version: str,
     pipeline_run_id: str,
 ) -> dict[str, Any]:
-    """Register the run's logged model under `registered_name`; promote when the evaluator said so."""
+    """Register the run's logged model under its registered name (checked and recorded by
+    ingest); promote when the evaluator said so."""
     import dataclasses
 
-    from components import common
+    from components.common import recorded_run
     from zoo import models, names, tracking
     from zoo.registration import register, standard_tags
 
     c = tracking.client()
-    registered_name = common.registered_name(c, mlflow_run_id, registered_name)
-    tracking.check_registered_name(registered_name, "registered_name")
+    registered_name = recorded_run(c, mlflow_run_id).registered_name
     run = c.get_run(mlflow_run_id)
     recorded = run.data.tags
     cls = models.get(recorded.get(names.TAG_MODEL, ""))
@@ -51,23 +50,19 @@ def run(
 
 
 def register(
-    registered_name: str,
     mlflow_run_id: str,
     better_than_champion: bool,
     champion_version: str,
     pipeline_run_id: str,
-) -> NamedTuple("RegisterOutputs", [("version", str), ("aliases", str)]):
-    """KFP interface of register (imports inside: KFP runs this function's source alone)."""
-    from collections import namedtuple
+) -> None:
+    """KFP interface of register (imports inside: KFP runs this function's source alone).
 
+    The pipeline's last task: the version and aliases it set are on the MLflow run (tags
+    genpipe.registered_version, genpipe.aliases), where `genpipe run` reads them.
+    """
     from components.register import run
     from zoo import tracking
 
     with tracking.run_status(mlflow_run_id, final=True):  # the pipeline's last task
-        out = run(
-            registered_name, mlflow_run_id, better_than_champion, champion_version, pipeline_run_id
-        )
+        out = run(mlflow_run_id, better_than_champion, champion_version, pipeline_run_id)
     print(f"registered {out['name']} v{out['version']} aliases={out['aliases']}: {out['reason']}")
-    return namedtuple("RegisterOutputs", ["version", "aliases"])(
-        out["version"], ",".join(out["aliases"])
-    )

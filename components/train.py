@@ -6,51 +6,51 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from kfp.dsl import Dataset, Input, Model, Output
 
 
 def run(
-    model: str,
     manifest_uri: str,
     mlflow_run_id: str,
     output_dir: str,
-    preset: str = "default",
-    overrides: str = "{}",
-    platform_overrides: str = "{}",
     tfjob: str = "",
     resume_from: str = "",
 ) -> dict[str, Any]:
-    """Train `model` on the dataset behind `manifest_uri`; the model lands in `output_dir`.
+    """Train the run's model on the dataset behind `manifest_uri`; it lands in `output_dir`.
 
-    `platform_overrides` are the cluster profile's train_defaults (e.g. mixed precision on
-    GPUs); `overrides` (the run's own) win over them. `tfjob` (compiled in from a profile with
-    workers >= 2) is a TFJob template: this task then launches the workers and waits.
+    The model and its resolved config (the profile's train_defaults under the run's own
+    overrides) are what ingest checked and recorded on the MLflow run (components.common
+    `recorded_run`). `tfjob` (compiled in from a profile with workers >= 2) is a TFJob
+    template: this task then launches the workers and waits.
 
     Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
     pipeline run, same MLflow run) resumes instead of starting over; they are dropped once
     the model is logged. `resume_from` (an interrupted run's MLflow run id, `genpipe run
     --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt).
     """
-    from components.common import fetch_dataset
-    from zoo import checkpoints, config, models, tracking
+    from components.common import fetch_dataset, recorded_run
+    from zoo import checkpoints, names, tracking
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
     from zoo.train import train_for_run
 
-    merged = config.merge_overrides(platform_overrides, overrides)
-    cfg = models.resolve_config(model, preset, merged, where="overrides")
+    c = tracking.client()
+    rec = recorded_run(c, mlflow_run_id)
+    model, cfg = rec.model, rec.config
     if resume_from:
         _adopt_checkpoint(resume_from, mlflow_run_id, manifest_uri)
     if tfjob:
         # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
-        return _run_tfjob(tfjob, model, manifest_uri, mlflow_run_id, output_dir, preset, merged)
+        out = _run_tfjob(
+            tfjob, model, manifest_uri, mlflow_run_id, output_dir, rec.preset, rec.overrides
+        )
+        return {**out, "model": model}
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
-    c = tracking.client()
     logger = tracking.RunLogger(c, mlflow_run_id)
-    logger.params({"preset": preset})
+    logger.params({names.PARAM_PRESET: rec.preset})
     # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
     # leaves no chance to clean up) and leaves a live task's alone.
     with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as work:
@@ -62,6 +62,7 @@ def run(
     model_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
     checkpoints.drop(store, mlflow_run_id)  # the model is logged: nothing left to resume
     return {
+        "model": model,
         "model_uri": model_uri,
         "wall_s": result.wall_s,
         "samples_per_s": result.samples_per_s,
@@ -140,44 +141,29 @@ def _run_tfjob(
 
 
 def train(
-    model: str,
-    preset: str,
-    overrides: str,
     mlflow_run_id: str,
     dataset: Input[Dataset],
     trained_model: Output[Model],
-    platform_overrides: str = "{}",
     tfjob: str = "",
     resume_from: str = "",
-) -> NamedTuple("TrainOutputs", [("model_uri", str), ("train_wall_s", float)]):
-    """KFP interface of train (imports inside: KFP runs this function's source alone)."""
-    from collections import namedtuple
+) -> None:
+    """KFP interface of train (imports inside: KFP runs this function's source alone).
 
+    Outputs the trained model directory for evaluate; its MLflow model URI and timings are
+    on the MLflow run (tag genpipe.model_uri, metrics train_*).
+    """
     from components.common import read_dataset_artifact
     from components.train import run
     from zoo import tracking
 
     ds = read_dataset_artifact(dataset.path)
     with tracking.run_status(mlflow_run_id):  # a diverged or killed training ends the run
-        out = run(
-            model,
-            ds["manifest_uri"],
-            mlflow_run_id,
-            trained_model.path,
-            preset,
-            overrides,
-            platform_overrides,
-            tfjob,
-            resume_from,
-        )
+        out = run(ds["manifest_uri"], mlflow_run_id, trained_model.path, tfjob, resume_from)
     trained_model.metadata.update(
         {
-            "model": model,
+            "model": out["model"],
             "mlflow_model_uri": out["model_uri"],
             "fingerprint": ds["fingerprint"],
             "steps": out["steps"],
         }
-    )
-    return namedtuple("TrainOutputs", ["model_uri", "train_wall_s"])(
-        out["model_uri"], out["wall_s"]
     )

@@ -22,8 +22,9 @@ from components.ingest import ingest
 from components.register import register
 from components.train import train
 from pipelines.platform import ROLES, Profile, apply_platform, load_profile, tfjob_template
+from zoo import names
 from zoo.errors import ConfigError
-from zoo.models import REGISTRY
+from zoo.models import check_name
 
 _FUNCS = {
     "ingest": ingest,
@@ -64,10 +65,7 @@ def build_pipeline(
     `image` replaces the profile's image (the CPU roles get its `-cpu` twin); `workers`
     replaces the profile's `workers` (>= 2: the train task launches a TFJob of that many).
     """
-    if model_name not in REGISTRY:
-        raise ConfigError(
-            f"unknown model {model_name!r}; registered models: {', '.join(sorted(REGISTRY))}"
-        )
+    check_name(model_name)
     if retries < 0:
         raise ConfigError(f"retries={retries} must be >= 0")
     prof = load_profile(profile) if isinstance(profile, str) else profile
@@ -79,9 +77,9 @@ def build_pipeline(
     # The TFJob the train task creates: everything but the run's own parts, fixed at compile
     # time (a constant input, so in the YAML and the task's cache key), never an env var.
     tfjob = json.dumps(tfjob_template(prof), sort_keys=True) if prof.multi_worker else ""
-    # The profile's hardware defaults, fixed at compile time (so in the YAML and the tasks'
+    # The profile's hardware defaults, fixed at compile time (so in the YAML and ingest's
     # inputs); `overrides` from the run win over them. Ingest resolves the config with them
-    # too (its hash decides whether anything changed since the champion).
+    # (its hash decides whether anything changed since the champion) and records it for train.
     platform_overrides = json.dumps(prof.train_defaults, sort_keys=True)
 
     def configure(task: Any, role: str) -> Any:
@@ -135,20 +133,20 @@ def build_pipeline(
                     platform_overrides=platform_overrides,
                     registered_name=registered_name,
                     force=force,
+                    thresholds=thresholds,
                 ),
                 "ingest",
             )
+            # Ingest checked the run and recorded it on its MLflow run (config, thresholds,
+            # registered name): the later tasks read it there, the MLflow run is their channel.
+            run_id = ing.outputs[names.OUT_RUN_ID]
             # The fastest retrain is the one skipped: a pipeline condition, so it holds on a
             # cluster as locally (KFP's cache cannot see the data behind `source`).
-            with dsl.If(ing.outputs["unchanged_since"] == "", name="changed"):
+            with dsl.If(ing.outputs[names.OUT_UNCHANGED] == "", name="changed"):
                 tr = configure(
                     ops["train"](
-                        model=model_name,
-                        preset=preset,
-                        overrides=overrides,
-                        platform_overrides=platform_overrides,
-                        mlflow_run_id=ing.outputs["mlflow_run_id"],
-                        dataset=ing.outputs["dataset"],
+                        mlflow_run_id=run_id,
+                        dataset=ing.outputs[names.OUT_DATASET],
                         tfjob=tfjob,
                         # An interrupted run's MLflow run id: train starts from its newest checkpoint.
                         resume_from=resume_from,
@@ -157,22 +155,19 @@ def build_pipeline(
                 )
                 ev = configure(
                     ops["evaluate"](
-                        registered_name=registered_name,
-                        thresholds=thresholds,
                         champion_tolerance=champion_tolerance,
-                        mlflow_run_id=ing.outputs["mlflow_run_id"],
-                        dataset=ing.outputs["dataset"],
-                        trained_model=tr.outputs["trained_model"],
+                        mlflow_run_id=run_id,
+                        dataset=ing.outputs[names.OUT_DATASET],
+                        trained_model=tr.outputs[names.OUT_TRAINED_MODEL],
                     ),
                     "evaluate",
                 )
-                with dsl.If(ev.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition DSL)
+                with dsl.If(ev.outputs[names.OUT_BLESSED] == True, name="blessed"):  # noqa: E712 (KFP condition DSL)
                     configure(
                         ops["register"](
-                            registered_name=registered_name,
-                            mlflow_run_id=ing.outputs["mlflow_run_id"],
-                            better_than_champion=ev.outputs["better_than_champion"],
-                            champion_version=ev.outputs["champion_version"],
+                            mlflow_run_id=run_id,
+                            better_than_champion=ev.outputs[names.OUT_BETTER],
+                            champion_version=ev.outputs[names.OUT_CHAMPION_VERSION],
                             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                         ),
                         "register",

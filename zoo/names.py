@@ -29,6 +29,9 @@ TAG_GIT = "genpipe.git_commit"
 TAG_CONFIG = "genpipe.config_hash"
 #: R+V: the training code's version (code_version): its commit, plus a digest of local edits
 TAG_CODE = "genpipe.code_version"
+#: R: the run as ingest checked it, JSON (components.common.record_run/recorded_run): model,
+#: preset, merged overrides, resolved config, thresholds, registered name
+TAG_RUN_REQUEST = "genpipe.run_request"
 #: R: the champion version this run equals (same data, config, code): nothing was trained
 TAG_UNCHANGED = "genpipe.unchanged_since"
 #: R: the models:/ URI of the run's logged model (set once training logged it)

@@ -527,19 +527,20 @@ def test_real_pipeline_image_override_survives_apply_platform(tmp_path: Path) ->
     ("profile", "expected"),
     [("cpu", {}), ("gke", {"precision": "mixed_float16", "steps_per_call": 10})],
 )
-def test_profile_train_defaults_are_compiled_into_the_train_task(
+def test_profile_train_defaults_are_compiled_into_the_ingest_task(
     tmp_path: Path, profile: str, expected: dict
 ) -> None:
-    """GPU profiles train in mixed precision: a constant input of the train task (so also
-    part of its cache key), which the run's own overrides win over."""
+    """GPU profiles train in mixed precision: a constant input of the ingest task (so also
+    part of its cache key), which the run's own overrides win over; ingest resolves the
+    config with them and records it on the MLflow run, where train reads it."""
     import json
 
     factory = pytest.importorskip("pipelines.factory")
     path = tmp_path / "p.yaml"
     compiler.Compiler().compile(factory.build_pipeline("vae", profile), package_path=str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    train = pipeline_task(spec, "train")["inputs"]["parameters"]
-    assert json.loads(train["platform_overrides"]["runtimeValue"]["constant"]) == expected
+    ingest = pipeline_task(spec, "ingest")["inputs"]["parameters"]
+    assert json.loads(ingest["platform_overrides"]["runtimeValue"]["constant"]) == expected
     assert load_profile(profile).train_defaults == expected
 
 
