@@ -41,7 +41,7 @@ def run(
 
     from components.common import record_run
     from zoo import config as cfgmod
-    from zoo import models, names, registration, tracking
+    from zoo import models, names, tracking, unchanged
     from zoo.data import RawText, load_source, publish, split
     from zoo.errors import DataError
     from zoo.request import PARAMS, RunRequest
@@ -53,8 +53,8 @@ def run(
     checked = request.checked(PARAMS)  # one line naming the bad parameter, before any I/O
     family = models.get(model).family
     # Its hash goes on the run and, via register, on the model version.
-    config = registration.config_hash(model, cfgmod.to_dict(checked.config))
-    code = registration.code_version()
+    config = unchanged.config_hash(model, cfgmod.to_dict(checked.config))
+    code = unchanged.code_version()
     store = ObjectStore.from_env()
     store.ensure_bucket()
     raw = load_source(source, store)  # validated there: the one check of the data
@@ -110,7 +110,7 @@ def run(
         name = checked.registered_name
         version = None
         if not force:
-            version = registration.unchanged_champion(c, name, fingerprint, config, code)
+            version = unchanged.unchanged_champion(c, name, fingerprint, config, code)
         if version:
             # The pipeline's condition skips train, evaluate and register: this task is the
             # last one, so it ends the run FINISHED.
