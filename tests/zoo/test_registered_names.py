@@ -11,7 +11,7 @@ import pytest
 
 from genpipe.cli.cluster import pipeline_params
 from pipelines.local import check_run_args, run_local
-from zoo import names, tracking
+from zoo import tracking
 from zoo.data import load_source
 from zoo.data.sources import dataset_name, default_registered_name
 
@@ -81,16 +81,18 @@ def test_compiled_pipeline_defaults_to_model_and_dataset(stack, tmp_path: Path) 
     name the model after the run's model and source, as `genpipe run/submit` do."""
     import yaml
 
-    from components.common import registered_name
+    from components import ingest
+    from components.common import recorded_run
     from pipelines.factory import compile_pipeline
 
     text = Path(compile_pipeline("vae", str(tmp_path / "p.yaml"))).read_text()
     spec = next(yaml.safe_load_all(text))  # the pipeline spec, then the platform config
     param = spec["root"]["inputDefinitions"]["parameters"]["registered_name"]
     assert param["defaultValue"] == "" and param.get("isOptional")
+    # Ingest resolves the name once and records it on the MLflow run for evaluate and register.
     c = tracking.client()
-    exp = c.create_experiment(f"genpipe-test-names-{uuid.uuid4().hex[:8]}")
-    run_id = c.create_run(exp, tags={names.TAG_MODEL: "vae"}).info.run_id
-    c.log_param(run_id, "dataset.source", "s3://genpipe/data/mnist")
-    assert registered_name(c, run_id, "") == "vae-mnist"
-    assert registered_name(c, run_id, "vae") == "vae"  # an explicit name is kept
+    exp = f"genpipe-test-names-{uuid.uuid4().hex[:8]}"
+    default = ingest.run("digits", "vae", exp, uuid.uuid4().hex)  # registered_name ""
+    assert recorded_run(c, default["mlflow_run_id"]).registered_name == "vae-digits"
+    named = ingest.run("digits", "vae", exp, uuid.uuid4().hex, registered_name="vae")
+    assert recorded_run(c, named["mlflow_run_id"]).registered_name == "vae"  # kept
