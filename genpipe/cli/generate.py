@@ -7,68 +7,30 @@ the serving wrapper loads it.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from zoo.errors import ConfigError
-from zoo.refs import parse_model_ref
+# The library side lives in pipelines.warm_calls (the warm server runs it); re-exported here.
+from pipelines.warm_calls import generate_output, load_registered  # noqa: F401
 
 
-def load_registered(ref: str) -> tuple[Any, dict[str, Any]]:
-    """Download and load `ref` from the MLflow registry of the running stack."""
-    import os
+def _generate_warm(kwargs: dict[str, Any]) -> dict[str, str] | None:
+    """Run `pipelines.warm_calls:generate` in this state dir's warm server, if one is running
+    (this process then imports neither TensorFlow nor MLflow); None when none is."""
+    from pipelines import warm
+    from zoo.settings import state_dir
 
-    from genpipe.ops import stack
-    from zoo import registration, tracking
-    from zoo.train import load_model
-
-    os.environ.update(stack.ensure_up())
-    name, version = parse_model_ref(ref)
-    c = tracking.client()
-    with tempfile.TemporaryDirectory(prefix="genpipe-generate-") as tmp:
-        model_dir = tracking.retrying(  # MLflow's artifact API: retried through outages here
-            f"download {ref}",
-            registration.download_model_dir,
-            c,
-            name,
-            version,
-            Path(tmp) / "model",
-        )
-        return load_model(model_dir)
-
-
-def generate_output(
-    model: Any,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    seed: int,
-    n: int,
-    output: Path | None,
-) -> str:
-    """Generate with a loaded model; returns the text (text models) or the PNG path written."""
-    from zoo import grids as images
-    from zoo.serving import generate_from_request
-
-    if model.family == "text":
-        request = {
-            "prompt": prompt,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "seed": seed,
-        }
-        return generate_from_request(model, request)  # type: ignore[return-value]
-    if output is None:
-        raise ConfigError("image models write a PNG grid: pass -o/--output PATH.png")
-    samples = generate_from_request(model, {"n": n, "seed": seed})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(images.grid_png(samples))  # type: ignore[arg-type]
-    return str(output)
+    zygote = warm.connect_existing(state_dir())
+    if zygote is None:
+        return None
+    try:
+        return zygote.call("pipelines.warm_calls:generate", **kwargs)
+    except warm._Unavailable:  # preload failed or the server went away: nothing ran
+        return None
+    finally:
+        zygote.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -95,16 +57,25 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate from a registered model: print text, or write an image grid with -o.
 
-        TensorFlow's and MLflow's own messages go to $GENPIPE_HOME/logs/generate-*.log.
+        Answered by the warm server when one runs (started by `genpipe up` or a `genpipe
+        run`; no TensorFlow import here); otherwise in this process, with TensorFlow's and
+        MLflow's own messages in $GENPIPE_HOME/logs/generate-*.log.
         """
-        from genpipe.cli import quiet_libraries
+        kwargs = {
+            "ref": ref,
+            "prompt": prompt,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "seed": seed,
+            "n": n,
+            "output": str(output) if output is not None else None,
+        }
+        done = _generate_warm(kwargs)
+        if done is None:  # no warm server: load TensorFlow & co. here
+            from genpipe.cli import quiet_libraries
+            from pipelines.warm_calls import generate
 
-        with quiet_libraries("generate"):
-            model, _ = load_registered(ref)
-            result = generate_output(
-                model, prompt, max_new_tokens, temperature, top_k, seed, n, output
-            )
-        if model.family == "text":
-            typer.echo(result)
-        else:
-            typer.echo(f"wrote {result}")
+            with quiet_libraries("generate"):
+                done = generate(**kwargs)
+        typer.echo(done["result"] if done["family"] == "text" else f"wrote {done['result']}")

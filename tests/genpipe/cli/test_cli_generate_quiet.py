@@ -35,7 +35,8 @@ def registered_vae(stack, tmp_path_factory):
 
 def test_generate_prints_only_what_was_asked(stack, registered_vae, tmp_path):
     out_png = tmp_path / "grid.png"
-    env = {**os.environ, "GENPIPE_HOME": str(stack.state_dir)}
+    # In-process (no warm server answers): the path that loads TensorFlow in the CLI itself.
+    env = {**os.environ, "GENPIPE_HOME": str(stack.state_dir), "GENPIPE_WARM_TASKS": "0"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell
     out = subprocess.run(
         [

@@ -1,0 +1,341 @@
+"""The warm server (zygote side of pipelines.warm): preload, then fork a session per client
+and a child per task or call.
+
+`python -m pipelines.warm_server serve ADDRESS IDLE_SECONDS` (started by pipelines.warm).
+It binds its socket (0600, in a 0700 dir), imports PRELOAD (never running a TensorFlow op, so
+forking stays safe), and closes any connection whose peer uid is not its own before reading a
+byte. A task request runs the component source it carries (kfp's command, from our own uid);
+a `call` request runs only a function of `pipelines.warm.CALLS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.warm import CALLS, _not_allowed, _resolve
+from pipelines.warm_wire import _EXECUTOR, _MAX_MSG, _peer_uid, _private_dir, _try_connect
+
+#: modules a task imports; the zygote imports them before it forks
+PRELOAD = (
+    "tensorflow",
+    "keras",
+    "mlflow",
+    "mlflow.pyfunc",
+    "minio",
+    "kfp.dsl.executor_main",
+    "zoo.models",
+    "zoo.train",
+    "zoo.data",
+    "zoo.evaluation",
+    "zoo.registration",
+    "zoo.tracking",
+    "zoo.storage",
+    "components.ingest",
+    "components.train",
+    "components.evaluate",
+    "components.register",
+    # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
+    "zoo.evaluation.image",
+    "zoo.evaluation.features",
+    "zoo.evaluation.metrics",
+    "zoo.evaluation.text",
+    "zoo.blessing",
+    "zoo.grids",
+    "zoo.serving",
+    "zoo.distributed",
+    "mlflow.models",
+    "mlflow.tracing",
+    "mlflow.data.meta_dataset",
+    "mlflow.data.http_dataset_source",
+    "git",
+    "PIL.Image",
+    "sklearn.datasets",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent exits, so no orphan outlives an interrupted run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _assert_tf_not_started() -> None:
+    """Forking after TensorFlow created its runtime (thread pools) is unsafe: refuse."""
+    from tensorflow.python.eager import context
+
+    if context.context_safe() is not None and context.context()._context_handle is not None:
+        raise RuntimeError("TensorFlow runtime started in the zygote; cannot fork safely")
+
+
+def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) -> None:
+    """In a forked child: output to the client's pipe (`fds`: 1, or 1 and 2), the client's
+    working directory and environment, and no life beyond the session."""
+    for fd in fds:
+        os.dup2(out_fd, fd)
+    os.close(out_fd)
+    _die_with_parent()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])  # what a subprocess of the client would get
+
+
+def _child(request: dict[str, Any], out_fd: int) -> int:
+    """Runs in the forked child: become the task process, then execute kfp's entry point."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _become_child(request, out_fd, (1, 2))
+    os.environ["_KFP_RUNTIME"] = "true"  # what kfp's sh wrapper sets
+    sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+    # Removed when the task ends (below); the pid in the name lets `genpipe gc` find the dir
+    # of a task that was killed before it could remove it.
+    program_dir = tempfile.mkdtemp(prefix=f"genpipe-task-{os.getpid()}-")
+    module_path = os.path.join(program_dir, "ephemeral_component.py")
+    with open(module_path, "w", encoding="utf-8") as f:
+        f.write(request["source"])
+    sys.argv = [_EXECUTOR, "--component_module_path", module_path, *request["args"]]
+    from kfp.dsl import executor_main
+
+    before = set(sys.modules)
+    try:
+        if os.environ.get("GENPIPE_WARM_PROFILE"):  # where a task's seconds go: cProfile
+            import cProfile
+
+            prof_path = os.path.join(os.environ["GENPIPE_WARM_PROFILE"], f"task-{os.getpid()}.prof")
+            cProfile.runctx("executor_main.executor_main()", globals(), locals(), prof_path)
+        else:
+            executor_main.executor_main()
+        if os.environ.get("GENPIPE_WARM_DEBUG"):
+            new = sorted(m for m in set(sys.modules) - before if "autograph_generated" not in m)
+            path = os.path.join(tempfile.gettempdir(), f"genpipe-warm-{os.getpid()}.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(new))
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a task's failure is reported like a process's
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        shutil.rmtree(program_dir, ignore_errors=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _child_call(request: dict[str, Any], out_fd: int) -> int:
+    """Runs in the forked child: one function call, its JSON result as the last output line."""
+    from zoo.errors import GenpipeError
+
+    _become_child(request, out_fd, (1,))
+    try:
+        value = _resolve(request["call"])(**request["kwargs"])
+        reply: dict[str, Any] = {"value": value}
+    except PermissionError as e:  # not one of CALLS: nothing ran
+        reply = {"error": str(e), "refused": True}
+    except GenpipeError as e:
+        reply = {"error": str(e), "user_error": True}
+    except Exception:  # noqa: BLE001 - reported to the caller with its traceback
+        import traceback
+
+        reply = {"error": traceback.format_exc()}
+    try:
+        line = json.dumps(reply)
+    except (TypeError, ValueError) as e:
+        line = json.dumps({"error": f"{request['call']} returned a non-JSON value: {e}"})
+    with open(1, "w", encoding="utf-8", closefd=False) as out:
+        out.write("\n" + line + "\n")
+    return 0
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        # optional ones (e.g. git) missing: the task imports what it needs itself
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    from zoo import models
+
+    for name in models.names():  # the model modules (registered Keras classes)
+        models.get(name)
+    _assert_tf_not_started()
+
+
+def _wait_task(pid: int, sock: socket.socket) -> int:
+    """Exit code of task `pid`; kills it if the client goes away meanwhile (Ctrl-C, kill)."""
+    # A pidfd becomes readable the moment the task exits: no polling latency per task.
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            watch = [sock] if pidfd < 0 else [sock, pidfd]
+            readable, _, _ = select.select(watch, [], [], 0.05 if pidfd < 0 else 5.0)
+            if sock in readable and _client_gone(sock):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def handle(sock: socket.socket) -> None:
+    """One client's session: one request at a time (kfp.local runs tasks one after another)."""
+    sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
+    while True:
+        try:
+            header, fds, _, _ = socket.recv_fds(sock, 8 + _MAX_MSG, 1)
+        except OSError:
+            return
+        if not header:
+            return  # the client closed: the run is over
+        size = int.from_bytes(header[:8], "big")
+        body = header[8:]
+        while len(body) < size:
+            chunk = sock.recv(size - len(body))
+            if not chunk:
+                return
+            body += chunk
+        request = json.loads(body)
+        out_fd = fds[0]
+        if "call" in request and request["call"] not in CALLS:  # refused without a fork
+            with open(out_fd, "w", encoding="utf-8") as out:
+                refusal = {"error": _not_allowed(str(request["call"])), "refused": True}
+                out.write("\n" + json.dumps(refusal) + "\n")
+            sock.sendall((1).to_bytes(8, "big", signed=True))
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            code = 1
+            try:
+                code = (_child_call if "call" in request else _child)(request, out_fd)
+            finally:
+                os._exit(code)
+        os.close(out_fd)
+        code = _wait_task(pid, sock)
+        sock.sendall(int(code).to_bytes(8, "big", signed=True))
+
+
+def _bind(address: str) -> socket.socket | None:
+    """A listening socket at `address`, or None when a live server already holds it.
+
+    A socket file left by a killed server is replaced; the check and the replacement run
+    under a lock so two servers starting at once cannot both take the name.
+    """
+    import fcntl
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if address.startswith("\0"):
+        try:
+            listener.bind(address)
+        except OSError:
+            listener.close()
+            return None
+        return listener
+    directory = Path(address).parent
+    _private_dir(directory)
+    lock_fd = os.open(directory / ".bind.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        live = _try_connect(address)
+        if live is not None:
+            live.close()
+            listener.close()
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)  # stale: its server is gone
+        listener.bind(address)
+        os.chmod(address, 0o600)  # the dir already keeps others out; the file too
+        return listener
+    finally:
+        os.close(lock_fd)
+
+
+def serve(address: str, idle_seconds: float) -> None:
+    """The warm server: bind, preload, then fork one handler per client connection."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the tasks, not the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `genpipe down`: remove the socket
+    listener = _bind(address)
+    if listener is None:
+        return  # another server took this address first: clients use that one
+    inode = None if address.startswith("\0") else os.stat(address).st_ino
+    try:
+        _serve(listener, idle_seconds)
+    finally:
+        with contextlib.suppress(OSError):
+            if inode is not None and os.stat(address).st_ino == inode:
+                os.unlink(address)  # ours still, not a successor's
+
+
+def _serve(listener: socket.socket, idle_seconds: float) -> None:
+    listener.listen(16)  # clients may connect (and wait) while we preload
+    _preload()
+    handlers: set[int] = set()
+    listener.settimeout(min(idle_seconds, 5.0))
+    idle_since = time.monotonic()
+    while True:
+        for pid in list(handlers):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    handlers.discard(pid)
+        if handlers:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_seconds:
+            return
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        uid = _peer_uid(conn)
+        if uid != os.getuid():  # another user (or unknown): not a byte read, nothing run
+            print(f"warm server: refused a connection from uid {uid}", flush=True)
+            conn.close()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the session must not unlink
+            listener.close()
+            conn.settimeout(None)
+            _die_with_parent()  # a stopped server takes its sessions (and their tasks) along
+            try:
+                handle(conn)
+            finally:
+                os._exit(0)
+        conn.close()
+        handlers.add(pid)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "serve":
+        sys.exit("usage: python -m pipelines.warm_server serve ADDRESS IDLE_SECONDS")
+    where = sys.argv[2]
+    serve("\0" + where[1:] if where.startswith("@") else where, float(sys.argv[3]))
