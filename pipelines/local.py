@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import warm
+from pipelines.local_events import (  # noqa: F401  (exit_cause, _EventStream: re-exported)
+    _ANSI,
+    _EventStream,
+    _recording_exit_codes,
+    exit_cause,
+)
+from pipelines.local_kfp import _patch_kfp_local_conditions, cheap_task_config
 from zoo import names
 from zoo.errors import GenpipeError
 from zoo.settings import Settings, state_dir
@@ -205,9 +210,10 @@ def _run(
         raise_on_error=True,
         **({"workspace_root": str(session.workspace)} if session else {}),
     )
-    pipeline = build_pipeline(
-        model, "cpu", image=session.image if session else None, retries=retries
-    )
+    with cheap_task_config():
+        pipeline = build_pipeline(
+            model, "cpu", image=session.image if session else None, retries=retries
+        )
     # Expected in embedded mode (the platform config is for the cluster; components run in
     # this Python, not in the image): kfp.local's warnings about both are noise here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
@@ -237,40 +243,6 @@ def _run(
     )
 
 
-@contextlib.contextmanager
-def _recording_exit_codes(stream: _EventStream) -> Any:
-    """Tell `stream` each task process's exit code (kfp.local keeps only pass/fail), so a
-    task that died without an error line (a signal, the OOM killer) is reported by its cause."""
-    from kfp.local import subprocess_task_handler as sth
-
-    inner = sth.run_local_subprocess  # kfp's, or the warm server's (pipelines.warm)
-
-    def run_local_subprocess(full_command: list[str], env_vars: Any = None) -> int:
-        code = inner(full_command, env_vars)
-        stream.task_exit(code)
-        return code
-
-    sth.run_local_subprocess = run_local_subprocess
-    try:
-        yield
-    finally:
-        sth.run_local_subprocess = inner
-
-
-def exit_cause(code: int) -> str:
-    """A task process's exit code in words: 'killed by SIGKILL (out of memory?)', 'exit code 2'."""
-    import signal
-
-    if code < 0 or code > 128:
-        try:
-            name = signal.Signals(-code if code < 0 else code - 128).name
-        except ValueError:
-            return f"exit code {code}"
-        oom = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"{'killed by ' if code < 0 else f'exit code {code}: killed by '}{name}{oom}"
-    return f"exit code {code}"
-
-
 def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
     """`summarize` as JSON-able fields (everything but the wall time)."""
     res = summarize(Settings.from_env(), model, mlflow_run_id, 0.0)
@@ -278,116 +250,6 @@ def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
     out.pop("wall_s")
     out["local_dir"] = str(res.local_dir) if res.local_dir else None
     return out
-
-
-_TASK_START = re.compile(r"Executing task .*?'(?P<task>[\w-]+)'")
-_TASK_END = re.compile(
-    r"Task .*?'(?P<task>[\w-]+)'.* finished with status .*?(?P<status>SUCCESS|FAILURE)"
-)
-_PROGRESS = re.compile(r"genpipe-progress (?P<body>.*)")
-_ERROR = re.compile(
-    r"^\s*(?:zoo\.errors\.|[\w.]*)(?P<kind>\w*Error|TrainingDiverged): (?P<msg>.+)$"
-)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-#: a task says what it waits on (zoo.tracking.call, the promotion lock): shown, not just logged
-_WAITING = re.compile(r"(?P<msg>waiting for (?:MLflow|the promotion lock) .+)$")
-
-
-class _EventStream(io.TextIOBase):
-    """stdout replacement: writes everything to the log, turns known lines into events."""
-
-    def __init__(self, log: Any, on_event: Callable[[str, dict[str, str]], None] | None) -> None:
-        self.log = log
-        self.on_event = on_event
-        self.buf = ""
-        self.task = ""
-        self.failures: list[tuple[str, str]] = []  # (task, error line)
-        self.errors_this_task = 0  # error lines since the running task started
-
-    def write(self, s: str) -> int:
-        self.log.write(s)
-        self.buf += s
-        while "\n" in self.buf:
-            line, self.buf = self.buf.split("\n", 1)
-            self._line(_ANSI.sub("", line))
-        return len(s)
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def _emit(self, kind: str, fields: dict[str, str]) -> None:
-        if self.on_event:
-            self.on_event(kind, fields)
-
-    def _line(self, line: str) -> None:
-        if m := _TASK_START.search(line):
-            self.task = m["task"]
-            self.errors_this_task = 0
-            self._emit("task_start", {"task": self.task})
-        elif m := _TASK_END.search(line):
-            self._emit("task_end", {"task": m["task"], "status": m["status"]})
-        elif m := _PROGRESS.search(line):
-            fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
-            self._emit("progress", {"task": self.task, **fields})
-        elif m := _WAITING.search(line):
-            self._emit("waiting", {"task": self.task, "message": m["msg"]})
-        elif m := _ERROR.match(line):
-            self.failures.append((self.task, f"{m['kind']}: {m['msg']}" if m["kind"] else m["msg"]))
-            self.errors_this_task += 1
-
-    def task_exit(self, code: int) -> None:
-        """A task process ended; one that failed with no error line of its own is recorded
-        by its exit cause (a signal or an exit code)."""
-        if code != 0 and not self.errors_this_task:
-            self.failures.append((self.task, exit_cause(code)))
-
-    def failure_message(self, log_path: Path) -> str | None:
-        if not self.failures:
-            return None
-        task, err = self.failures[-1]
-        # GenpipeError subclasses carry a message meant for the user: show it alone.
-        for prefix in (
-            "DataError: ",
-            "ConfigError: ",
-            "GenpipeError: ",
-            "StackError: ",
-            "TrainingDiverged: ",
-        ):
-            if err.startswith(prefix):
-                err = err[len(prefix) :]
-                break
-        return f"task {task} failed: {err} (full log: {log_path})"
-
-
-def _patch_kfp_local_conditions() -> None:
-    """Make kfp.local (2.17) evaluate `dsl.If(task.outputs[...] == ...)` conditions.
-
-    Its ConditionEvaluator reads a condition's channel `pipelinechannel--<task>-<output>` as a
-    parent input, never as the task output it is, so every such condition is False and the
-    register step would never run locally. We resolve the channel against task outputs first
-    (trying each '-' as the task/output boundary, as task names may contain '-'), and fall
-    back to kfp's own resolution. The cluster backend is unaffected: it reads the compiled IR.
-    """
-    from kfp.local.orchestrator import enhanced_dag_orchestrator as edo
-
-    evaluator = edo.ConditionEvaluator
-    if getattr(evaluator, "_genpipe_patched", False):
-        return
-    original = evaluator._resolve_pipeline_channel
-
-    def resolve(channel_ref: str, io_store: Any) -> Any:
-        ref = channel_ref.removeprefix("pipelinechannel--")
-        for i, ch in enumerate(ref):
-            if ch != "-":
-                continue
-            try:
-                return io_store.get_task_output(ref[:i], ref[i + 1 :])
-            except (ValueError, KeyError):
-                continue
-        return original(channel_ref, io_store)
-
-    evaluator._resolve_pipeline_channel = staticmethod(resolve)
-    evaluator._genpipe_patched = True
 
 
 def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float) -> LocalRunResult:
