@@ -3,9 +3,10 @@
     ingest -> train -> evaluate -> [blessed] register, then always: finalize (exit handler)
 
 Platform config (image, GPU, node selectors, tolerations, resources, secrets, security
-context, timeouts) is applied in one place, `pipelines.platform`, from a cluster profile. With
-`workers` >= 2 (a profile field, or the `workers` argument) the train task launches a TFJob
-whose template `pipelines.platform.tfjob_template` compiles into the task's inputs.
+context, timeouts) is applied in one place, `pipelines.platform`, from a cluster profile
+(`pipelines.profile`). With `workers` >= 2 (a profile field, or the `workers` argument) the
+train task launches a TFJob whose template `pipelines.platform.tfjob_template` compiles into
+the task's inputs.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
@@ -21,7 +22,8 @@ from components.finalize import finalize
 from components.ingest import ingest
 from components.register import register
 from components.train import train
-from pipelines.platform import ROLES, Profile, apply_platform, load_profile, tfjob_template
+from pipelines.platform import apply_platform, tfjob_template
+from pipelines.profile import ROLES, Profile, load_profile
 from zoo import names
 from zoo.errors import ConfigError
 from zoo.models import check_name
