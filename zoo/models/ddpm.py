@@ -41,8 +41,10 @@ class DDPMConfig(TrainConfig):
     # "linear" (Ho et al.: beta_start..beta_end) or "cosine" (Nichol & Dhariwal, 2021:
     # alpha_bar(t) = cos^2(((t/T) + 0.008) / 1.008 * pi/2); beta_start/beta_end unused).
     # A saved config without this key is from before it existed and means "linear".
-    # Linear stays the default: at 100 CPU-s (~600 steps) cosine scored FID 397 vs 346
-    # (bench/bench_quality.py, 250 samples; see bench/README.md).
+    # Linear stays the default: at 100 CPU-s (~600-700 steps, bench/bench_quality.py, FID of
+    # 250 samples) every variant tried scored 330-400 (linear 346; cosine + batch 32: 332;
+    # cosine + batch 32 + lr 2e-3: 397; linear + batch 32 + lr 2e-3: 377), within the spread
+    # of single runs, so no evidence for a change (see bench/README.md).
     beta_schedule: str = "linear"
     # U-Net widths at 1x, 1/2x, 1/4x resolution
     filters: tuple[int, ...] = (16, 32, 32)
