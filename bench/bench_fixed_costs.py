@@ -106,7 +106,8 @@ class Variant:
             [
                 sys.executable,
                 "-c",
-                f"from pipelines import warm; warm.stop_server({str(self.home)!r})",
+                "from pathlib import Path; from pipelines import warm; "
+                f"warm.stop_server(Path({str(self.home)!r}))",
             ],
             cwd=self.repo,
             env=self.env,
@@ -116,8 +117,10 @@ class Variant:
     def down(self) -> None:
         from genpipe.ops import stack as zstack
 
-        self.stop_warm()
-        zstack.down(self.home, timeout=5)
+        try:
+            self.stop_warm()
+        finally:
+            zstack.down(self.home, timeout=5)
 
 
 def measure(variants: list[Variant], repeats: int, text: str, out_dir: Path) -> dict[str, Any]:
