@@ -208,7 +208,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one closure per command)
         sets: list[str] = sets_opt,
         preset: str = preset_opt,
         name: str = typer.Option(
-            "", "--registered-name", help="Registered model name in MLflow (default MODEL)."
+            "",
+            "--registered-name",
+            help="Registered model name in MLflow (default MODEL-DATASET, e.g. vae-digits).",
         ),
         thresholds: str = thresholds_opt,
         tolerance: float = tolerance_opt,
