@@ -72,14 +72,16 @@ def record_run(logger: Any, checked: Any) -> None:
     logger.tags({names.TAG_RUN_REQUEST: json.dumps(record, sort_keys=True)})
 
 
-def recorded_run(client: Any, mlflow_run_id: str) -> RecordedRun:
+def recorded_run(client: Any, mlflow_run_id: str, run: Any = None) -> RecordedRun:
     """What ingest recorded on the run (`record_run`): the later tasks' one source of the
-    run's config, thresholds and registered name, checked once, at ingest."""
+    run's config, thresholds and registered name, checked once, at ingest. `run`: the MLflow
+    run when the caller already read it (saves a round trip)."""
     from zoo import config as cfgmod
     from zoo import models, names
     from zoo.errors import GenpipeError
 
-    raw = client.get_run(mlflow_run_id).data.tags.get(names.TAG_RUN_REQUEST)
+    run = run if run is not None else client.get_run(mlflow_run_id)
+    raw = run.data.tags.get(names.TAG_RUN_REQUEST)
     if not raw:
         raise GenpipeError(
             f"MLflow run {mlflow_run_id} has no tag {names.TAG_RUN_REQUEST}: it was not "

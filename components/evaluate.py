@@ -62,10 +62,11 @@ def run(
         blessing.reasons.append(champ_note)
 
     logger = tracking.RunLogger(c, mlflow_run_id)
-    logger.metrics(metrics)
+    logged = dict(metrics)  # one batch: the metrics, the champion's score, the verdict
     if champ_value is not None:
-        logger.metrics({f"champion_{cls.primary_metric}": champ_value})
-    logger.metrics({"blessed": float(blessing.blessed)})
+        logged[f"champion_{cls.primary_metric}"] = champ_value
+    logged["blessed"] = float(blessing.blessed)
+    logger.metrics(logged)
     logger.tags(
         {
             names.TAG_BLESSED: str(blessing.blessed).lower(),

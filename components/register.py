@@ -19,8 +19,8 @@ def run(
     from zoo.registration import register, standard_tags
 
     c = tracking.client()
-    registered_name = recorded_run(c, mlflow_run_id).registered_name
-    run = c.get_run(mlflow_run_id)
+    run = c.get_run(mlflow_run_id)  # read once: recorded_run and register use it too
+    registered_name = recorded_run(c, mlflow_run_id, run).registered_name
     recorded = run.data.tags
     cls = models.get(recorded.get(names.TAG_MODEL, ""))
     tags = standard_tags(
@@ -42,6 +42,7 @@ def run(
         expected_champion=champion_version,
         tags=tags,
         lower_is_better=cls.lower_is_better,
+        run=run,
     )
     tracking.RunLogger(c, mlflow_run_id).tags(
         {names.TAG_REGISTERED_VERSION: result.version, names.TAG_ALIASES: ",".join(result.aliases)}

@@ -270,14 +270,16 @@ def register(
     expected_champion: str,
     tags: dict[str, str],
     lower_is_better: bool = True,
+    run: Any | None = None,
 ) -> RegisterResult:
     """Register (idempotently) the run's model, set `candidate`, and promote if warranted.
 
     Alias moves happen under `promotion_lock`. If the champion changed after this model was
     evaluated (another pipeline promoted meanwhile), the two are compared on the primary
     metric recorded on their versions — only when both were scored on the same dataset.
+    `run`: the MLflow run `run_id` when the caller already read it (saves a round trip).
     """
-    run = c.get_run(run_id)
+    run = run if run is not None else c.get_run(run_id)
     model_uri = run.data.tags.get(TAG_MODEL_URI)
     if not model_uri:
         raise GenpipeError(
@@ -302,8 +304,10 @@ def register(
         mv = c.create_model_version(
             name, source=logged.artifact_location, run_id=run_id, tags=tags, model_id=model_id
         )
+    # A new version got its tags at creation; a retried one gets what it lacks (one request each).
     for k, v in tags.items():
-        c.set_model_version_tag(name, mv.version, k, v)
+        if existing and mv.tags.get(k) != v:
+            c.set_model_version_tag(name, mv.version, k, v)
     mv = c.get_model_version(name, mv.version)
     with promotion_lock(c, name):
         aliases = []
