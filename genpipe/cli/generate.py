@@ -12,9 +12,6 @@ from typing import Any
 
 import typer
 
-# The library side lives in pipelines.warm_calls (the warm server runs it); re-exported here.
-from pipelines.warm_calls import generate_output, load_registered  # noqa: F401
-
 
 def _generate_warm(kwargs: dict[str, Any]) -> dict[str, str] | None:
     """Run `pipelines.warm_calls:generate` in this state dir's warm server, if one is running

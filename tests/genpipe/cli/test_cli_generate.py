@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genpipe.cli.generate import generate_output
+from pipelines.warm_calls import generate_output
 from zoo import models
 from zoo.errors import ConfigError
 from zoo.models.text_common import build_vocab
