@@ -220,6 +220,36 @@ def stop_server(home: Path) -> bool:
     return True
 
 
+def stop_all(home: Path, timeout: float = 10.0) -> int:
+    """Stop every warm server of this state dir, whatever its code key (`genpipe down`);
+    returns how many were running.
+
+    The record names only the last server started: one of other code, or one whose record a
+    concurrent start overwrote, would keep running. So servers are found by command line:
+    processes of our own uid running `-m pipelines.warm_server serve ADDRESS` with ADDRESS
+    in this state dir's socket dir (or its abstract name for the recorded or current key);
+    each is re-checked through a pidfd before the signal (genpipe.ops.stack.processes).
+    """
+    from genpipe.ops.stack import processes
+
+    sock_dir = str(_socket_dir(home))
+    keys = {code_key()}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        keys.add(str(json.loads(_server_file(home).read_text())["key"]))
+    abstract = {_argv_address(_address(home, k)) for k in keys}
+
+    def ours(argv: list[str]) -> bool:
+        for i in range(len(argv) - 3):
+            if argv[i : i + 3] == ["-m", "pipelines.warm_server", "serve"]:
+                address = argv[i + 3]
+                return os.path.dirname(address) == sock_dir or address in abstract
+        return False
+
+    stopped = processes.stop_own(ours, timeout)
+    _server_file(home).unlink(missing_ok=True)
+    return len(stopped)
+
+
 def _idle_seconds() -> str:
     """GENPIPE_WARM_IDLE_SECONDS (default 900), checked here: the server has no one to tell."""
     raw = os.environ.get("GENPIPE_WARM_IDLE_SECONDS", "900")

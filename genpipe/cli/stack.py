@@ -102,7 +102,8 @@ def down(
         min=0,
     ),
 ) -> None:
-    """Stop the embedded stack and the warm task server; data and credentials stay."""
+    """Stop the embedded stack and every warm task server of the state dir; data and
+    credentials stay."""
     from genpipe.ops import stack
 
     if any(s.pid for s in stack.status(state_dir).services):
@@ -111,8 +112,9 @@ def down(
     from pipelines import warm
     from zoo.settings import state_dir as default_state_dir
 
-    if warm.stop_server(state_dir or default_state_dir()):
-        stopped.append("warm task server")
+    servers = warm.stop_all(state_dir or default_state_dir())  # every code key's, not one
+    if servers:
+        stopped.append("warm task server" + (f"s ({servers})" if servers > 1 else ""))
     err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 

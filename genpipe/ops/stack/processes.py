@@ -1,7 +1,9 @@
 """The stack's server processes: start one detached, find it again by its pid file, stop it.
 
 A pid file alone proves nothing (the process may be gone, the pid reused): `running_pid`
-also checks that the process's command line names this state dir (`_marker`).
+also checks that the process's command line names this state dir (`_marker`). `stop_own`
+finds processes by their command line instead (every warm task server of a state dir, for
+`genpipe down`), and signals only our own uid's, re-checked through a pidfd.
 """
 
 from __future__ import annotations
@@ -58,6 +60,91 @@ def running_pid(state: Path, name: str) -> int | None:
     if cmd is not None and _marker(state, name) not in cmd:
         return None  # the pid was reused by an unrelated process
     return pid
+
+
+def _own_proc(pid: int) -> tuple[int, list[str]] | None:
+    """(parent pid, arguments) of `pid` if it is a live process of our own uid (real and
+    effective), else None (gone, a zombie, another user's, or unreadable). Linux: /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    fields = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
+    if fields.get("State", [""])[0] == "Z" or fields.get("Uid", [])[:2] != [str(os.getuid())] * 2:
+        return None
+    if not raw or not fields.get("PPid"):
+        return None
+    return int(fields["PPid"][0]), raw.decode(errors="replace").split("\0")[:-1]
+
+
+def own_processes() -> list[tuple[int, int, list[str]]]:
+    """(pid, parent pid, arguments) of every live process of our own uid.
+
+    Without /proc (macOS) from `ps`, whose command lines are split at spaces.
+    """
+    if Path("/proc/self/status").exists():
+        found = []
+        for entry in Path("/proc").iterdir():
+            proc = _own_proc(int(entry.name)) if entry.name.isdigit() else None
+            if proc is not None:
+                found.append((int(entry.name), *proc))
+        return found
+    out = subprocess.run(
+        ["ps", "-x", "-U", str(os.getuid()), "-o", "pid=,ppid=,command="],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return [(int(p), int(pp), argv) for p, pp, *argv in map(str.split, out.stdout.splitlines())]
+
+
+def signal_own(pid: int, sig: int, match: Callable[[list[str]], bool]) -> bool:
+    """Send `sig` to `pid` only if it is still a process of ours whose arguments `match`.
+
+    The check runs after a pidfd pins the process (Linux), so a pid that was reused since it
+    was listed (or read from a file) is never signalled. Returns whether the signal was sent.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfd (macOS, old kernels): check, then kill
+        pidfd = -1
+    try:
+        if Path("/proc/self/status").exists():
+            argv = (_own_proc(pid) or (0, None))[1]
+        else:
+            argv = next((a for p, _, a in own_processes() if p == pid), None)
+        if argv is None or not match(argv):
+            return False
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def stop_own(match: Callable[[list[str]], bool], timeout: float = 10.0) -> list[int]:
+    """Stop every process of our uid whose arguments `match`: SIGTERM to each one whose
+    parent is not itself matched (forked children that share the command line go with their
+    parent), SIGKILL after `timeout` to any matched one still running. Returns the pids that
+    got the SIGTERM."""
+    matched = {pid: ppid for pid, ppid, argv in own_processes() if match(argv)}
+    roots = [pid for pid, ppid in matched.items() if ppid not in matched]
+    stopped = [pid for pid in roots if signal_own(pid, signal.SIGTERM, match)]
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in matched) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in matched:
+        if alive(pid):
+            signal_own(pid, signal.SIGKILL, match)
+    return stopped
 
 
 def _group_alive(pgid: int) -> bool:
