@@ -27,7 +27,6 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import zoo
 from zoo.errors import GenpipeError
 from zoo.names import (
     ALIAS_CANDIDATE,
@@ -75,19 +74,24 @@ def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
     decodes a V2 request to the pyfunc's input (docs/kubernetes.md, step 6).
     """
     from zoo.serving import GenerativePyfunc, input_example, model_signature
+    from zoo.shipping import stage_serving_code
 
     meta = json.loads((Path(model_dir) / "config.json").read_text())
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=GenerativePyfunc(),
-            artifacts={"model_dir": str(model_dir)},
-            # Ship our package with the model so a serving runtime needs only the pins below.
-            code_paths=[str(Path(zoo.__file__).parent)],
-            pip_requirements=model_requirements(),
-            signature=model_signature(meta["model"], meta["data_spec"]),
-            input_example=input_example(meta["model"]),
-        )
+    with tempfile.TemporaryDirectory(prefix="genpipe-code-") as tmp:
+        # Ship the load path of our package with the model, so a serving runtime needs only
+        # the pins below: its import closure (zoo.shipping), not all of `zoo` (every file is
+        # one artifact upload).
+        code = stage_serving_code(meta["model"], Path(tmp))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=GenerativePyfunc(),
+                artifacts={"model_dir": str(model_dir)},
+                code_paths=[str(code)],
+                pip_requirements=model_requirements(),
+                signature=model_signature(meta["model"], meta["data_spec"]),
+                input_example=input_example(meta["model"]),
+            )
     c.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
     return info.model_uri
 
