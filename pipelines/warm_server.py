@@ -24,8 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import warm
 from pipelines.warm import CALLS, _not_allowed, _resolve
-from pipelines.warm_wire import _EXECUTOR, _MAX_MSG, _peer_uid, _private_dir, _try_connect
+from pipelines.warm_wire import (
+    _EXECUTOR,
+    _MAX_MSG,
+    EVENT,
+    REPLY,
+    _peer_uid,
+    _private_dir,
+    _try_connect,
+)
 
 #: modules a task imports; the zygote imports them before it forks
 PRELOAD = (
@@ -46,6 +55,11 @@ PRELOAD = (
     "components.train",
     "components.evaluate",
     "components.register",
+    # `genpipe run`'s orchestration (pipelines.local:run_request runs in a fork)
+    "kfp.local",
+    "kfp.local.orchestrator.enhanced_dag_orchestrator",
+    "pipelines.local",
+    "pipelines.factory",
     # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
     "zoo.evaluation.image",
     "zoo.evaluation.features",
@@ -138,15 +152,31 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
 
 
 def _child_call(request: dict[str, Any], out_fd: int) -> int:
-    """Runs in the forked child: one function call, its JSON result as the last output line."""
+    """Runs in the forked child: one function call, its JSON result as the last output line.
+
+    A streamed call (`Zygote.call(on_event=...)`) also gets the client's fd 2, and an
+    `on_event` whose events reach the client as they happen (pipelines.warm_wire.EVENT lines).
+    """
     from zoo.errors import GenpipeError
 
-    _become_child(request, out_fd, (1,))
+    stream = bool(request.get("stream"))
+    _become_child(request, out_fd, (1, 2) if stream else (1,))
+    out = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        """One event to the client, on a line of its own."""
+        sys.stdout.flush()  # what was printed before the event comes before it
+        out.write(f"\n{EVENT}{json.dumps({'kind': kind, 'fields': fields})}\n")
+
+    kwargs = {**request["kwargs"], **({"on_event": on_event} if stream else {})}
+    reply: dict[str, Any] = {}
     try:
-        value = _resolve(request["call"])(**request["kwargs"])
-        reply: dict[str, Any] = {"value": value}
+        func = _resolve(request["call"])
     except PermissionError as e:  # not one of CALLS: nothing ran
-        reply = {"error": str(e), "refused": True}
+        func, reply = None, {"error": str(e), "refused": True}
+    try:
+        if func is not None:
+            reply = {"value": func(**kwargs)}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}
     except Exception:  # noqa: BLE001 - reported to the caller with its traceback
@@ -157,8 +187,10 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
         line = json.dumps(reply)
     except (TypeError, ValueError) as e:
         line = json.dumps({"error": f"{request['call']} returned a non-JSON value: {e}"})
-    with open(1, "w", encoding="utf-8", closefd=False) as out:
-        out.write("\n" + line + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with out:
+        out.write("\n" + (REPLY if stream else "") + line + "\n")
     return 0
 
 
@@ -173,7 +205,25 @@ def _preload() -> None:
 
     for name in models.names():  # the model modules (registered Keras classes)
         models.get(name)
+    _prime_mlflow_caches()
     _assert_tf_not_started()
+
+
+def _prime_mlflow_caches() -> None:
+    """Fill MLflow's per-process caches a task would otherwise fill itself, once, here.
+
+    Logging a model checks its requirements against the installed distributions
+    (mlflow.utils.requirements_utils.warn_dependency_requirement_mismatches), which first maps
+    every installed module to its distributions (importlib.metadata.packages_distributions():
+    ~1.2 s, every train task). Built once before the fork, every task inherits it. The name is
+    private: where it is gone (another MLflow), a task builds its map itself, as before.
+    """
+    with contextlib.suppress(Exception):  # an optimization only: never fails the server
+        from mlflow.utils import requirements_utils
+
+        init = getattr(requirements_utils, "_init_modules_to_packages_map", None)
+        if callable(init):
+            init()
 
 
 def _wait_task(pid: int, sock: socket.socket) -> int:
@@ -287,6 +337,7 @@ def serve(address: str, idle_seconds: float) -> None:
     listener = _bind(address)
     if listener is None:
         return  # another server took this address first: clients use that one
+    warm._serving.append(address)  # its forks' own calls and tasks come back here directly
     inode = None if address.startswith("\0") else os.stat(address).st_ino
     try:
         _serve(listener, idle_seconds)
