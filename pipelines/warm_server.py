@@ -24,17 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import warm
 from pipelines.warm import CALLS, _not_allowed, _resolve
-from pipelines.warm_wire import (
-    _EXECUTOR,
-    _MAX_MSG,
-    EVENT,
-    REPLY,
-    _peer_uid,
-    _private_dir,
-    _try_connect,
-)
+from pipelines.warm_wire import _EXECUTOR, _MAX_MSG, _peer_uid, _private_dir, _try_connect
 
 #: modules a task imports; the zygote imports them before it forks
 PRELOAD = (
@@ -55,11 +46,6 @@ PRELOAD = (
     "components.train",
     "components.evaluate",
     "components.register",
-    # `genpipe run`'s orchestration (pipelines.local:run_request runs in a fork)
-    "kfp.local",
-    "kfp.local.orchestrator.enhanced_dag_orchestrator",
-    "pipelines.local",
-    "pipelines.factory",
     # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
     "zoo.evaluation.image",
     "zoo.evaluation.features",
@@ -152,31 +138,15 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
 
 
 def _child_call(request: dict[str, Any], out_fd: int) -> int:
-    """Runs in the forked child: one function call, its JSON result as the last output line.
-
-    A streamed call (`Zygote.call(on_event=...)`) also gets the client's fd 2, and an
-    `on_event` whose events reach the client as they happen (pipelines.warm_wire.EVENT lines).
-    """
+    """Runs in the forked child: one function call, its JSON result as the last output line."""
     from zoo.errors import GenpipeError
 
-    stream = bool(request.get("stream"))
-    _become_child(request, out_fd, (1, 2) if stream else (1,))
-    out = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
-
-    def on_event(kind: str, fields: dict[str, Any]) -> None:
-        """One event to the client, on a line of its own."""
-        sys.stdout.flush()  # what was printed before the event comes before it
-        out.write(f"\n{EVENT}{json.dumps({'kind': kind, 'fields': fields})}\n")
-
-    kwargs = {**request["kwargs"], **({"on_event": on_event} if stream else {})}
-    reply: dict[str, Any] = {}
+    _become_child(request, out_fd, (1,))
     try:
-        func = _resolve(request["call"])
+        value = _resolve(request["call"])(**request["kwargs"])
+        reply: dict[str, Any] = {"value": value}
     except PermissionError as e:  # not one of CALLS: nothing ran
-        func, reply = None, {"error": str(e), "refused": True}
-    try:
-        if func is not None:
-            reply = {"value": func(**kwargs)}
+        reply = {"error": str(e), "refused": True}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}
     except Exception:  # noqa: BLE001 - reported to the caller with its traceback
@@ -187,10 +157,8 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
         line = json.dumps(reply)
     except (TypeError, ValueError) as e:
         line = json.dumps({"error": f"{request['call']} returned a non-JSON value: {e}"})
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with out:
-        out.write("\n" + (REPLY if stream else "") + line + "\n")
+    with open(1, "w", encoding="utf-8", closefd=False) as out:
+        out.write("\n" + line + "\n")
     return 0
 
 
@@ -337,7 +305,6 @@ def serve(address: str, idle_seconds: float) -> None:
     listener = _bind(address)
     if listener is None:
         return  # another server took this address first: clients use that one
-    warm._serving.append(address)  # its forks' own calls and tasks come back here directly
     inode = None if address.startswith("\0") else os.stat(address).st_ino
     try:
         _serve(listener, idle_seconds)
