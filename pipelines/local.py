@@ -4,6 +4,8 @@ The pipeline is the same one `genpipe compile` produces for a cluster; kfp.local
 SubprocessRunner runs each component as a subprocess of this Python (no containers) and
 ignores the Kubernetes platform config; with an image (`genpipe run --containers`) its
 DockerRunner runs each task in a container instead (pipelines.containers).
+
+`genpipe run` goes through pipelines.local_request (in the warm task server when there is one).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from pipelines.local_kfp import _patch_kfp_local_conditions, cheap_task_config
 from zoo import names
 from zoo.errors import GenpipeError
 from zoo.settings import Settings, state_dir
+
+#: what `genpipe run` shows: (kind, fields) of task starts/ends, progress, waits (local_events)
+OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -97,6 +102,19 @@ def check_run_args(
     return checked
 
 
+def result_fields(res: LocalRunResult) -> dict[str, Any]:
+    """`res` as JSON-able fields (`result_from_fields` reverses it)."""
+    out = dataclasses.asdict(res)
+    out["local_dir"] = str(res.local_dir) if res.local_dir else None
+    return out
+
+
+def result_from_fields(fields: dict[str, Any]) -> LocalRunResult:
+    """The LocalRunResult that `result_fields` made `fields` of."""
+    local_dir = fields.get("local_dir")
+    return LocalRunResult(**{**fields, "local_dir": Path(local_dir) if local_dir else None})
+
+
 def run_local(
     model: str,
     source: str = "digits",
@@ -109,7 +127,7 @@ def run_local(
     test_fraction: float = 0.1,
     retries: int = 0,
     start_stack: bool = True,
-    on_event: Callable[[str, dict[str, str]], None] | None = None,
+    on_event: OnEvent | None = None,
     image: str | None = None,
     resume_from: str = "",
     force: bool = False,
@@ -245,10 +263,8 @@ def _run(
 
 def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
     """`summarize` as JSON-able fields (everything but the wall time)."""
-    res = summarize(Settings.from_env(), model, mlflow_run_id, 0.0)
-    out = dataclasses.asdict(res)
+    out = result_fields(summarize(Settings.from_env(), model, mlflow_run_id, 0.0))
     out.pop("wall_s")
-    out["local_dir"] = str(res.local_dir) if res.local_dir else None
     return out
 
 

@@ -38,7 +38,11 @@ and the session answers with the child's exit code. A task request runs the comp
 it carries (it is kfp's command, and only our own uid can send one); a `call` request runs
 only a function of `CALLS`, the ones our client calls (short commands such as `genpipe
 generate` use `connect_existing`: a running server answers them without the CLI importing
-TensorFlow or MLflow; none running, they run in-process).
+TensorFlow or MLflow; none running, they run in-process). A *streamed* call also sends the
+function's events back as they happen (warm_wire.EVENT lines): `genpipe run` runs its whole
+orchestration that way (pipelines.local_request.run_cli), the CLI process only showing its progress.
+In the server and its forks `_serving` holds the server's own address: their `connect()` and
+`call()` go straight to it, or run in-process, without computing the code key again.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ _IMPORT_ENV = ("TF_", "CUDA_", "KERAS_", "XLA_", "OMP_", "MKL_", "ONEDNN_", "PYT
 CALLS = frozenset(
     {
         "pipelines.local:check_run_args",
+        "pipelines.local_request:run_request",
         "pipelines.local:summary_fields",
         "pipelines.warm_calls:generate",
     }
@@ -99,25 +104,50 @@ def enabled() -> bool:
 def code_key() -> str:
     """What the warm server's preloaded state depends on: our sources, library versions, and
     the environment variables read at import time. A different key means a different server.
+
+    Every `genpipe run`/`generate` computes it, so it reads only file names and stats: our
+    packages are found without importing them, and the libraries' versions are their
+    `NAME-VERSION.dist-info` directory names (what importlib.metadata reads; importing that
+    alone takes ~0.1 s).
     """
     import hashlib
-    import importlib
-    import importlib.metadata
+    import importlib.util
 
     # the environment (venv) and interpreter, not the name it was started by (python/python3)
     h = hashlib.sha256(f"{sys.prefix}|{os.path.realpath(sys.executable)}|{sys.version}".encode())
     for pkg in ("zoo", "components", "pipelines", "genpipe"):
-        root = Path(importlib.import_module(pkg).__file__ or "").parent
+        spec = importlib.util.find_spec(pkg)
+        root = Path((spec.submodule_search_locations or [""])[0] if spec else "")
         for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
             st = path.stat()
             h.update(f"{path}:{st.st_mtime_ns}:{st.st_size}".encode())
-    for dist in ("tensorflow", "tensorflow-cpu", "keras", "mlflow", "kfp", "minio"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+    for dist in _dist_infos(_PRELOADED_DISTS):
+        h.update(dist.encode())
     for k in sorted(os.environ):
         if k.startswith(_IMPORT_ENV):
             h.update(f"{k}={os.environ[k]}".encode())
     return h.hexdigest()[:32]
+
+
+#: distributions whose version is part of the code key (normalized names)
+_PRELOADED_DISTS = frozenset({"tensorflow", "tensorflow_cpu", "keras", "mlflow", "kfp", "minio"})
+
+
+def _dist_infos(names: frozenset[str]) -> list[str]:
+    """The `*.dist-info` directories of distributions `names` on sys.path (their names carry
+    the version), in sys.path order."""
+    found = []
+    for entry in sys.path:
+        try:
+            listing = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for item in listing:
+            if item.endswith(".dist-info"):
+                name = item[: -len(".dist-info")].rsplit("-", 1)[0]
+                if name.lower().replace("-", "_").replace(".", "_") in names:
+                    found.append(os.path.join(entry, item))
+    return found
 
 
 def _server_file(home: Path) -> Path:
@@ -145,6 +175,9 @@ def connect(home: Path, timeout: float = 20.0) -> Zygote | None:
     after GENPIPE_WARM_IDLE_SECONDS (default 900) without clients, and with `genpipe down`.
     Its own output (import warnings) goes to $GENPIPE_HOME/logs/warm-server.log.
     """
+    if _serving:  # in a fork of the server: its own socket, and its code is ours
+        own = _try_connect(_serving[0])
+        return Zygote(own) if own is not None else None
     idle = _idle_seconds()  # a bad setting fails here, before anything is started
     key = code_key()
     address = _address(home, key)
@@ -265,8 +298,9 @@ def _idle_seconds() -> str:
 
 
 def call(target: str, **kwargs: Any) -> Any:
-    """`module:function(**kwargs)` in the prestarted zygote if there is one, else in-process."""
-    if _prestarted:
+    """`module:function(**kwargs)` in the prestarted zygote if there is one, else in-process
+    (also in a fork of the server itself: what it would fork for the call is already here)."""
+    if _prestarted and not _serving:
         try:
             return _prestarted[0].call(target, **kwargs)
         except _Unavailable:
@@ -289,6 +323,15 @@ def _resolve(target: str) -> Any:
 
 
 _prestarted: list[Zygote] = []
+#: the server's own address, set in the server (pipelines.warm_server) and so in its forks
+_serving: list[str] = []
+
+
+def adopt(zygote: Zygote) -> None:
+    """Use `zygote` (already connected) as the prestarted session: later `call()`s and
+    `warm_tasks()` go to it, until `release()`."""
+    if zygote not in _prestarted:
+        _prestarted.append(zygote)
 
 
 def start_in_background(home: Path) -> bool:

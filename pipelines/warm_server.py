@@ -24,8 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import warm
 from pipelines.warm import CALLS, _not_allowed, _resolve
-from pipelines.warm_wire import _EXECUTOR, _MAX_MSG, _peer_uid, _private_dir, _try_connect
+from pipelines.warm_wire import (
+    _EXECUTOR,
+    _MAX_MSG,
+    EVENT,
+    REPLY,
+    _peer_uid,
+    _private_dir,
+    _try_connect,
+)
 
 #: modules a task imports; the zygote imports them before it forks
 PRELOAD = (
@@ -46,6 +55,11 @@ PRELOAD = (
     "components.train",
     "components.evaluate",
     "components.register",
+    # `genpipe run`'s orchestration (pipelines.local_request:run_request runs in a fork)
+    "kfp.local",
+    "kfp.local.orchestrator.enhanced_dag_orchestrator",
+    "pipelines.local_request",
+    "pipelines.factory",
     # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
     "zoo.evaluation.image",
     "zoo.evaluation.features",
@@ -90,6 +104,7 @@ def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) ->
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])  # what a subprocess of the client would get
+    tempfile.tempdir = None  # the client's TMPDIR, not the one cached in the server
 
 
 def _child(request: dict[str, Any], out_fd: int) -> int:
@@ -138,15 +153,31 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
 
 
 def _child_call(request: dict[str, Any], out_fd: int) -> int:
-    """Runs in the forked child: one function call, its JSON result as the last output line."""
+    """Runs in the forked child: one function call, its JSON result as the last output line.
+
+    A streamed call (`Zygote.call(on_event=...)`) also gets the client's fd 2, and an
+    `on_event` whose events reach the client as they happen (pipelines.warm_wire.EVENT lines).
+    """
     from zoo.errors import GenpipeError
 
-    _become_child(request, out_fd, (1,))
+    stream = bool(request.get("stream"))
+    _become_child(request, out_fd, (1, 2) if stream else (1,))
+    out = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        """One event to the client, on a line of its own."""
+        sys.stdout.flush()  # what was printed before the event comes before it
+        out.write(f"\n{EVENT}{json.dumps({'kind': kind, 'fields': fields})}\n")
+
+    kwargs = {**request["kwargs"], **({"on_event": on_event} if stream else {})}
+    reply: dict[str, Any] = {}
     try:
-        value = _resolve(request["call"])(**request["kwargs"])
-        reply: dict[str, Any] = {"value": value}
+        func = _resolve(request["call"])
     except PermissionError as e:  # not one of CALLS: nothing ran
-        reply = {"error": str(e), "refused": True}
+        func, reply = None, {"error": str(e), "refused": True}
+    try:
+        if func is not None:
+            reply = {"value": func(**kwargs)}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}
     except Exception:  # noqa: BLE001 - reported to the caller with its traceback
@@ -157,8 +188,10 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
         line = json.dumps(reply)
     except (TypeError, ValueError) as e:
         line = json.dumps({"error": f"{request['call']} returned a non-JSON value: {e}"})
-    with open(1, "w", encoding="utf-8", closefd=False) as out:
-        out.write("\n" + line + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with out:
+        out.write("\n" + (REPLY if stream else "") + line + "\n")
     return 0
 
 
@@ -305,6 +338,7 @@ def serve(address: str, idle_seconds: float) -> None:
     listener = _bind(address)
     if listener is None:
         return  # another server took this address first: clients use that one
+    warm._serving.append(address)  # its forks' own calls and tasks come back here directly
     inode = None if address.startswith("\0") else os.stat(address).st_ino
     try:
         _serve(listener, idle_seconds)

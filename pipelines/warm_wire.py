@@ -15,10 +15,15 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 _MAX_MSG = 1 << 24
+#: in a streamed call's output: a line for the client's `on_event` (kind, fields) ...
+EVENT = "\x1egenpipe-event "
+#: ... and the call's JSON reply (its last such line)
+REPLY = "\x1egenpipe-reply "
 _EXECUTOR = "kfp.dsl.executor_main"
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes (104 on BSDs) including the NUL
 
@@ -80,7 +85,9 @@ class Zygote:
                 self.pid = int.from_bytes(hello[1:], "big")
         return bool(self.ready)
 
-    def _request(self, request: dict[str, Any]) -> tuple[int, Any] | None:
+    def _request(
+        self, request: dict[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> tuple[int, Any] | None:
         """(exit code, output of a call) of one request; None if the session died meanwhile.
 
         Raises _Unavailable if the request could not even be sent (nothing ran).
@@ -97,8 +104,10 @@ class Zygote:
             finally:
                 os.close(write_fd)
             with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
-                if "call" in request:
-                    text: Any = out.read()
+                if on_event is not None:  # a streamed call: events as they come
+                    text: Any = _read_stream(out, on_event)
+                elif "call" in request:
+                    text = out.read()
                 else:  # same output handling as kfp's run_local_subprocess: line by line
                     for line in out:
                         print(line, end="")
@@ -132,18 +141,37 @@ class Zygote:
         # Lost mid-task (server killed): the task's outcome is unknown, report it as failed.
         return 1 if done is None else done[0]
 
-    def call(self, target: str, **kwargs: Any) -> Any:
+    def call(
+        self,
+        target: str,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """`module:function(**kwargs)` run in a fork of the zygote; returns its JSON result.
 
         Lets the caller use the preloaded modules without importing them itself. A GenpipeError
         in the function is raised here as the same message; anything else as RuntimeError.
         Raises _Unavailable when the zygote cannot run it (the caller runs it itself).
+
+        With `on_event` the call is *streamed*: the function gets an `on_event(kind, fields)`
+        of its own whose calls arrive here as they happen, and whatever else the child prints
+        (fds 1 and 2) arrives as ("output", {"line": ...}). A streamed call that was sent is
+        never reported as _Unavailable (it may have done its work): losing the server then
+        raises GenpipeError.
         """
         if not self.alive():
             raise _Unavailable(target)
-        done = self._request(
-            {"call": target, "kwargs": kwargs, "cwd": os.getcwd(), "env": dict(os.environ)}
-        )
+        request = {"call": target, "kwargs": kwargs, "cwd": os.getcwd(), "env": dict(os.environ)}
+        if on_event is not None:
+            request["stream"] = True
+        done = self._request(request, on_event)
+        if done is None and on_event is not None:
+            from zoo.errors import GenpipeError
+
+            raise GenpipeError(
+                f"the warm task server went away during {target} (`genpipe down`, or killed); "
+                "its log: $GENPIPE_HOME/logs/warm-server.log"
+            )
         if done is None:
             raise _Unavailable(target)
         text = done[1]
@@ -164,6 +192,25 @@ class Zygote:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _read_stream(out: Any, on_event: Callable[[str, dict[str, Any]], None]) -> str:
+    """A streamed call's output, line by line: events to `on_event`, other lines as
+    ("output", {"line": ...}); returns the reply line's JSON ("" when there was none)."""
+    reply = ""
+    for line in out:
+        text, marker, rest = line.rstrip("\n").partition("\x1egenpipe-")
+        if text:  # a partial line printed just before the marker, or a plain line
+            on_event("output", {"line": text})
+        if not marker:
+            continue
+        kind, _, body = rest.partition(" ")
+        if kind == "reply":
+            reply = body
+        elif kind == "event":
+            event = json.loads(body)
+            on_event(str(event["kind"]), event["fields"])
+    return reply
 
 
 class _Unavailable(Exception):

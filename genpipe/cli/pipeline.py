@@ -1,7 +1,9 @@
 """Pipelines on this machine: `genpipe models`, `run` (kfp.local) and `compile` (KFP IR YAML).
 
 `run` checks the whole request once (zoo.request.RunRequest, in the warm task process) before
-anything runs; `submit`/`schedule` (genpipe/cli/cluster.py) check the same request.
+anything runs; `submit`/`schedule` (genpipe/cli/cluster.py) check the same request. With a
+warm task server the whole run happens in it (pipelines.local_request.run_cli): this process only
+shows its events, and imports neither kfp, TensorFlow, MLflow nor minio.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -22,10 +25,12 @@ out = Console()
 err = Console(stderr=True)
 #: `genpipe run`'s exit code when the pipeline ran but the model was not blessed
 NOT_BLESSED_EXIT = 3
+#: a run's events (pipelines.local.OnEvent): task starts/ends, progress, waits, output lines
+OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
+def _progress() -> Iterator[OnEvent]:
     """A rich progress display fed by pipeline events (task start/end, training epochs)."""
     columns = (
         SpinnerColumn(),
@@ -37,7 +42,7 @@ def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         bars: dict[str, TaskID] = {}
 
-        def on_event(kind: str, f: dict[str, str]) -> None:
+        def on_event(kind: str, f: dict[str, Any]) -> None:
             name = f.get("task", "")
             if kind == "task_start":
                 bars[name] = progress.add_task(name, total=None, info="")
@@ -48,6 +53,8 @@ def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
                 )
             elif kind == "waiting":  # an outage or a held lock: say what the task waits on
                 progress.console.print(f"{name}: {f['message']}", highlight=False)
+            elif kind == "output":  # a line the run printed (warm server: its fds 1 and 2)
+                progress.console.print(f["line"], markup=False, highlight=False)
             elif kind == "progress" and name in bars:
                 progress.update(
                     bars[name],
@@ -55,6 +62,26 @@ def _progress() -> Iterator[Callable[[str, dict[str, str]], None]]:
                     completed=int(f.get("epoch", 0)),
                     info=f"epoch {f.get('epoch')}/{f.get('epochs')} loss {f.get('loss')} ({f.get('samples_per_s')} samples/s)",
                 )
+
+        yield on_event
+
+
+@contextlib.contextmanager
+def _shown(on_checked: Callable[[dict[str, Any]], None]) -> Iterator[OnEvent]:
+    """`genpipe run`'s display: `on_checked` once the request passed its checks, then the
+    progress bars (so a refused request prints its one error line and nothing else); lines
+    the run prints (events of kind "output") go to stderr."""
+    with contextlib.ExitStack() as stack:
+        shown: list[OnEvent] = []
+
+        def on_event(kind: str, f: dict[str, Any]) -> None:
+            if kind == "checked":
+                on_checked(f)
+                shown.append(stack.enter_context(_progress()))
+            elif shown:
+                shown[0](kind, f)
+            elif kind == "output":
+                err.print(f["line"], markup=False, highlight=False)
 
         yield on_event
 
@@ -136,9 +163,8 @@ def register(app: typer.Typer) -> None:
         FAILED in MLflow), 2 bad usage, 3 trained and evaluated but not blessed (nothing
         registered; the failed thresholds are printed).
         """
-        from pipelines import warm
+        from pipelines.local_request import run_cli
         from zoo import models
-        from zoo.settings import state_dir
 
         models.check_name(model)
         if image and not containers:
@@ -148,47 +174,39 @@ def register(app: typer.Typer) -> None:
             from zoo.refs import check_image
 
             image = check_image(image, "--image") if image else load_profile("cpu").image
-        # The task process starts importing TensorFlow & co. now; this one never does.
-        warm.prestart(state_dir())
-        from pipelines.local import run_local
-
         request = RunRequest.from_cli(model, data, preset, sets, thresholds, name, test_fraction)
-        if resume:  # the run to resume is looked up in the stack's MLflow and object store
-            import os
+        checked: dict[str, Any] = {}
 
-            from genpipe.ops import stack
-
-            os.environ.update(stack.ensure_up())
-        # RunRequest.checked() before anything runs (in the warm process, where the model
-        # modules are already imported): config, thresholds, name, test fraction.
-        checked = warm.call("pipelines.local:check_run_args", **request.to_kwargs(), resume=resume)
-        name = checked["registered_name"]  # --name, or MODEL-DATASET
-        out.print(
-            f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={checked['epochs']})"
-        )
-        if resume:
-            point = checked["resume"]
+        def on_checked(f: dict[str, Any]) -> None:
+            """The request passed its checks (in the warm process, where the model modules are
+            imported; nothing has run yet): say what runs."""
+            checked.update(f)
             out.print(
-                f"resuming from step {point['step']} of run {resume} ({point['status']})",
-                highlight=False,
+                f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={f['epochs']})"
             )
-        with _progress() as on_event:
-            res = run_local(
-                model,
-                source=data,
-                preset=preset,
-                overrides=dict(request.overrides),
-                experiment=experiment or None,
-                registered_name=name or None,
-                thresholds=thresholds,
-                champion_tolerance=tolerance,
-                test_fraction=test_fraction,
-                retries=retries,
-                on_event=on_event,
+            if resume:
+                point = f["resume"]
+                out.print(
+                    f"resuming from step {point['step']} of run {resume} ({point['status']})",
+                    highlight=False,
+                )
+
+        with _shown(on_checked) as on_event:
+            # With a warm server, the whole run happens in it: this process never imports
+            # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli).
+            res = run_cli(
+                {
+                    **request.to_kwargs(),
+                    "resume": resume,
+                    "experiment": experiment,
+                    "champion_tolerance": tolerance,
+                    "retries": retries,
+                    "force": force,
+                },
+                on_event,
                 image=image or None,
-                resume_from=resume,
-                force=force,
             )
+        name = checked["registered_name"]  # --name, or MODEL-DATASET
         if res.unchanged_since:
             out.print(
                 f"unchanged since champion v{res.unchanged_since} of {name} (same data, config "

@@ -240,6 +240,32 @@ def test_changed_code_or_import_environment_gets_a_new_server_and_idle_ones_stop
     assert _wait_gone(new, seconds=30), "an idle server did not stop"
 
 
+def test_the_code_key_follows_library_versions_without_importing_metadata(tmp_path, monkeypatch):
+    """Another installed version of a preloaded library (its NAME-VERSION.dist-info) is
+    another key; an unrelated distribution is not. Computing it imports no package metadata
+    machinery (every `genpipe run` pays what it costs)."""
+    key = warm.code_key()
+    other = tmp_path / "other"
+    (other / "unrelated_lib-1.0.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(other))
+    assert warm.code_key() == key
+    (other / "kfp-9.9.9.dist-info").mkdir()
+    assert warm.code_key() != key
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipelines import warm; warm.code_key(); "
+            "print(sorted(m for m in sys.modules if m.startswith('importlib.metadata')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [
@@ -297,6 +323,56 @@ def test_only_the_clients_own_calls_run_in_the_server(home, tmp_path):
     with pytest.raises(PermissionError, match="not one of"):
         warm.call("os:mkdir", path=str(made))
     assert not made.exists()
+
+
+def test_a_streamed_run_is_checked_in_the_server_before_anything_runs(home, tmp_path):
+    """`genpipe run`'s call (pipelines.local_request:run_request, streamed): a bad request is one
+    line and nothing ran (no "checked" event, no stack, no run log); refusals still apply."""
+    events: list[tuple[str, dict]] = []
+    zygote = warm.connect(home)
+    try:
+        assert zygote is not None and zygote.alive()
+        with pytest.raises(GenpipeError, match="unknown setting.*'nope'"):
+            zygote.call(
+                "pipelines.local_request:run_request",
+                on_event=lambda kind, fields: events.append((kind, fields)),
+                model="vae",
+                preset="tiny",
+                overrides={"nope": 1},
+            )
+        made = tmp_path / "made"
+        with pytest.raises(PermissionError, match="not one of the warm server's calls"):
+            zygote.call("os:mkdir", on_event=lambda *_: None, path=str(made))
+        assert not made.exists() and zygote.alive()
+    finally:
+        zygote.close()
+    assert events == []
+    assert not list(home.glob("logs/run-*.log"))
+
+
+def test_a_streamed_calls_output_becomes_events_in_order():
+    """The client side of a streamed call: event lines (even after a partial line), other
+    lines as "output", the reply line last."""
+    import io
+
+    from pipelines.warm_wire import EVENT, REPLY, _read_stream
+
+    stream = io.StringIO(
+        "plain line\n"
+        f"half{EVENT}{json.dumps({'kind': 'task_start', 'fields': {'task': 'ingest'}})}\n"
+        "\n"
+        f"{EVENT}{json.dumps({'kind': 'progress', 'fields': {'epoch': '1'}})}\n"
+        f"{REPLY}{json.dumps({'value': 7})}\n"
+    )
+    got: list[tuple[str, dict]] = []
+    reply = _read_stream(stream, lambda kind, fields: got.append((kind, fields)))
+    assert json.loads(reply) == {"value": 7}
+    assert got == [
+        ("output", {"line": "plain line"}),
+        ("output", {"line": "half"}),
+        ("task_start", {"task": "ingest"}),
+        ("progress", {"epoch": "1"}),
+    ]
 
 
 def _intrude(address: str, dir_fd: int | None, marker: str) -> dict[str, str]:

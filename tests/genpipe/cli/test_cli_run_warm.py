@@ -1,0 +1,139 @@
+"""`genpipe run` through the warm task server (issue 14): the whole run (checks, kfp.local,
+result) happens in a fork of the server, so the CLI process imports neither kfp, TensorFlow,
+MLflow nor minio; a failing task still reaches the user as one line; Ctrl-C still kills the
+run's task; without the server the very same run happens in the CLI process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from proc_helpers import descendants
+
+HEAVY = {"kfp", "tensorflow", "keras", "mlflow", "minio", "kubernetes"}
+LOOSE = '{"test_neg_elbo": {"max": 1e9}}'
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    # TF_CPP_MIN_LOG_LEVEL as the CLI sets it: the code key of the server it starts
+    return {**os.environ, "GENPIPE_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def genpipe_run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`genpipe run ARGS` as a user runs it; -X importtime lists every module it imports."""
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "genpipe", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_env(home, **env),
+    )
+
+
+def imported(stderr: str) -> set[str]:
+    """Top-level packages in -X importtime's output ('import time: ... | pkg.mod')."""
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def _said(stderr: str) -> list[str]:
+    """What the command wrote to stderr, without -X importtime's lines."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("import time:")]
+
+
+def _bad_idx(tmp_path: Path) -> Path:
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    return bad
+
+
+def test_a_warm_run_happens_in_the_server_and_the_cli_imports_nothing_heavy(stack):
+    name = f"vae-warmrun-{uuid.uuid4().hex[:8]}"
+    args = ["vae", "--preset", "tiny", "--set", "epochs=1", "--set", "steps_per_epoch=2"]
+    out = genpipe_run(stack.state_dir, *args, "--name", name, "--thresholds", LOOSE)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # The pipeline ran (a registered version) and this process never imported kfp & co.
+    assert not HEAVY & imported(out.stderr), HEAVY & imported(out.stderr)
+    assert f"registered:   {name} v1 aliases=" in out.stdout
+    assert out.stdout.startswith("genpipe run vae on digits (tiny config: epochs=1)")
+    said = "\n".join(_said(out.stderr))
+    for task in ("ingest", "train", "evaluate", "register"):  # the progress bars, as before
+        assert f"  {task} " in said and "done" in said, said
+    # The run's log was written by the server's fork, next to the state dir as before.
+    assert list((stack.state_dir / "logs").glob("run-vae-*.log"))
+
+
+def test_a_failing_task_reaches_the_user_as_one_line_warm_and_in_process(stack, tmp_path):
+    bad = _bad_idx(tmp_path)
+    args = ["vae", "--data", f"idx:{tmp_path}", "--preset", "tiny", "--name", "vae-badw"]
+    hot = genpipe_run(stack.state_dir, *args)
+    assert hot.returncode == 1, hot.stderr[-3000:]
+    assert not HEAVY & imported(hot.stderr)
+    errors = [ln for ln in _said(hot.stderr) if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: task ingest failed:"), hot.stderr
+    assert bad.name in errors[0] and "full log:" in errors[0]
+    # The fallback (no warm server): the same run, in this process, the same line.
+    cold = genpipe_run(stack.state_dir, *args, GENPIPE_WARM_TASKS="0")
+    assert cold.returncode == 1, cold.stderr[-3000:]
+    assert "kfp" in imported(cold.stderr)  # it really ran here
+    cold_errors = [ln for ln in _said(cold.stderr) if ln.startswith("error:")]
+    assert [e.split(" (full log:")[0] for e in cold_errors] == [errors[0].split(" (full log:")[0]]
+
+
+def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, tmp_path):
+    """Ctrl-C of `genpipe run` (SIGINT to the CLI) ends the run in the server: its task
+    processes go, the server stays for the next run."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    logs = stack.state_dir / "logs"
+    before = set(logs.glob("run-vae-*.log"))
+    args = ["run", "vae", "--preset", "tiny", "--set", "epochs=50", "--set", "steps_per_epoch=5"]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "genpipe", *args, "--name", f"vae-int-{uuid.uuid4().hex[:6]}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(stack.state_dir, TMPDIR=str(tmp)),
+    )
+    try:
+        # Train is running once the run's log has its first progress line; each task makes
+        # a genpipe-task-<pid>-* dir in TMPDIR (pipelines.warm_server): that one is train's.
+        deadline = time.monotonic() + 600
+        tasks: list[int] = []
+        while not tasks and time.monotonic() < deadline and cli.poll() is None:
+            time.sleep(0.5)
+            new = set(logs.glob("run-vae-*.log")) - before
+            if new and "genpipe-progress" in next(iter(new)).read_text(errors="replace"):
+                tasks = [int(d.name.split("-")[2]) for d in tmp.glob("genpipe-task-*")]
+        assert tasks, cli.poll()
+        server = int(json.loads((stack.state_dir / "warm-server.json").read_text())["pid"])
+        run_procs = set(descendants(server))  # its sessions, the run's fork, the train task
+        assert set(tasks) <= run_procs
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=60)
+        assert cli.returncode == 130, stderr[-2000:]  # typer's exit code for Ctrl-C
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and run_procs & set(descendants(server)):
+            time.sleep(0.2)
+        assert not run_procs & set(descendants(server)), "the run outlived its client"
+        assert all(_gone(t) for t in tasks)
+        assert not _gone(server)  # the next run reuses it
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (or a zombie not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
