@@ -280,7 +280,8 @@ def handle(sock: socket.socket) -> None:
         if "call" in request and request["call"] not in CALLS:  # refused without a fork
             with open(out_fd, "w", encoding="utf-8") as out:
                 refusal = {"error": _not_allowed(str(request["call"])), "refused": True}
-                out.write("\n" + json.dumps(refusal) + "\n")
+                marker = REPLY if request.get("stream") else ""
+                out.write("\n" + marker + json.dumps(refusal) + "\n")
             sock.sendall((1).to_bytes(8, "big", signed=True))
             continue
         pid = os.fork()
