@@ -52,7 +52,12 @@ class RecordedRun:
 
 
 def record_run(logger: Any, checked: Any) -> None:
-    """Record a checked run (zoo.request.CheckedRun) on its MLflow run for the later tasks.
+    """Record a checked run (zoo.request.CheckedRun) on its MLflow run for the later tasks."""
+    logger.tags(run_request_tags(checked))
+
+
+def run_request_tags(checked: Any) -> dict[str, str]:
+    """The tag recording a checked run (zoo.request.CheckedRun) for the later tasks.
 
     One JSON tag (a few hundred characters: MLflow keeps up to 8,000), so a task reads it
     with the run it fetches anyway; rewritten with the same value by a retried ingest.
@@ -69,7 +74,7 @@ def record_run(logger: Any, checked: Any) -> None:
         "thresholds": {k: list(v) for k, v in checked.thresholds.items()},
         "registered_name": checked.registered_name,
     }
-    logger.tags({names.TAG_RUN_REQUEST: json.dumps(record, sort_keys=True)})
+    return {names.TAG_RUN_REQUEST: json.dumps(record, sort_keys=True)}
 
 
 def recorded_run(client: Any, mlflow_run_id: str, run: Any = None) -> RecordedRun:

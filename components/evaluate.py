@@ -20,11 +20,13 @@ def run(
     mlflow_run_id: str,
     champion_tolerance: float = 0.0,
     report_path: str | None = None,
+    mlflow_run: Any = None,
 ) -> dict[str, Any]:
     """Score the trained model in `model_dir` and decide its blessing.
 
     The thresholds and the registered name (whose champion it is compared with) are what
     ingest checked and recorded on the MLflow run (components.common `recorded_run`).
+    `mlflow_run`: that run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
     from zoo import grids as images
@@ -34,7 +36,7 @@ def run(
     from zoo.train import load_model
 
     c = tracking.client()
-    rec = recorded_run(c, mlflow_run_id)
+    rec = recorded_run(c, mlflow_run_id, mlflow_run)
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
@@ -66,14 +68,14 @@ def run(
     if champ_value is not None:
         logged[f"champion_{cls.primary_metric}"] = champ_value
     logged["blessed"] = float(blessing.blessed)
-    logger.metrics(logged)
-    logger.tags(
-        {
+    logger.log(  # one request: the metrics and the verdict's tags
+        metrics=logged,
+        tags={
             names.TAG_BLESSED: str(blessing.blessed).lower(),
             # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
             names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
             names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
-        }
+        },
     )
     pngs = {
         name: images.grid_png(arr, cols=16 if name != "samples" else None)
@@ -184,7 +186,12 @@ def evaluate(
     ds = read_dataset_artifact(dataset.path)
     with tracking.run_status(mlflow_run_id) as status:
         out = run(
-            ds["manifest_uri"], trained_model.path, mlflow_run_id, champion_tolerance, report.path
+            ds["manifest_uri"],
+            trained_model.path,
+            mlflow_run_id,
+            champion_tolerance,
+            report.path,
+            mlflow_run=status.run,
         )
         # Not blessed: register is skipped, so this is the pipeline's last task.
         status.final = not out["blessing"]["blessed"]

@@ -39,7 +39,7 @@ def run(
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from components.common import record_run
+    from components.common import run_request_tags
     from zoo import config as cfgmod
     from zoo import models, names, tracking, unchanged
     from zoo.data import RawText, load_source, publish, split
@@ -67,19 +67,15 @@ def run(
     fingerprint = manifest["fingerprint"]
 
     c = tracking.client()
-    run_id = tracking.get_or_create_run(c, experiment, pipeline_run_id, model)
+    run = tracking.get_or_create(c, experiment, pipeline_run_id, model)
+    run_id = run.info.run_id
     unchanged_since = ""
     with tracking.run_status(run_id) as status:
-        logger = tracking.RunLogger(c, run_id)
-        logger.tags(
-            {
-                names.TAG_FINGERPRINT: fingerprint,
-                names.TAG_CONFIG: config,
-                names.TAG_CODE: code,
-            }
-        )
-        logger.params(
-            {
+        # The run as found or created: its params (none on a new run) need no second read.
+        logger = tracking.RunLogger(c, run_id, params=run.data.params)
+        # One request: the dataset's params, its tags and the checked request.
+        logger.log(
+            params={
                 names.PARAM_SOURCE: source,
                 names.PARAM_FINGERPRINT: fingerprint,
                 names.PARAM_TEST_FRACTION: test_fraction,
@@ -87,7 +83,13 @@ def run(
                     f"{names.DATASET_PARAM_PREFIX}{name}_count": s["count"]
                     for name, s in manifest["splits"].items()
                 },
-            }
+            },
+            tags={
+                names.TAG_FINGERPRINT: fingerprint,
+                names.TAG_CONFIG: config,
+                names.TAG_CODE: code,
+                **run_request_tags(checked),
+            },
         )
         logger.json(manifest, "dataset/manifest.json")
         ds = MetaDataset(
@@ -106,7 +108,6 @@ def run(
                 )
             ],
         )
-        record_run(logger, checked)
         name = checked.registered_name
         version = None
         if not force:

@@ -9,9 +9,11 @@ def run(
     better_than_champion: bool,
     champion_version: str,
     pipeline_run_id: str,
+    mlflow_run: Any = None,
 ) -> dict[str, Any]:
     """Register the run's logged model under its registered name (checked and recorded by
-    ingest); promote when the evaluator said so."""
+    ingest); promote when the evaluator said so. `mlflow_run`: the MLflow run when the caller
+    already read it (saves a round trip)."""
     import dataclasses
 
     from components.common import recorded_run
@@ -19,7 +21,8 @@ def run(
     from zoo.registration import register, standard_tags
 
     c = tracking.client()
-    run = c.get_run(mlflow_run_id)  # read once: recorded_run and register use it too
+    # read once: recorded_run and register use it too
+    run = mlflow_run if mlflow_run is not None else c.get_run(mlflow_run_id)
     registered_name = recorded_run(c, mlflow_run_id, run).registered_name
     recorded = run.data.tags
     cls = models.get(recorded.get(names.TAG_MODEL, ""))
@@ -64,6 +67,12 @@ def register(
     from components.register import run
     from zoo import tracking
 
-    with tracking.run_status(mlflow_run_id, final=True):  # the pipeline's last task
-        out = run(mlflow_run_id, better_than_champion, champion_version, pipeline_run_id)
+    with tracking.run_status(mlflow_run_id, final=True) as status:  # the pipeline's last task
+        out = run(
+            mlflow_run_id,
+            better_than_champion,
+            champion_version,
+            pipeline_run_id,
+            mlflow_run=status.run,
+        )
     print(f"registered {out['name']} v{out['version']} aliases={out['aliases']}: {out['reason']}")

@@ -17,6 +17,7 @@ def run(
     output_dir: str,
     tfjob: str = "",
     resume_from: str = "",
+    mlflow_run: Any = None,
 ) -> dict[str, Any]:
     """Train the run's model on the dataset behind `manifest_uri`; it lands in `output_dir`.
 
@@ -29,6 +30,7 @@ def run(
     pipeline run, same MLflow run) resumes instead of starting over; they are dropped once
     the model is logged. `resume_from` (an interrupted run's MLflow run id, `genpipe run
     --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt).
+    `mlflow_run`: the MLflow run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
     from zoo import checkpoints, names, tracking
@@ -37,7 +39,7 @@ def run(
     from zoo.train import train_for_run
 
     c = tracking.client()
-    rec = recorded_run(c, mlflow_run_id)
+    rec = recorded_run(c, mlflow_run_id, mlflow_run)
     model, cfg = rec.model, rec.config
     if resume_from:
         _adopt_checkpoint(resume_from, mlflow_run_id, manifest_uri)
@@ -49,7 +51,8 @@ def run(
         return {**out, "model": model}
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
-    logger = tracking.RunLogger(c, mlflow_run_id)
+    params = mlflow_run.data.params if mlflow_run is not None else None
+    logger = tracking.RunLogger(c, mlflow_run_id, params=params)
     logger.params({names.PARAM_PRESET: rec.preset})
     # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
     # leaves no chance to clean up) and leaves a live task's alone.
@@ -157,8 +160,16 @@ def train(
     from zoo import tracking
 
     ds = read_dataset_artifact(dataset.path)
-    with tracking.run_status(mlflow_run_id):  # a diverged or killed training ends the run
-        out = run(ds["manifest_uri"], mlflow_run_id, trained_model.path, tfjob, resume_from)
+    # a diverged or killed training ends the run
+    with tracking.run_status(mlflow_run_id) as status:
+        out = run(
+            ds["manifest_uri"],
+            mlflow_run_id,
+            trained_model.path,
+            tfjob,
+            resume_from,
+            mlflow_run=status.run,
+        )
     trained_model.metadata.update(
         {
             "model": out["model"],

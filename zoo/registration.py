@@ -73,25 +73,42 @@ def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
     With a signature (the request fields) and an input example, so MLServer's MLflow runtime
     decodes a V2 request to the pyfunc's input (docs/kubernetes.md, step 6).
     """
+    from mlflow.models import Model
+
     from zoo.serving import GenerativePyfunc, input_example, model_signature
     from zoo.shipping import stage_serving_code
 
     meta = json.loads((Path(model_dir) / "config.json").read_text())
+    run = c.get_run(run_id)
+    # The LoggedModel in the run's experiment with the run's params, as mlflow.pyfunc.log_model
+    # makes it inside `mlflow.start_run(run_id)`; created here, the run needs no activating
+    # (a start_run block reads and updates the run three times and ends it FINISHED, which
+    # tracking.run_status then undid: 7 round trips).
+    logged = mlflow.initialize_logged_model(
+        name="model",
+        source_run_id=run_id,
+        experiment_id=run.info.experiment_id,
+        params=dict(run.data.params),
+    )
     with tempfile.TemporaryDirectory(prefix="genpipe-code-") as tmp:
         # Ship the load path of our package with the model, so a serving runtime needs only
         # the pins below: its import closure (zoo.shipping), not all of `zoo` (every file is
         # one artifact upload).
         code = stage_serving_code(meta["model"], Path(tmp))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=GenerativePyfunc(),
-                artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(code)],
-                pip_requirements=model_requirements(),
-                signature=model_signature(meta["model"], meta["data_spec"]),
-                input_example=input_example(meta["model"]),
-            )
+        # What mlflow.pyfunc.log_model calls, with the run and the model named explicitly.
+        info = Model.log(
+            artifact_path=None,  # deprecated for `name`, but still a required argument
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=GenerativePyfunc(),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(code)],
+            pip_requirements=model_requirements(),
+            signature=model_signature(meta["model"], meta["data_spec"]),
+            input_example=input_example(meta["model"]),
+        )
     c.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
     return info.model_uri
 

@@ -19,6 +19,7 @@ from zoo.errors import GenpipeError
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000  # all three together
 
 
 class RunLogger:
@@ -29,39 +30,59 @@ class RunLogger:
     read once per logger, as only this task writes them meanwhile.
     """
 
-    def __init__(self, c: MlflowClient, run_id: str) -> None:
+    def __init__(self, c: MlflowClient, run_id: str, params: dict[str, str] | None = None) -> None:
+        """`params`: the run's params when the caller already has them (a run it just read or
+        created), else they are read on first use."""
         self.client = c
         self.run_id = run_id
-        self._params: dict[str, str] | None = None  # the run's params, read on first use
+        self._params: dict[str, str] | None = None if params is None else dict(params)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)  # what log_metric stamps each value with
-        batch = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
-        for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
+        self.log(metrics=values, step=step)
 
     def params(self, values: dict[str, Any], prefix: str = "") -> None:
-        flat = _flatten(values, prefix)
+        self.log(params=_flatten(values, prefix))
+
+    def tags(self, values: dict[str, str]) -> None:
+        self.log(tags=values)
+
+    def log(
+        self,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Metrics, (flat) params and tags together, in as few log_batch requests as MLflow's
+        limits allow (one, for a task's usual few dozen values)."""
+        now = int(time.time() * 1000)  # what log_metric stamps each value with
+        m = [Metric(k, float(v), now, step or 0) for k, v in (metrics or {}).items()]
+        p = [Param(k, v) for k, v in self._new_params(params or {}).items()]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        while m or p or t:
+            pc, tc = p[:MAX_PARAMS_PER_BATCH], t[:MAX_TAGS_PER_BATCH]
+            mc = m[: min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(pc) - len(tc))]
+            self.client.log_batch(self.run_id, metrics=mc, params=pc, tags=tc)
+            m, p, t = m[len(mc) :], p[len(pc) :], t[len(tc) :]
+
+    def _new_params(self, flat: dict[str, Any]) -> dict[str, str]:
+        """The params the run lacks: MLflow params are immutable, and a retried component
+        re-logs the same values (skipped); a different value is an error."""
+        if not flat:
+            return {}
+        flat = {k: str(v) for k, v in flat.items()}
         if self._params is None:
             self._params = dict(self.client.get_run(self.run_id).data.params)
         existing = self._params
-        # MLflow params are immutable; a retried component re-logs the same values, skip those.
-        new = {k: v for k, v in flat.items() if k not in existing}
         changed = {k: v for k, v in flat.items() if k in existing and existing[k] != v}
         if changed:
             raise GenpipeError(
                 f"MLflow run {self.run_id} already has different values for {sorted(changed)}; "
                 "a pipeline run cannot change its configuration on retry"
             )
-        batch = [Param(k, v) for k, v in new.items()]
-        for i in range(0, len(batch), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch[i : i + MAX_PARAMS_PER_BATCH])
+        new = {k: v for k, v in flat.items() if k not in existing}
         existing.update(new)
-
-    def tags(self, values: dict[str, str]) -> None:
-        batch = [RunTag(k, str(v)) for k, v in values.items()]
-        for i in range(0, len(batch), MAX_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=batch[i : i + MAX_TAGS_PER_BATCH])
+        return new
 
     def image(self, images: np.ndarray, artifact_file: str, cols: int | None = None) -> None:
         """Log [N, H, W, C] float images in [0, 1] as one PNG grid."""
