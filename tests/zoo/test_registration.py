@@ -101,3 +101,27 @@ def test_download_model_dir_by_alias_and_version(stack, model_dir, tmp_path):
         assert meta["model"] == "vae" and model.generate(2, seed=0).shape == (2, 28, 28, 1)
     with pytest.raises(GenpipeError, match="has no alias 'nope'"):
         registration.download_model_dir(c, name, "nope", tmp_path / "x")
+
+
+def test_logged_model_belongs_to_its_run_which_keeps_running(stack, model_dir):
+    """log_model creates the LoggedModel itself (no `mlflow.start_run` block: it cost 7 round
+    trips and ended the run FINISHED mid-pipeline): in the run's experiment, with the run's
+    params, READY, listed among the run's outputs, its MLmodel naming the run."""
+    import yaml
+
+    c = tracking.client()
+    run_id = tracking.get_or_create_run(c, "genpipe-test-logged", uuid.uuid4().hex, "vae")
+    tracking.RunLogger(c, run_id).params({"epochs": 2})
+    uri = registration.log_model(c, run_id, model_dir)
+    run = c.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    model_id = uri.removeprefix("models:/")
+    logged = c.get_logged_model(model_id)
+    assert logged.experiment_id == run.info.experiment_id
+    assert logged.source_run_id == run_id
+    assert logged.params == {"epochs": "2"}
+    assert str(logged.status) in ("READY", "LoggedModelStatus.READY"), logged.status
+    assert model_id in [o.model_id for o in run.outputs.model_outputs]
+    local = mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/MLmodel")
+    with open(local) as f:
+        assert yaml.safe_load(f)["run_id"] == run_id
