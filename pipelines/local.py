@@ -78,6 +78,7 @@ def check_run_args(
     source: str = "",
     resume: str = "",
     test_fraction: float = 0.1,
+    champion_tolerance: float = 0.0,
 ) -> dict[str, Any]:
     """`zoo.request.RunRequest.checked()` for `genpipe run` (in the warm process, where the
     model modules are imported): returns the config's `epochs` and `registered_name` (--name,
@@ -86,7 +87,14 @@ def check_run_args(
     from zoo.request import RunRequest
 
     run = RunRequest(
-        model, source, preset, overrides, thresholds, registered_name, test_fraction
+        model,
+        source,
+        preset,
+        overrides,
+        thresholds,
+        registered_name,
+        test_fraction,
+        champion_tolerance,
     ).checked()
     cfg = run.config
     checked: dict[str, Any] = {"epochs": cfg.epochs, "registered_name": run.registered_name}

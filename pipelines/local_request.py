@@ -104,6 +104,7 @@ def _run_checked(
         thresholds=thresholds,
         registered_name=registered_name,
         test_fraction=test_fraction,
+        champion_tolerance=champion_tolerance,
         resume=resume,
     )
     if on_event:

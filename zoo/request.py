@@ -3,14 +3,16 @@ ingest step are asked to train, checked once by `RunRequest.checked()`.
 
 The checks are the library's own (zoo.models for the model, preset and typed `--set`
 overrides, zoo.blessing for thresholds against the metrics the model reports, zoo.tracking for
-the registered model name); each bad value raises one ConfigError line naming the value, the
-flag or parameter it came from (`where`) and what is valid.
+the registered model name; the champion tolerance is a finite fraction >= 0); each bad value
+raises one ConfigError line naming the value, the flag or parameter it came from (`where`)
+and what is valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ CLI_FLAGS: Mapping[str, str] = {
     "thresholds": "--thresholds",
     "registered_name": "--name",
     "test_fraction": "--test-fraction",
+    "champion_tolerance": "--tolerance",
 }
 #: how errors name each field inside a pipeline (its parameters are the field names)
 PARAMS: Mapping[str, str] = {
@@ -36,6 +39,7 @@ PARAMS: Mapping[str, str] = {
     "thresholds": "thresholds",
     "registered_name": "registered_name",
     "test_fraction": "test_fraction",
+    "champion_tolerance": "champion_tolerance",
 }
 
 
@@ -45,6 +49,8 @@ class RunRequest:
 
     `overrides` are `--set key=value` pairs (strings) or a pipeline's JSON values; both are
     typed against the model's config by `checked()`. `registered_name` "" means MODEL-DATASET.
+    `champion_tolerance`: how much worse than the champion (a fraction of its metric) still
+    blesses; evaluate applies it, but a bad one fails here, before anything trains.
     """
 
     model: str
@@ -54,6 +60,7 @@ class RunRequest:
     thresholds: str = ""
     registered_name: str = ""
     test_fraction: float = 0.1
+    champion_tolerance: float = 0.0
 
     @classmethod
     def from_cli(
@@ -66,12 +73,22 @@ class RunRequest:
         registered_name: str = "",
         test_fraction: float = 0.1,
         where: Mapping[str, str] = CLI_FLAGS,
+        champion_tolerance: float = 0.0,
     ) -> RunRequest:
         """The request behind command-line options (`--set` items parsed, not yet typed)."""
         from zoo.config import parse_overrides
 
         overrides = parse_overrides(sets, where["overrides"])
-        return cls(model, source, preset, overrides, thresholds, registered_name, test_fraction)
+        return cls(
+            model,
+            source,
+            preset,
+            overrides,
+            thresholds,
+            registered_name,
+            test_fraction,
+            champion_tolerance,
+        )
 
     def to_kwargs(self) -> dict[str, Any]:
         """The fields as JSON-ready keyword arguments (e.g. for a warm-process call)."""
@@ -96,6 +113,7 @@ class RunRequest:
 
         models.check_name(self.model)
         check_test_fraction(self.test_fraction, where["test_fraction"])
+        check_tolerance(self.champion_tolerance, where["champion_tolerance"])
         if self.preset not in models.PRESETS:
             raise ConfigError(
                 f"{where['preset']} {self.preset!r} is not one of {', '.join(models.PRESETS)}"
@@ -109,6 +127,18 @@ class RunRequest:
         else:
             name = default_registered_name(self.model, self.source or "digits")
         return CheckedRun(self, config, thresholds, name)
+
+
+def check_tolerance(value: Any, where: str) -> float:
+    """The champion tolerance: a finite fraction >= 0 (0.01 = 1% worse than the champion)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:
+        sep = " " if where.startswith("-") else "="
+        raise ConfigError(
+            f"{where}{sep}{value!r} must be a number >= 0: the fraction by which a model may "
+            "be worse than the champion and still be blessed (e.g. 0.01 = 1%)"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,15 @@ def pipeline_params(
     `force`: train even when data, config and code equal the champion's (else skipped).
     `where`: how errors name the options (`schedule` calls --name --registered-name)."""
     request = RunRequest.from_cli(
-        model, data, preset, sets, thresholds, name, test_fraction, where=where
+        model,
+        data,
+        preset,
+        sets,
+        thresholds,
+        name,
+        test_fraction,
+        where=where,
+        champion_tolerance=tolerance,
     )
     run = request.checked(where)
     kind, _, path = data.partition(":")

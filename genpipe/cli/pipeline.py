@@ -174,7 +174,9 @@ def register(app: typer.Typer) -> None:
             from zoo.refs import check_image
 
             image = check_image(image, "--image") if image else load_profile("cpu").image
-        request = RunRequest.from_cli(model, data, preset, sets, thresholds, name, test_fraction)
+        request = RunRequest.from_cli(
+            model, data, preset, sets, thresholds, name, test_fraction, champion_tolerance=tolerance
+        )
         checked: dict[str, Any] = {}
 
         def on_checked(f: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""zoo.request.RunRequest: one check of a run's model, preset, overrides, thresholds, name and
-test fraction, naming the flag (or pipeline parameter) of a bad value."""
+"""zoo.request.RunRequest: one check of a run's model, preset, overrides, thresholds, name,
+test fraction and champion tolerance, naming the flag (or pipeline parameter) of a bad value."""
 
 import pytest
 
@@ -33,6 +33,9 @@ def test_checked_resolves_config_thresholds_and_default_name():
         (RunRequest("vae", registered_name="a/b"), "--name", "'a/b'", "without '/'"),
         (RunRequest("vae", test_fraction=1.0), "--test-fraction", "1.0", "(0, 1)"),
         (RunRequest("vae", test_fraction=0.0), "--test-fraction", "0.0", "(0, 1)"),
+        (RunRequest("vae", champion_tolerance=-0.05), "--tolerance", "-0.05", ">= 0"),
+        (RunRequest("vae", champion_tolerance=float("nan")), "--tolerance", "nan", ">= 0"),
+        (RunRequest("vae", champion_tolerance=float("inf")), "--tolerance", "inf", ">= 0"),
     ],
 )
 def test_bad_values_fail_in_one_line_naming_flag_value_and_choices(request_, flag, value, valid):
@@ -48,6 +51,16 @@ def test_pipeline_parameters_are_named_as_parameters():
         RunRequest("vae", registered_name="a:b").checked(PARAMS)
     with pytest.raises(ConfigError, match=r"^test_fraction=2"):
         RunRequest("vae", test_fraction=2).checked(PARAMS)
+    with pytest.raises(ConfigError, match=r"^champion_tolerance=-1 must be a number >= 0"):
+        RunRequest("vae", champion_tolerance=-1).checked(PARAMS)
+
+
+def test_tolerance_is_part_of_the_request():
+    req = RunRequest.from_cli("vae", champion_tolerance=0.02)
+    assert req.checked().request.champion_tolerance == 0.02
+    assert req.to_kwargs()["champion_tolerance"] == 0.02
+    with pytest.raises(ConfigError, match=r"^--tolerance -0.5 must be a number >= 0"):
+        RunRequest.from_cli("vae", champion_tolerance=-0.5).checked()
 
 
 def test_from_cli_refuses_a_set_without_value():

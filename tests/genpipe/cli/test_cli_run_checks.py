@@ -42,6 +42,7 @@ def _one_line_error(out: subprocess.CompletedProcess, *needles: str) -> str:
         ),
         (["--name", "team/vae"], ["--name 'team/vae'", "not a valid registered model name"]),
         (["--name", "vae:v2"], ["--name 'vae:v2'", "':'"]),
+        (["--tolerance", "-0.1"], ["--tolerance -0.1 must be a number >= 0"]),
     ],
 )
 def test_bad_thresholds_and_names_are_refused_before_anything_runs(tmp_path, args, needles):

@@ -33,6 +33,11 @@ def _no_kfp_env(monkeypatch):
         ),
         (["submit", "vae", "--test-fraction", "1.5"], ["--test-fraction=1.5", "(0, 1)"]),
         (["submit", "vae", "--preset", "huge"], ["--preset 'huge'", "default, tiny"]),
+        (["submit", "vae", "--tolerance", "-0.1"], ["--tolerance -0.1 must be a number >= 0"]),
+        (
+            ["schedule", "vae", "--every", "24h", "--tolerance", "nan"],
+            ["--tolerance nan must be a number >= 0"],
+        ),
     ],
 )
 def test_bad_run_values_fail_before_compiling_or_asking_kfp(capsys, args, needles):
