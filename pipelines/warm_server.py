@@ -207,7 +207,17 @@ def _preload() -> None:
     for name in models.names():  # the model modules (registered Keras classes)
         models.get(name)
     _prime_mlflow_caches()
+    _prime_data_caches()
     _assert_tf_not_started()
+
+
+def _prime_data_caches() -> None:
+    """The bundled `digits` data set (the default source), made MNIST-shaped once here, not
+    in every ingest task (zoo.data.sources.load_digits caches it per process)."""
+    from zoo.data.sources import load_digits
+
+    with contextlib.suppress(ImportError):  # scikit-learn missing: ingest says so itself
+        load_digits()
 
 
 def _prime_mlflow_caches() -> None:
