@@ -2,6 +2,7 @@
 
     python bench/bench_quality.py [--models vae,ddpm] [--budget-s 100] [--dry-run]
     python bench/bench_quality.py --merge DIR [DIR ...]   # one table from partial runs' --out-dir
+    python bench/bench_quality.py --models ddpm --set ema_decay=0.99   # a variant of ours
 
 For each model family, on MNIST t10k (images: 9,000 train / 1,000 held out, split as
 `genpipe run` ingests it) or tiny-shakespeare (text: last 10% held out):
@@ -139,11 +140,17 @@ def _calibrate(name: str, cfg: Any, data: Any, workdir: Path) -> tuple[float, fl
 
 
 def run_ours(
-    name: str, data: Any, budget: float, tiny: bool, fid_samples: int, workdir: Path
+    name: str,
+    data: Any,
+    budget: float,
+    tiny: bool,
+    fid_samples: int,
+    workdir: Path,
+    overrides: dict[str, str] | None = None,
 ) -> Side:
     from zoo.train import Trainer
 
-    cfg = _config(name, tiny, {})
+    cfg = _config(name, tiny, overrides or {})
     if tiny:
         # Dry run: the tiny config's own few steps, no calibration (a second tracing).
         cfg = dataclasses.replace(cfg, epochs=2, steps_per_epoch=2)
@@ -204,7 +211,12 @@ def run_ref(name: str, data: Any, budget: float, tiny: bool, fid_samples: int) -
 
 # -- main -------------------------------------------------------------------------------
 def compare(
-    name: str, budget: float, tiny: bool, fid_samples: int, workdir: Path
+    name: str,
+    budget: float,
+    tiny: bool,
+    fid_samples: int,
+    workdir: Path,
+    overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     import keras
 
@@ -215,11 +227,13 @@ def compare(
     out: dict[str, Any] = {"model": name, "metric": METRIC[name], "budget_cpu_s": budget}
     if METRIC[name] == "fid":
         out["fid_samples"] = fid_samples
+    if overrides:
+        out["ours_overrides"] = dict(overrides)
     for side in ("ours", "recipe"):
         keras.backend.clear_session()
         print(f"== {name} / {side}: budget {budget:.0f} CPU-s", flush=True)
         if side == "ours":
-            r = run_ours(name, data, budget, tiny, fid_samples, workdir / name)
+            r = run_ours(name, data, budget, tiny, fid_samples, workdir / name, overrides)
         else:
             r = run_ref(name, data, budget, tiny, fid_samples)
         out[side] = dataclasses.asdict(r)
@@ -311,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out-dir", type=Path, default=None, help="default bench/results")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of OUR config (repeatable, typed like `genpipe run --set`); needs a "
+        "single --models; the recipe side is unchanged",
+    )
+    p.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -328,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown model {bad[0]!r}; valid: {', '.join(FAMILIES)}")
     if args.budget_s <= 0 or args.fid_samples < 4:
         p.error(f"--budget-s={args.budget_s} must be > 0 and --fid-samples={args.fid_samples} >= 4")
+    if args.set and len(names) != 1:
+        p.error(f"--set {args.set[0]!r} needs exactly one --models (configs differ per model)")
+    from zoo.config import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if overrides:  # a bad key or value fails now, not after the other side's training
+        _config(names[0], args.dry_run, overrides)
     budget = 2.0 if args.dry_run else args.budget_s
     fid_n = min(args.fid_samples, 32) if args.dry_run else args.fid_samples
     common.quiet_tf()
@@ -350,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             try:
-                rows.append(compare(name, budget, args.dry_run, fid_n, work))
+                rows.append(compare(name, budget, args.dry_run, fid_n, work, overrides))
             except Exception as e:  # one failing family must not lose the others' figures
                 print(f"!! {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 rows.append(

@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from zoo import config as cfgmod
 from zoo.errors import ConfigError
-from zoo.models.base import GenerativeModel, TrainConfig, f32
+from zoo.models.base import GenerativeModel, TrainConfig
+from zoo.models.ddpm_unet import UNet
 
 
 @dataclasses.dataclass
@@ -52,6 +53,20 @@ class DDPMConfig(TrainConfig):
     ema_decay: float = 0.995
     sampler: str = "ddim"
     sample_steps: int = 40
+    # U-Net block: "plain" (two swish convs) or "res" (GroupNorm-swish-conv twice, time
+    # embedding in between, residual connection, as in Ho et al.). Saved configs without the
+    # key are "plain".
+    block: str = "plain"
+    # Loss weight per timestep: "none" (Ho et al.'s simple loss) or "min_snr" (Hang et al.,
+    # 2023: the eps-MSE times min(SNR_t, min_snr_gamma) / SNR_t, which keeps the nearly
+    # noise-free timesteps from dominating early training). Saved configs without it: "none".
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
+    # What the U-Net predicts: "eps" (the noise, Ho et al.) or "v" = sqrt(abar) eps -
+    # sqrt(1 - abar) x0 (Salimans & Ho, 2022). Saved configs without the key: "eps".
+    prediction: str = "eps"
+    # DDIM sampler's eta: 0 is deterministic, 1 has the ancestral sampler's noise level.
+    sample_eta: float = 0.0
 
     @classmethod
     def tiny(cls) -> DDPMConfig:
@@ -94,6 +109,23 @@ class DDPMConfig(TrainConfig):
             f"DDPMConfig: beta_schedule={self.beta_schedule!r} is not linear or cosine",
         )
         r(
+            self.block in ("plain", "res"),
+            f"DDPMConfig: block={self.block!r} is not plain or res",
+        )
+        r(
+            self.loss_weighting in ("none", "min_snr"),
+            f"DDPMConfig: loss_weighting={self.loss_weighting!r} is not none or min_snr",
+        )
+        r(
+            self.prediction in ("eps", "v"),
+            f"DDPMConfig: prediction={self.prediction!r} is not eps or v",
+        )
+        r(self.min_snr_gamma > 0, f"DDPMConfig: min_snr_gamma={self.min_snr_gamma} must be > 0")
+        r(
+            0 <= self.sample_eta <= 1,
+            f"DDPMConfig: sample_eta={self.sample_eta} must be in [0, 1]",
+        )
+        r(
             self.sampler in ("ddim", "ddpm"),
             f"DDPMConfig: sampler={self.sampler!r} is not ddim or ddpm",
         )
@@ -101,6 +133,16 @@ class DDPMConfig(TrainConfig):
             1 <= self.sample_steps <= self.timesteps,
             f"DDPMConfig: sample_steps={self.sample_steps} must be in [1, timesteps={self.timesteps}]",
         )
+
+
+#: What a saved config that lacks a key meant when it was saved (the key did not exist yet).
+LEGACY: dict[str, Any] = {
+    "beta_schedule": "linear",
+    "block": "plain",
+    "loss_weighting": "none",
+    "prediction": "eps",
+    "sample_eta": 0.0,
+}
 
 
 def make_betas(cfg: DDPMConfig) -> np.ndarray:
@@ -112,72 +154,6 @@ def make_betas(cfg: DDPMConfig) -> np.ndarray:
         # Clipped at 0.999 as in the paper: the last steps would otherwise be ~1.
         return np.clip(1.0 - ab[1:] / ab[:-1], 0.0, 0.999)
     return np.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype="float64")
-
-
-def timestep_embedding(t: tf.Tensor, dim: int) -> tf.Tensor:
-    """Sinusoidal embedding [B, dim] of integer timesteps (Transformer positional encoding)."""
-    half = dim // 2
-    freqs = tf.exp(-math.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
-    args = tf.cast(t, tf.float32)[:, None] * freqs[None, :]
-    return tf.concat([tf.sin(args), tf.cos(args)], axis=1)
-
-
-@keras.saving.register_keras_serializable(package="genpipe")
-class UNet(keras.layers.Layer):
-    """A small U-Net: conv blocks with the time embedding added, skip connections by concat."""
-
-    def __init__(self, channels: int, filters: tuple[int, ...], time_dim: int, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.channels, self.filters, self.time_dim = channels, tuple(filters), time_dim
-        self.t_mlp = keras.Sequential(
-            [keras.layers.Dense(time_dim, activation="swish"), keras.layers.Dense(time_dim)]
-        )
-        self.stem = keras.layers.Conv2D(filters[0], 3, padding="same")
-        self.down = []
-        for i, f in enumerate(filters):
-            self.down.append(self._block(f, f"down{i}"))
-        self.t_proj = [keras.layers.Dense(f) for f in filters]
-        self.pool = keras.layers.AveragePooling2D(2, padding="same")
-        self.mid = self._block(filters[-1], "mid")
-        self.up = [self._block(f, f"up{i}") for i, f in enumerate(filters)]
-        self.t_proj_up = [keras.layers.Dense(f) for f in filters]
-        self.out = keras.layers.Conv2D(channels, 3, padding="same")
-
-    @staticmethod
-    def _block(f: int, name: str) -> keras.Sequential:
-        return keras.Sequential(
-            [
-                keras.layers.Conv2D(f, 3, padding="same", activation="swish"),
-                keras.layers.Conv2D(f, 3, padding="same", activation="swish"),
-            ],
-            name=name,
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "channels": self.channels,
-            "filters": list(self.filters),
-            "time_dim": self.time_dim,
-        }
-
-    def call(self, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-        temb = self.t_mlp(timestep_embedding(t, self.time_dim))
-        h = self.stem(x)
-        skips, shapes = [], []
-        for i, block in enumerate(self.down):
-            h = block(h) + self.t_proj[i](temb)[:, None, None, :]
-            skips.append(h)
-            shapes.append(tf.shape(h))
-            if i < len(self.down) - 1:
-                h = self.pool(h)
-        h = self.mid(h)
-        for i in reversed(range(len(self.up))):
-            if i < len(self.down) - 1:
-                h = tf.image.resize(h, shapes[i][1:3], method="nearest")
-            h = tf.concat([h, skips[i]], axis=-1)
-            h = self.up[i](h) + self.t_proj_up[i](temb)[:, None, None, :]
-        return f32(self.out(h))
 
 
 @keras.saving.register_keras_serializable(package="genpipe")
@@ -194,14 +170,15 @@ class DDPM(GenerativeModel):
     def __init__(
         self, config: dict[str, Any] | DDPMConfig, data_spec: dict[str, Any], **kwargs: Any
     ):
-        if isinstance(config, dict) and "beta_schedule" not in config:
-            config = {**config, "beta_schedule": "linear"}  # saved before the key existed
+        if isinstance(config, dict):
+            # Saved before these keys existed: the behaviour of that time, not today's default.
+            config = {**LEGACY, **config}
         super().__init__(config, data_spec, **kwargs)
         cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
         h, w, c = (int(v) for v in data_spec["shape"])
         self.image_shape = (h, w, c)
-        self.net = UNet(c, cfg.filters, cfg.time_dim, name="unet")
-        self.ema_net = UNet(c, cfg.filters, cfg.time_dim, name="ema_unet")
+        self.net = UNet(c, cfg.filters, cfg.time_dim, cfg.block, name="unet")
+        self.ema_net = UNet(c, cfg.filters, cfg.time_dim, cfg.block, name="ema_unet")
         self.ema_net.trainable = False  # updated by EMA only, never by the optimizer
         betas = make_betas(cfg)
         self.betas = betas
@@ -219,17 +196,39 @@ class DDPM(GenerativeModel):
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.net(x, tf.zeros(tf.shape(x)[:1], tf.int32))
 
-    def _noisy(self, x0: tf.Tensor, t: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-        ab = tf.gather(tf.constant(self.alpha_bar, tf.float32), t)[:, None, None, None]
-        return tf.sqrt(ab) * x0 + tf.sqrt(1.0 - ab) * eps
-
-    def _per_example_mse(self, x: tf.Tensor, seed: tf.Tensor, net: UNet) -> tf.Tensor:
+    def _per_example_mse(
+        self, x: tf.Tensor, seed: tf.Tensor, net: UNet, train: bool = False
+    ) -> tf.Tensor:
+        """Per-example MSE at random (t, eps) drawn from `seed`: the training loss (the
+        configured target and weighting) or, with train=False, the plain noise MSE (the same
+        held-out metric whatever the network predicts)."""
+        cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
         x0 = x * 2.0 - 1.0
         b = tf.shape(x0)[0]
-        t = tf.random.stateless_uniform([b], seed=seed, maxval=self.cfg.timesteps, dtype=tf.int32)
+        t = tf.random.stateless_uniform([b], seed=seed, maxval=cfg.timesteps, dtype=tf.int32)
         eps = tf.random.stateless_normal(tf.shape(x0), seed=seed + 1)
-        pred = net(self._noisy(x0, t, eps), t)
-        return tf.reduce_mean(tf.square(eps - pred), axis=[1, 2, 3])
+        ab = tf.gather(tf.constant(self.alpha_bar, tf.float32), t)[:, None, None, None]
+        xt = tf.sqrt(ab) * x0 + tf.sqrt(1.0 - ab) * eps
+        out = net(xt, t)
+        target = eps
+        if cfg.prediction == "v" and train:
+            target = tf.sqrt(ab) * eps - tf.sqrt(1.0 - ab) * x0
+        elif cfg.prediction == "v":
+            out = self._to_eps(out, xt, t)
+        mse = tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
+        if train and cfg.loss_weighting == "min_snr":
+            snr = self.alpha_bar / (1.0 - self.alpha_bar)
+            # min(SNR, gamma) / SNR for eps; / (SNR + 1) for v (Hang et al., eq. 9-10).
+            w = np.minimum(snr, cfg.min_snr_gamma) / (snr + (cfg.prediction == "v"))
+            mse = mse * tf.gather(tf.constant(w, tf.float32), t)
+        return mse
+
+    def _to_eps(self, out: tf.Tensor, xt: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        """The noise estimate from the network's output at integer timesteps t."""
+        if self.cfg.prediction != "v":  # type: ignore[attr-defined]
+            return out
+        ab = tf.gather(tf.constant(self.alpha_bar, tf.float32), t)[:, None, None, None]
+        return tf.sqrt(ab) * out + tf.sqrt(1.0 - ab) * xt
 
     def train_step_replica(
         self,
@@ -243,7 +242,8 @@ class DDPM(GenerativeModel):
         rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx else tf.constant(0)
         seed = tf.stack([tf.cast(step, tf.int32) * 2, rid])
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(self._per_example_mse(batch["image"], seed, self.net))
+            mse = self._per_example_mse(batch["image"], seed, self.net, train=True)
+            loss = tf.reduce_sum(mse)
             loss = loss / global_batch_size
         norm = self.apply_gradients(optimizers["main"], tape, loss, self.net.trainable_variables)
         # EMA with warm-up: early on the average follows the weights closely (Keras/TF recipe).
@@ -265,6 +265,7 @@ class DDPM(GenerativeModel):
         cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
         sampler = kwargs.pop("sampler", cfg.sampler)
         steps = int(kwargs.pop("steps", cfg.sample_steps if sampler == "ddim" else cfg.timesteps))
+        eta = float(kwargs.pop("eta", cfg.sample_eta))
         if kwargs:
             raise TypeError(f"DDPM.generate got unexpected arguments {sorted(kwargs)}")
         if sampler not in ("ddim", "ddpm"):
@@ -275,21 +276,25 @@ class DDPM(GenerativeModel):
             )
         if not 1 <= steps <= cfg.timesteps:
             raise ConfigError(f"steps={steps} must be in [1, {cfg.timesteps}]")
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"eta={eta} must be in [0, 1]")
         rng = np.random.default_rng(seed)
         out = []
         for i in range(0, n, 500):
             m = min(500, n - i)
             x = rng.standard_normal((m, *self.image_shape)).astype("float32")
-            x = self._sample(tf.constant(x), rng, sampler, steps)
+            x = self._sample(tf.constant(x), rng, sampler, steps, eta)
             out.append(((x.numpy() + 1.0) / 2.0).clip(0.0, 1.0))
         return np.concatenate(out).astype("float32")
 
     def _sample(
-        self, x: tf.Tensor, rng: np.random.Generator, sampler: str, steps: int
+        self, x: tf.Tensor, rng: np.random.Generator, sampler: str, steps: int, eta: float = 0.0
     ) -> tf.Tensor:
         cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
         ab = self.alpha_bar
-        eps_fn = tf.function(lambda x, t: self.ema_net(x, t), reduce_retracing=True)
+        eps_fn = tf.function(
+            lambda x, t: self._to_eps(self.ema_net(x, t), x, t), reduce_retracing=True
+        )
         m = int(x.shape[0])
         if sampler == "ddpm":
             for t in reversed(range(cfg.timesteps)):
@@ -308,7 +313,11 @@ class DDPM(GenerativeModel):
             if k == len(ts) - 1:
                 return x0
             prev = ab[ts[k + 1]]
-            # eta = 0: deterministic; re-derive eps from the clipped x0 for consistency.
+            # Re-derive eps from the clipped x0 for consistency. eta = 0: deterministic;
+            # eta > 0 moves part of the noise term to fresh noise (Song et al., eq. 16).
             eps = (x - math.sqrt(ab[t]) * x0) / math.sqrt(1.0 - ab[t])
-            x = math.sqrt(prev) * x0 + math.sqrt(1.0 - prev) * eps
+            sigma = eta * math.sqrt((1.0 - prev) / (1.0 - ab[t]) * (1.0 - ab[t] / prev))
+            x = math.sqrt(prev) * x0 + math.sqrt(1.0 - prev - sigma**2) * eps
+            if sigma > 0:
+                x = x + sigma * rng.standard_normal(x.shape).astype("float32")
         return x
