@@ -78,3 +78,15 @@ def test_bad_arguments_name_the_value(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown model 'nope'" in proc.stderr and "char_rnn" in proc.stderr
+
+
+def test_set_overrides_are_checked_before_any_training() -> None:
+    # --set configures OUR side of one model; a bad key fails at once, naming it.
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'nope'"):
+        bench_quality.main(["--models", "ddpm", "--set", "nope=1", "--dry-run"])
+    with pytest.raises(SystemExit):  # overrides differ per model: one --models only
+        bench_quality.main(["--models", "ddpm,vae", "--set", "ema_decay=0.9", "--dry-run"])
+    cfg = bench_quality._config("ddpm", False, {"ema_decay": "0.9", "block": "res"})
+    assert (cfg.ema_decay, cfg.block) == (0.9, "res")
