@@ -2,13 +2,16 @@
 
 Training: x0 in [0, 1] is mapped to [-1, 1]; t ~ U{0..T-1}, eps ~ N(0, I),
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   loss = mean ||eps - eps_theta(x_t, t)||^2
-with a linear beta schedule. After every optimizer step an exponential moving average (EMA)
-of the weights is updated; the EMA network is a non-trainable sub-network (so it is in the
-checkpoints and the .keras file) and is what `generate` samples with.
+with a linear beta schedule (options: `beta_schedule=cosine`, `prediction=v` with the loss on
+v, `loss_weighting=min_snr`, `block=res` for GroupNorm residual blocks; defaults as above).
+After every optimizer step an exponential moving average (EMA) of the weights is updated;
+the EMA network is a non-trainable sub-network (so it is in the checkpoints and the .keras
+file) and is what `generate` samples with.
 
-Sampling: `generate(n, seed, steps=..., sampler="ddim"|"ddpm")`. DDPM is ancestral sampling
-over all T steps (sigma_t^2 = beta_t); DDIM (Song et al., 2021, eta = 0) is deterministic
-given the initial noise and uses `steps` evenly spaced timesteps (default `sample_steps`).
+Sampling: `generate(n, seed, steps=..., sampler="ddim"|"ddpm", eta=...)`. DDPM is ancestral
+sampling over all T steps (sigma_t^2 = beta_t); DDIM (Song et al., 2021) uses `steps` evenly
+spaced timesteps (default `sample_steps`) and is deterministic given the initial noise at
+eta = 0 (default `sample_eta`).
 Held-out metric of `eval_batch`: the denoising MSE at fixed random (t, eps) per example;
 blessing is on FID (zoo.evaluation.image).
 """
@@ -42,10 +45,9 @@ class DDPMConfig(TrainConfig):
     # "linear" (Ho et al.: beta_start..beta_end) or "cosine" (Nichol & Dhariwal, 2021:
     # alpha_bar(t) = cos^2(((t/T) + 0.008) / 1.008 * pi/2); beta_start/beta_end unused).
     # A saved config without this key is from before it existed and means "linear".
-    # Linear stays the default: at 100 CPU-s (~600-700 steps, bench/bench_quality.py, FID of
-    # 250 samples) every variant tried scored 330-400 (linear 346; cosine + batch 32: 332;
-    # cosine + batch 32 + lr 2e-3: 397; linear + batch 32 + lr 2e-3: 377), within the spread
-    # of single runs, so no evidence for a change (see bench/README.md).
+    # Linear stays the default. (The variants compared at 100 CPU-s before 2026-12-01 22:20,
+    # FID 330-400, were all scored with the checkpoint bug fixed in ddpm_unet.UNet: random
+    # EMA blocks; see bench/README.md.)
     beta_schedule: str = "linear"
     # U-Net widths at 1x, 1/2x, 1/4x resolution
     filters: tuple[int, ...] = (16, 32, 32)
