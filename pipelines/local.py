@@ -278,15 +278,24 @@ def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
 
 def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float) -> LocalRunResult:
     """Read back what the pipeline recorded in MLflow."""
+    from mlflow.exceptions import MlflowException
+
     from zoo import tracking
 
     c = tracking.client(settings)
     run = c.get_run(mlflow_run_id)
-    arts = [a.path for a in c.list_artifacts(mlflow_run_id, "evaluation")]
-    # Local copies of the report and figures, so the CLI can print paths one can open.
+    # Local copies of the report and figures, so the CLI can print paths one can open. No
+    # list_artifacts first: download_artifacts lists the directory itself (one round trip
+    # less per run); a run that skipped evaluation (unchanged since the champion) has none.
     local_dir = state_dir() / "runs" / mlflow_run_id
-    if arts:
-        c.download_artifacts(mlflow_run_id, "evaluation", str(local_dir))
+    if not run.data.tags.get(names.TAG_UNCHANGED):
+        with contextlib.suppress(MlflowException):  # no evaluation/ logged: nothing to show
+            c.download_artifacts(mlflow_run_id, "evaluation", str(local_dir))
+    arts = sorted(
+        p.relative_to(local_dir).as_posix()
+        for p in (local_dir / "evaluation").rglob("*")
+        if p.is_file()
+    )
     return LocalRunResult(
         model=model,
         mlflow_run_id=mlflow_run_id,

@@ -5,6 +5,7 @@ run's task; without the server the very same run happens in the CLI process."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,11 +58,15 @@ def _bad_idx(tmp_path: Path) -> Path:
 def test_a_warm_run_happens_in_the_server_and_the_cli_imports_nothing_heavy(stack):
     name = f"vae-warmrun-{uuid.uuid4().hex[:8]}"
     args = ["vae", "--preset", "tiny", "--set", "epochs=1", "--set", "steps_per_epoch=2"]
-    out = genpipe_run(stack.state_dir, *args, "--name", name, "--thresholds", LOOSE)
+    # wide enough for rich not to fold the paths it prints
+    out = genpipe_run(stack.state_dir, *args, "--name", name, "--thresholds", LOOSE, COLUMNS="500")
     assert out.returncode == 0, out.stderr[-3000:]
     # The pipeline ran (a registered version) and this process never imported kfp & co.
     assert not HEAVY & imported(out.stderr), HEAVY & imported(out.stderr)
     assert f"registered:   {name} v1 aliases=" in out.stdout
+    # the evaluation's report, downloaded where the CLI says it is
+    report = re.findall(r"^report\.html:\s+(\S+)$", out.stdout, re.MULTILINE)
+    assert len(report) == 1 and Path(report[0]).is_file(), out.stdout
     assert out.stdout.startswith("genpipe run vae on digits (tiny config: epochs=1)")
     said = "\n".join(_said(out.stderr))
     for task in ("ingest", "train", "evaluate", "register"):  # the progress bars, as before
