@@ -78,6 +78,8 @@ CALLS = frozenset(
         "pipelines.local_request:run_request",
         "pipelines.local:summary_fields",
         "pipelines.warm_calls:generate",
+        "pipelines.warm_calls:pull",
+        "pipelines.warm_calls:serve",
     }
 )
 

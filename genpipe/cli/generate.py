@@ -8,26 +8,10 @@ the serving wrapper loads it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-
-def _generate_warm(kwargs: dict[str, Any]) -> dict[str, str] | None:
-    """Run `pipelines.warm_calls:generate` in this state dir's warm server, if one is running
-    (this process then imports neither TensorFlow nor MLflow); None when none is."""
-    from pipelines import warm
-    from zoo.settings import state_dir
-
-    zygote = warm.connect_existing(state_dir())
-    if zygote is None:
-        return None
-    try:
-        return zygote.call("pipelines.warm_calls:generate", **kwargs)
-    except warm._Unavailable:  # preload failed or the server went away: nothing ran
-        return None
-    finally:
-        zygote.close()
+from genpipe.cli.registry import warm_call
 
 
 def register(app: typer.Typer) -> None:
@@ -68,7 +52,7 @@ def register(app: typer.Typer) -> None:
             "n": n,
             "output": str(output) if output is not None else None,
         }
-        done = _generate_warm(kwargs)
+        done = warm_call("pipelines.warm_calls:generate", **kwargs)
         if done is None:  # no warm server: load TensorFlow & co. here
             from genpipe.cli import quiet_libraries
             from pipelines.warm_calls import generate

@@ -2,14 +2,15 @@
 
 The model reference is resolved in the MLflow registry named by MLFLOW_TRACKING_URI; artifacts
 come through the MLflow proxy, so no S3 credentials are needed here. (`genpipe generate`, the
-fourth registry command, lives in genpipe/cli/generate.py.)
+fourth registry command, lives in genpipe/cli/generate.py.) `pull` and `serve` run in the
+state dir's warm task server when one is running (`warm_call`: this process then imports
+neither TensorFlow nor MLflow), else in this process: the same functions,
+pipelines.warm_calls.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,52 +19,38 @@ import yaml
 from rich.console import Console
 
 from genpipe.cli.options import PROFILE_HELP
-from zoo.errors import ConfigError
-from zoo.refs import parse_model_ref
 
 out = Console(soft_wrap=True)  # long URLs and ids stay on one line
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _mlflow_version(ref: str) -> tuple[Any, str, str, Any]:
-    """(client, name, selector, ModelVersion) for NAME@alias | NAME/version | NAME."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def warm_call(
+    target: str, on_event: Callable[[str, dict[str, Any]], None] | None = None, **kwargs: Any
+) -> Any:
+    """`target(**kwargs)` (one of pipelines.warm.CALLS) in this state dir's warm server if one
+    is running with the current code; None when none is, or it could not take the call
+    (nothing ran: the caller runs it itself). With `on_event` the call streams its output
+    (pipelines.warm_wire.Zygote.call)."""
+    from pipelines import warm
+    from zoo.settings import state_dir
 
-    from zoo import registration
-    from zoo.settings import ENV_MLFLOW_URI
-
-    name, sel = parse_model_ref(ref)
-    # Only the tracking URI: artifacts come through the MLflow proxy, so pull/serve/deploy
-    # need no S3 credentials on the user's machine.
-    uri = os.environ.get(ENV_MLFLOW_URI, "")
-    if not uri:
-        raise ConfigError(
-            f"{ENV_MLFLOW_URI} is not set: `eval $(genpipe env)` for the embedded stack, or "
-            "`kubectl -n genpipe port-forward svc/mlflow 5000:5000` and "
-            f"export {ENV_MLFLOW_URI}=http://localhost:5000"
-        )
-    mlflow.set_tracking_uri(uri)
-    c = MlflowClient(uri)
-    return c, name, sel, registration.resolve_version(c, name, sel)
+    zygote = warm.connect_existing(state_dir())
+    if zygote is None:
+        return None
+    try:
+        if on_event is None:
+            return zygote.call(target, **kwargs)
+        return zygote.call(target, on_event=on_event, **kwargs)
+    except warm._Unavailable:  # preload failed or the server went away: nothing ran
+        return None
+    finally:
+        zygote.close()  # after Ctrl-C too: the server then stops what it ran for us
 
 
-def load_registered(ref: str, dest: Path) -> tuple[Any, dict[str, str]]:
-    """Download and load NAME@alias into `dest`; (model, info for /healthz)."""
-    from zoo import registration
-    from zoo.train import load_model
-
-    c, name, sel, version = _mlflow_version(ref)
-    registration.download_model_dir(c, name, str(version.version), dest)
-    model, meta = load_model(dest)
-    info = {
-        "model": name,
-        "version": str(version.version),
-        "ref": sel,
-        "family": str(getattr(model, "family", meta.get("family", ""))),
-        "architecture": str(meta.get("model", "")),
-    }
-    return model, info
+def _print_output(kind: str, fields: dict[str, Any]) -> None:
+    """A streamed call's output lines, as they come (other events carry nothing to show)."""
+    if kind == "output":
+        print(fields["line"], flush=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -81,17 +68,19 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Download a registered model (model.keras + config.json) from MLflow."""
-        from genpipe.ops.kserve import artifacts_destination as dest_of
-        from genpipe.ops.kserve import storage_uri
-        from zoo import registration
+        kwargs = {
+            "ref": ref,
+            "output": str(output),
+            "artifacts_destination": artifacts_destination,
+        }
+        done = warm_call("pipelines.warm_calls:pull", **kwargs)
+        if done is None:  # no warm server: import MLflow here
+            from pipelines.warm_calls import pull
 
-        c, name, sel, version = _mlflow_version(ref)
-        registration.download_model_dir(c, name, str(version.version), output)
-        out.print(f"pulled {name} v{version.version} ({sel}) -> {output}")
-        out.print(f"mlflow source: {version.source}")
-        out.print(
-            f"storage URI:   {storage_uri(version.source, dest_of(artifacts_destination), c)}"
-        )
+            done = pull(**kwargs)
+        out.print(f"pulled {done['name']} v{done['version']} ({done['ref']}) -> {done['output']}")
+        out.print(f"mlflow source: {done['source']}")
+        out.print(f"storage URI:   {done['storage_uri']}")
 
     @app.command("serve")
     def serve_cmd(
@@ -101,27 +90,20 @@ def register(app: typer.Typer) -> None:
             "127.0.0.1", "--bind", help="Address to bind (0.0.0.0 exposes it to the network)."
         ),
     ) -> None:
-        """Serve a registered model over HTTP: GET /healthz, POST /v1/generate."""
-        from genpipe.ops.server import serve
+        """Serve a registered model over HTTP: GET /healthz, POST /v1/generate.
 
-        tmp = Path(tempfile.mkdtemp(prefix="genpipe-serve-"))
+        Runs in the warm task server when one is running (a fork of it serves; Ctrl-C here, or
+        this command going away, stops it), otherwise in this process.
+        """
+        kwargs = {"ref": ref, "port": port, "bind": bind}
         try:
-            model, info = load_registered(ref, tmp / "model")
-            server = serve(model, info, bind, port)
-            out.print(f"serving {info['model']} v{info['version']} on {server.url} (Ctrl-C stops)")
-            out.print(
-                f"  curl -s {server.url}/healthz\n"
-                f"  curl -s -X POST {server.url}/v1/generate -H 'Content-Type: application/json' "
-                '-d \'{"n": 16, "seed": 0}\' -o samples.png'
-            )
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            done = warm_call("pipelines.warm_calls:serve", on_event=_print_output, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C: closing our connection stopped the server's fork
+            return
+        if done is None:  # no warm server: load TensorFlow & co. here
+            from pipelines.warm_calls import serve
+
+            serve(**kwargs)
 
     @app.command("deploy")
     def deploy_cmd(
@@ -161,7 +143,9 @@ def register(app: typer.Typer) -> None:
         # Bad options fail before MLflow is asked.
         prof = load_profile(profile)
         check_runtime(runtime)
-        c, name, sel, version = _mlflow_version(ref)
+        from pipelines.warm_calls import resolve_registered
+
+        c, name, sel, version = resolve_registered(ref)
         isvc = render_inference_service(
             service_name or svc_name(name),
             storage_uri(version.source, dest_of(artifacts_destination), c),
