@@ -206,35 +206,28 @@ def _preload() -> None:
 
     for name in models.names():  # the model modules (registered Keras classes)
         models.get(name)
-    _prime_mlflow_caches()
-    _prime_data_caches()
+    _prime_caches()
     _assert_tf_not_started()
 
 
-def _prime_data_caches() -> None:
-    """The bundled `digits` data set (the default source), made MNIST-shaped once here, not
-    in every ingest task (zoo.data.sources.load_digits caches it per process)."""
+def _prime_caches() -> None:
+    """Fill per-process caches every task would fill itself, once, before the fork.
+
+    MLflow's map of installed modules to distributions (packages_distributions(), ~1.2 s),
+    built by log_model's requirement check (warn_dependency_requirement_mismatches): a private
+    name, so where it is gone (another MLflow) a task builds its map itself, as before. And
+    the bundled `digits` data set made MNIST-shaped (zoo.data.sources caches it per process).
+    """
     from zoo.data.sources import load_digits
 
-    with contextlib.suppress(ImportError):  # scikit-learn missing: ingest says so itself
-        load_digits()
-
-
-def _prime_mlflow_caches() -> None:
-    """Fill MLflow's per-process caches a task would otherwise fill itself, once, here.
-
-    Logging a model checks its requirements against the installed distributions
-    (mlflow.utils.requirements_utils.warn_dependency_requirement_mismatches), which first maps
-    every installed module to its distributions (importlib.metadata.packages_distributions():
-    ~1.2 s, every train task). Built once before the fork, every task inherits it. The name is
-    private: where it is gone (another MLflow), a task builds its map itself, as before.
-    """
     with contextlib.suppress(Exception):  # an optimization only: never fails the server
         from mlflow.utils import requirements_utils
 
         init = getattr(requirements_utils, "_init_modules_to_packages_map", None)
         if callable(init):
             init()
+    with contextlib.suppress(ImportError):  # no scikit-learn: ingest says so itself
+        load_digits()
 
 
 def _wait_task(pid: int, sock: socket.socket) -> int:

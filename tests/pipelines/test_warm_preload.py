@@ -43,10 +43,10 @@ def test_preload_builds_mlflows_requirements_map_before_any_fork():
 def test_priming_degrades_gracefully_when_mlflows_private_name_is_gone(monkeypatch):
     """Another MLflow without the private function: the server starts all the same."""
     monkeypatch.delattr(requirements_utils, "_init_modules_to_packages_map")
-    warm_server._prime_mlflow_caches()  # no error
+    warm_server._prime_caches()  # no error
 
     def broken() -> None:
         raise RuntimeError("changed internals")
 
     monkeypatch.setattr(requirements_utils, "_init_modules_to_packages_map", broken, raising=False)
-    warm_server._prime_mlflow_caches()  # no error either
+    warm_server._prime_caches()  # no error either
