@@ -49,6 +49,8 @@ class RecordedRun:
     thresholds: dict[str, tuple[str, float]]
     #: the registered model name (`registered_name`, else MODEL-DATASET)
     registered_name: str
+    #: how much worse than the champion (a fraction of its metric) still counts as better
+    champion_tolerance: float = 0.0
 
 
 def record_run(logger: Any, checked: Any) -> None:
@@ -73,6 +75,7 @@ def run_request_tags(checked: Any) -> dict[str, str]:
         "config": cfgmod.to_dict(checked.config),
         "thresholds": {k: list(v) for k, v in checked.thresholds.items()},
         "registered_name": checked.registered_name,
+        "champion_tolerance": request.champion_tolerance,
     }
     return {names.TAG_RUN_REQUEST: json.dumps(record, sort_keys=True)}
 
@@ -102,4 +105,6 @@ def recorded_run(client: Any, mlflow_run_id: str, run: Any = None) -> RecordedRu
         config=cfgmod.from_dict(cls.config_cls, record["config"], where),
         thresholds={k: (op, float(v)) for k, (op, v) in record["thresholds"].items()},
         registered_name=record["registered_name"],
+        # absent from records of an ingest before the tolerance was checked there: the default
+        champion_tolerance=float(record.get("champion_tolerance", 0.0)),
     )

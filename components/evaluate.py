@@ -18,14 +18,14 @@ def run(
     manifest_uri: str,
     model_dir: str,
     mlflow_run_id: str,
-    champion_tolerance: float = 0.0,
     report_path: str | None = None,
     mlflow_run: Any = None,
 ) -> dict[str, Any]:
     """Score the trained model in `model_dir` and decide its blessing.
 
-    The thresholds and the registered name (whose champion it is compared with) are what
-    ingest checked and recorded on the MLflow run (components.common `recorded_run`).
+    The thresholds, the registered name (whose champion it is compared with) and the champion
+    tolerance are what ingest checked and recorded on the MLflow run (components.common
+    `recorded_run`).
     `mlflow_run`: that run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
@@ -58,7 +58,7 @@ def run(
         cls.lower_is_better,
         champion_value=champ_value,
         champion_version=champ_version,
-        tolerance=champion_tolerance,
+        tolerance=rec.champion_tolerance,
     )
     if champ_note:
         blessing.reasons.append(champ_note)
@@ -157,7 +157,6 @@ def render_report(
 
 
 def evaluate(
-    champion_tolerance: float,
     mlflow_run_id: str,
     dataset: Input[Dataset],
     trained_model: Input[Model],
@@ -189,8 +188,7 @@ def evaluate(
             ds["manifest_uri"],
             trained_model.path,
             mlflow_run_id,
-            champion_tolerance,
-            report.path,
+            report_path=report.path,
             mlflow_run=status.run,
         )
         # Not blessed: register is skipped, so this is the pipeline's last task.

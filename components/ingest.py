@@ -24,6 +24,7 @@ def run(
     registered_name: str = "",
     force: bool = False,
     thresholds: str = "",
+    champion_tolerance: float = 0.0,
 ) -> dict[str, Any]:
     """Ingest `source` for `model`; returns manifest URI, fingerprint, the MLflow run id and
     `unchanged_since`: the champion's version when it was trained on this very data, config
@@ -49,7 +50,16 @@ def run(
 
     # The profile's hardware defaults under the run's own overrides: the config train uses.
     merged = cfgmod.merge_overrides(platform_overrides, overrides)
-    request = RunRequest(model, source, preset, merged, thresholds, registered_name, test_fraction)
+    request = RunRequest(
+        model,
+        source,
+        preset,
+        merged,
+        thresholds,
+        registered_name,
+        test_fraction,
+        champion_tolerance,
+    )
     checked = request.checked(PARAMS)  # one line naming the bad parameter, before any I/O
     family = models.get(model).family
     # Its hash goes on the run and, via register, on the model version.
@@ -153,6 +163,7 @@ def ingest(
     registered_name: str = "",
     force: bool = False,
     thresholds: str = "",
+    champion_tolerance: float = 0.0,
 ) -> NamedTuple("IngestOutputs", [("mlflow_run_id", str), ("unchanged_since", str)]):
     """KFP interface of ingest (imports inside: KFP runs this function's source alone).
 
@@ -176,6 +187,7 @@ def ingest(
         registered_name=registered_name,
         force=force,
         thresholds=thresholds,
+        champion_tolerance=champion_tolerance,
     )
     with open(dataset.path, "w") as f:
         json.dump({"manifest_uri": out["manifest_uri"], "fingerprint": out["fingerprint"]}, f)

@@ -136,11 +136,12 @@ def build_pipeline(
                     registered_name=registered_name,
                     force=force,
                     thresholds=thresholds,
+                    champion_tolerance=champion_tolerance,
                 ),
                 "ingest",
             )
             # Ingest checked the run and recorded it on its MLflow run (config, thresholds,
-            # registered name): the later tasks read it there, the MLflow run is their channel.
+            # registered name, champion tolerance): the later tasks read it there, the MLflow run is their channel.
             run_id = ing.outputs[names.OUT_RUN_ID]
             # The fastest retrain is the one skipped: a pipeline condition, so it holds on a
             # cluster as locally (KFP's cache cannot see the data behind `source`).
@@ -157,7 +158,6 @@ def build_pipeline(
                 )
                 ev = configure(
                     ops["evaluate"](
-                        champion_tolerance=champion_tolerance,
                         mlflow_run_id=run_id,
                         dataset=ing.outputs[names.OUT_DATASET],
                         trained_model=tr.outputs[names.OUT_TRAINED_MODEL],

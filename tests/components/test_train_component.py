@@ -32,6 +32,8 @@ EXPERIMENT = "genpipe-test-train-component"
         ({"registered_name": "a/b"}, "registered_name 'a/b' is not a valid registered model"),
         ({"preset": "huge"}, "preset 'huge' is not one of default, tiny"),
         ({"test_fraction": 1.5}, "test_fraction"),
+        # Before, a negative tolerance of a run submitted straight to KFP failed at evaluate.
+        ({"champion_tolerance": -0.1}, "champion_tolerance=-0.1 must be a number >= 0"),
     ],
 )
 def test_a_bad_run_fails_at_ingest_naming_the_parameter(kwargs, message):
@@ -56,6 +58,7 @@ def test_later_tasks_read_the_run_ingest_checked(stack):
         overrides='{"epochs": 3}',
         platform_overrides='{"precision": "float32", "epochs": 9}',
         thresholds='{"test_neg_elbo": {"max": 300}}',
+        champion_tolerance=0.02,
     )
     rec = recorded_run(tracking.client(), out["mlflow_run_id"])
     assert rec.model == "vae" and rec.preset == "tiny"
@@ -64,6 +67,7 @@ def test_later_tasks_read_the_run_ingest_checked(stack):
     assert config.to_dict(rec.config)["epochs"] == 3
     assert rec.thresholds["test_neg_elbo"] == ("max", 300.0)
     assert rec.registered_name == "vae-digits"  # MODEL-DATASET, resolved once
+    assert rec.champion_tolerance == 0.02  # evaluate's blessing reads it here
 
 
 def test_train_refuses_a_run_ingest_did_not_record(stack, tmp_path):
