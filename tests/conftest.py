@@ -8,7 +8,9 @@ automatically, so `pytest -m "not stack"` runs without servers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         # The data is thrown away: no need to wait for SeaweedFS's 15 s graceful drain.
         zstack.down(state_dir, timeout=3)
         warm.stop_server(state_dir)  # pipeline tests' warm task server (pipelines.warm)
+
+
+@pytest.fixture
+def mlflow_requests(stack: RunningStack) -> Callable[..., AbstractContextManager[Counter]]:
+    """`with mlflow_requests() as seen:` counts the HTTP requests this process sends to the
+    stack's MLflow (every client call goes through requests.Session.request), keyed
+    "METHOD /api/2.0/mlflow/runs/log-batch" (`short=True`: "METHOD log-batch"); the requests
+    themselves go out unchanged."""
+    import requests
+
+    from zoo.settings import Settings
+
+    uri = Settings.from_env().mlflow_uri.rstrip("/")  # the stack exported its settings
+
+    @contextmanager
+    def counting(short: bool = False) -> Iterator[Counter]:
+        seen: Counter = Counter()
+        real = requests.Session.request
+
+        def request(self, method, url, *args, **kwargs):
+            if str(url).startswith(uri):
+                path = str(url)[len(uri) :].split("?")[0]
+                seen[f"{method} {path.rsplit('/', 1)[-1] if short else path}"] += 1
+            return real(self, method, url, *args, **kwargs)
+
+        requests.Session.request = request
+        try:
+            yield seen
+        finally:
+            requests.Session.request = real
+
+    return counting
 
 
 @pytest.fixture

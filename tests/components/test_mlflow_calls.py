@@ -4,15 +4,9 @@ made ~180 of them, most of its fixed overhead)."""
 
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import requests
 
 from components import evaluate, ingest, register, train
 from zoo import names, tracking
-from zoo.settings import Settings
 
 EXPERIMENT = "genpipe-test-mlflow-calls"
 #: Upper bounds per task of a tiny 2-epoch VAE run (a new registered name: no champion),
@@ -25,33 +19,13 @@ EXPERIMENT = "genpipe-test-mlflow-calls"
 BOUNDS = {"ingest": 12, "train": 46, "evaluate": 10, "register": 19}
 
 
-@contextmanager
-def counting(uri: str) -> Iterator[Counter]:
-    """Count the HTTP requests this process sends to `uri` (every MLflow client call goes
-    through requests.Session.request); the requests themselves go out unchanged."""
-    seen: Counter = Counter()
-    real = requests.Session.request
-
-    def request(self, method, url, *args, **kwargs):
-        if str(url).startswith(uri):
-            seen[f"{method} {str(url)[len(uri) :].split('?')[0]}"] += 1
-        return real(self, method, url, *args, **kwargs)
-
-    requests.Session.request = request
-    try:
-        yield seen
-    finally:
-        requests.Session.request = real
-
-
-def test_a_tiny_run_makes_few_mlflow_calls_per_task(stack, tmp_path):
-    uri = Settings.from_env().mlflow_uri.rstrip("/")
+def test_a_tiny_run_makes_few_mlflow_calls_per_task(mlflow_requests, tmp_path):
     name = f"calls-{uuid.uuid4().hex[:8]}"
     counts: dict[str, int] = {}
     walls: dict[str, float] = {}
 
     def task(label: str, fn, *args, **kwargs):
-        with counting(uri) as seen:
+        with mlflow_requests() as seen:
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             walls[label] = time.perf_counter() - t0

@@ -5,36 +5,12 @@ known run's params are not read again, and checking a RUNNING run's status is on
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-import requests
 
 from zoo import tracking
 from zoo.errors import GenpipeError
 from zoo.runlog import MAX_PARAMS_PER_BATCH
-from zoo.settings import Settings
-
-
-@contextmanager
-def counting() -> Iterator[Counter]:
-    """The HTTP requests this process sends to MLflow (they go out unchanged)."""
-    uri = Settings.from_env().mlflow_uri.rstrip("/")
-    seen: Counter = Counter()
-    real = requests.Session.request
-
-    def request(self, method, url, *args, **kwargs):
-        if str(url).startswith(uri):
-            seen[f"{method} {str(url)[len(uri) :].split('?')[0].rsplit('/', 1)[-1]}"] += 1
-        return real(self, method, url, *args, **kwargs)
-
-    requests.Session.request = request
-    try:
-        yield seen
-    finally:
-        requests.Session.request = real
 
 
 def _new_run():
@@ -42,10 +18,10 @@ def _new_run():
     return c, tracking.get_or_create(c, "genpipe-test-runlog", uuid.uuid4().hex, "vae")
 
 
-def test_metrics_params_and_tags_of_one_call_are_one_request(stack):
+def test_metrics_params_and_tags_of_one_call_are_one_request(mlflow_requests):
     c, run = _new_run()
     logger = tracking.RunLogger(c, run.info.run_id, params=run.data.params)
-    with counting() as seen:
+    with mlflow_requests(short=True) as seen:
         logger.log(metrics={"a": 1.0, "b": 2.0}, params={"p": 1, "q": "x"}, tags={"t": "v"})
     assert dict(seen) == {"POST log-batch": 1}  # the new run's params were known: no read
     data = c.get_run(run.info.run_id).data
@@ -53,12 +29,12 @@ def test_metrics_params_and_tags_of_one_call_are_one_request(stack):
     assert data.params == {"p": "1", "q": "x"} and data.tags["t"] == "v"
 
 
-def test_a_retry_relogs_nothing_and_a_changed_param_fails_before_logging(stack):
+def test_a_retry_relogs_nothing_and_a_changed_param_fails_before_logging(mlflow_requests):
     c, run = _new_run()
     run_id = run.info.run_id
     tracking.RunLogger(c, run_id).log(params={"p": "1"}, tags={"t": "1"})
     retried = tracking.RunLogger(c, run_id)  # a retried task: reads the params once
-    with counting() as seen:
+    with mlflow_requests(short=True) as seen:
         retried.params({"p": "1"})
         retried.params({"p": "1"})
     assert dict(seen) == {"GET get": 1}  # nothing new to log, and read once
@@ -67,21 +43,21 @@ def test_a_retry_relogs_nothing_and_a_changed_param_fails_before_logging(stack):
     assert c.get_run(run_id).data.tags["t"] == "1"  # nothing of that call was logged
 
 
-def test_over_mlflows_batch_limits_splits_into_several_requests(stack):
+def test_over_mlflows_batch_limits_splits_into_several_requests(mlflow_requests):
     c, run = _new_run()
     logger = tracking.RunLogger(c, run.info.run_id, params={})
     params = {f"p{i}": i for i in range(MAX_PARAMS_PER_BATCH + 5)}
-    with counting() as seen:
+    with mlflow_requests(short=True) as seen:
         logger.log(params=params, metrics={"m": 1.0})
     assert dict(seen) == {"POST log-batch": 2}
     assert len(c.get_run(run.info.run_id).data.params) == len(params)
 
 
-def test_checking_a_running_runs_status_is_one_read(stack):
+def test_checking_a_running_runs_status_is_one_read(mlflow_requests):
     """Each task checks its run's status on entry and exit; a RUNNING run (the usual case)
     costs one read each, not MlflowClient.update_run's read and write."""
     c, run = _new_run()
-    with counting() as seen, tracking.run_status(run.info.run_id) as status:
+    with mlflow_requests(short=True) as seen, tracking.run_status(run.info.run_id) as status:
         assert status.run.info.run_id == run.info.run_id  # handed to the task
     assert dict(seen) == {"GET get": 2}
     assert c.get_run(run.info.run_id).info.status == "RUNNING"
