@@ -349,6 +349,20 @@ def start_in_background(home: Path) -> bool:
     return True
 
 
+def wait_ready(home: Path, timeout: float) -> bool:
+    """Wait until this state dir's warm server (of the current code) has preloaded, so the
+    next `genpipe run` forks at once. False when none runs, its preload failed or `timeout`
+    seconds passed: runs then wait for it or fall back, as without this call."""
+    zygote = connect_existing(home)
+    if zygote is None:
+        return False
+    try:
+        zygote.sock.settimeout(timeout)  # the greeting comes once the imports are done
+        return zygote.alive()
+    finally:
+        zygote.close()
+
+
 def prestart(home: Path) -> None:
     """Connect to (or start) the warm server now, so its imports overlap the caller's work."""
     if enabled() and not _prestarted:

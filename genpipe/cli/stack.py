@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def up(
     ),
 ) -> None:
     """Start SeaweedFS (S3) and MLflow on 127.0.0.1 (nothing if they already run), and the
-    warm task server that later `genpipe run`s fork their tasks from. Both require the
-    stack's credentials (generated once, 0600 files in the state dir): `genpipe env`."""
+    warm task server that later `genpipe run`s fork their tasks from (its imports overlap
+    the stack's start; returns once it is ready). Both require the stack's credentials
+    (generated once, 0600 files in the state dir): `genpipe env`."""
     from genpipe.ops import stack
 
     base = stack.load_ports(state_dir) or stack.Ports()
@@ -80,16 +82,26 @@ def up(
         "filer": filer_port,
     }
     ports = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    from pipelines import warm
+    from zoo.settings import state_dir as default_state_dir
+
+    home = state_dir or default_state_dir()
+    # Started first, so its imports (TensorFlow, MLflow, kfp: ~10 CPU-s) overlap the stack's
+    # start; it needs nothing from the stack until a run sends it one.
+    warm_started = warm.start_in_background(home)
     if not stack.status(state_dir).healthy:
         err.print("Starting SeaweedFS and MLflow (about 15 s) ...", highlight=False)
     del auth  # accepted, ignored (see its help)
     info = stack.up(state_dir, ports=ports, timeout=timeout)
     out.print(_table(info))
-    from pipelines import warm
-    from zoo.settings import state_dir as default_state_dir
-
-    # The first `genpipe run` then finds TensorFlow, MLflow and kfp imported (~10 CPU-s).
-    warm.start_in_background(state_dir or default_state_dir())
+    # Returns once the warm server has preloaded, so the first `genpipe run` after `up`
+    # forks its tasks at once instead of waiting for those imports.
+    if warm_started:
+        t0 = time.monotonic()
+        if warm.wait_ready(home, timeout):
+            err.print(f"warm task server ready ({time.monotonic() - t0:.1f} s after the stack)")
+        else:
+            err.print("warm task server not ready: runs will wait for it or run without it")
     err.print("Point clients at it with: [bold]eval $(genpipe env)[/bold]")
 
 

@@ -139,3 +139,24 @@ def test_down_signals_only_our_own_servers_of_this_state_dir(
     for proc in started[1:]:
         assert proc.poll() is None, f"{proc.args} was signalled"
     assert not record.exists()
+
+
+def test_up_returns_once_the_warm_server_has_preloaded(stack, capsys):
+    """`up` starts the warm server before the stack (its imports overlap the stack's start)
+    and returns when it is ready: the first run after `up` forks at once. Before, `up` started
+    it last and returned at once, so that run waited for TensorFlow's import."""
+    home = stack.state_dir
+    warm.stop_all(home)  # as after `genpipe down`: no server of this state dir
+    assert warm.connect_existing(home) is None
+    assert warm.wait_ready(home, 1.0) is False  # none runs: nothing to wait for
+
+    code, _, err = run_cli(["up", "--state-dir", str(home)], capsys)
+    assert code == 0, err
+    assert "warm task server ready" in err
+    zygote = warm.connect_existing(home)
+    assert zygote is not None, "up started no warm server of the current code"
+    try:
+        zygote.sock.settimeout(2.0)  # preloaded: it greets a new client at once
+        assert zygote.alive()
+    finally:
+        zygote.close()
