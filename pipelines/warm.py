@@ -330,16 +330,14 @@ _serving: list[str] = []
 
 
 def adopt(zygote: Zygote) -> None:
-    """Use `zygote` (already connected) as the prestarted session: later `call()`s and
-    `warm_tasks()` go to it, until `release()`."""
+    """Use connected `zygote` as the prestarted session (for `call()`s, `warm_tasks()`)."""
     if zygote not in _prestarted:
         _prestarted.append(zygote)
 
 
 def start_in_background(home: Path) -> bool:
-    """Start this state dir's warm server (if it is not running) and return at once: it
-    imports while the user gets to `genpipe run`. False when warm tasks are off or it could
-    not start (runs then start it themselves, or use subprocesses)."""
+    """Start this state dir's warm server (if not running) and return while it imports; False
+    when warm tasks are off or it could not start (runs then start it, or use subprocesses)."""
     if not enabled():
         return False
     zygote = connect(home)
@@ -350,9 +348,8 @@ def start_in_background(home: Path) -> bool:
 
 
 def wait_ready(home: Path, timeout: float) -> bool:
-    """Wait until this state dir's warm server (of the current code) has preloaded, so the
-    next `genpipe run` forks at once. False when none runs, its preload failed or `timeout`
-    seconds passed: runs then wait for it or fall back, as without this call."""
+    """Wait until this state dir's warm server (current code) has preloaded; False when none
+    runs, its preload failed or `timeout` s passed (runs then wait for it or fall back)."""
     zygote = connect_existing(home)
     if zygote is None:
         return False
@@ -373,10 +370,8 @@ def prestart(home: Path) -> None:
 
 @contextlib.contextmanager
 def warm_tasks(home: Path) -> Iterator[Zygote | None]:
-    """Within this block kfp.local's subprocess tasks run as forks of a warm process.
-
-    Uses the connection from `prestart()` if there is one.
-    """
+    """Within this block kfp.local's subprocess tasks run as forks of a warm process (through
+    the connection from `prestart()` if there is one)."""
     shared = bool(_prestarted)  # the prestarted session also serves later `call()`s
     zygote = (_prestarted[0] if shared else connect(home)) if enabled() else None
     if zygote is None:
