@@ -20,3 +20,12 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn: SIGINT back to its default in the child, so Python turns it into
+    KeyboardInterrupt (Ctrl-C). A suite started in the background by a non-interactive shell
+    (`make test &`) inherits SIGINT ignored, and Python keeps an inherited SIG_IGN."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

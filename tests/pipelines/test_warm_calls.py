@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_helpers import default_sigint
 
 from genpipe.ops.server import render
 from pipelines import warm
@@ -149,6 +150,7 @@ class _Serve:
             text=True,
             env=_env(stack, True),
             cwd=cwd,
+            preexec_fn=default_sigint,  # Ctrl-C must work even if this suite ignores SIGINT
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from proc_helpers import descendants
+from proc_helpers import default_sigint, descendants
 
 HEAVY = {"kfp", "tensorflow", "keras", "mlflow", "minio", "kubernetes"}
 LOOSE = '{"test_neg_elbo": {"max": 1e9}}'
@@ -106,6 +106,7 @@ def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(stack.state_dir, TMPDIR=str(tmp)),
+        preexec_fn=default_sigint,  # Ctrl-C must work even if this suite ignores SIGINT
     )
     try:
         # Train is running once the run's log has its first progress line; each task makes
