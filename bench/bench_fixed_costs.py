@@ -1,6 +1,7 @@
 """Benchmark: the fixed costs a user feels (issue 14), before vs after, interleaved.
 
     python bench/bench_fixed_costs.py [--before DIR] [--repeats 3] [--text input.txt]
+    python bench/bench_fixed_costs.py --timeline [--repeats 5]
 
 `--before DIR` is another checkout of genpipe (e.g. `git worktree add /tmp/before COMMIT`);
 without it only this checkout is measured. Each variant gets its own private embedded stack
@@ -22,6 +23,9 @@ Overhead of a run = its wall time - train_wall_s - eval_wall_s - eval_champion_w
 the components log: time inside the trainer and the evaluation); tiny configs, so the fixed
 costs dominate. Reports medians over the repeats and the before/after ratio. Nothing is
 downloaded. Writes bench/results/fixed_costs.json and .md.
+
+`--timeline` instead prints where a warm run's seconds go: the median time between the
+zoo.timeline marks (GENPIPE_TIMELINE) of the CLI, the server's fork and each task.
 """
 
 from __future__ import annotations
@@ -165,6 +169,39 @@ def measure(variants: list[Variant], repeats: int, text: str, out_dir: Path) -> 
     return {"machine": machine(), "repeats": repeats, "samples": rows, "medians": medians}
 
 
+def timeline(v: Variant, repeats: int, out_dir: Path) -> str:
+    """Where a warm run's seconds go: `repeats` warm tiny VAE runs with GENPIPE_TIMELINE set
+    (zoo.timeline marks in the CLI, the server's fork and each task); the median seconds
+    between consecutive marks, in the order they happen."""
+    from zoo import timeline as tl
+
+    name = f"vae-fc-{v.tag}"
+    v.run("vae", "digits", f"fc-vae-{v.tag}", name)  # setup: the server warm, a champion
+    steps: dict[str, list[float]] = {}
+    walls = []
+    for i in range(repeats):
+        path = out_dir / f"timeline-{i}.txt"
+        v.env[tl.ENV] = str(path)
+        try:
+            t0 = time.time()
+            v.run("vae", "digits", f"fc-vae-{v.tag}", name)
+            t1 = time.time()
+        finally:
+            del v.env[tl.ENV]
+        marks = [(t0, "launch")] + [(t, lbl) for t, _, lbl in tl.read(path)] + [(t1, "exit")]
+        walls.append(t1 - t0)
+        for j in range(1, len(marks)):
+            key = f"{j:02d} {marks[j - 1][1]} -> {marks[j][1]}"
+            steps.setdefault(key, []).append(marks[j][0] - marks[j - 1][0])
+    body = [[k[3:], statistics.median(x)] for k, x in steps.items()]
+    body.append(["whole run (wall)", statistics.median(walls)])
+    m = machine()
+    return md_table(["between marks", "median s"], body) + (
+        f"\nmedian of {repeats} warm runs of the tiny VAE; {m['cpus']} CPUs, "
+        f"load avg {m['load_avg_1m']:.1f}, {m['when']}.\n"
+    )
+
+
 def table(r: dict[str, Any]) -> str:
     labels = list(r["medians"])
     keys = list(next(iter(r["medians"].values())))
@@ -190,7 +227,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--before", type=Path, help="another genpipe checkout to compare against")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--text", type=Path, default=SHAKESPEARE, help="tiny-shakespeare's input.txt")
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="only this checkout: where a warm run's seconds go (zoo.timeline marks)",
+    )
     args = p.parse_args(argv)
+    if args.timeline:
+        with tempfile.TemporaryDirectory(prefix="genpipe-bench-timeline-") as tmp:
+            v = Variant("after", HERE, Path(tmp))
+            try:
+                print(timeline(v, args.repeats, Path(tmp)))
+            finally:
+                v.down()
+        return
     with tempfile.TemporaryDirectory(prefix="genpipe-bench-fixed-") as tmp:
         text = Path(tmp) / "shakespeare-20k.txt"
         text.write_text(args.text.read_text(encoding="utf-8")[:20_000], encoding="utf-8")

@@ -30,18 +30,21 @@ def run(
     """
     from components.common import fetch_dataset, recorded_run
     from zoo import grids as images
-    from zoo import models, names, tracking
+    from zoo import models, names, timeline, tracking
     from zoo.blessing import decide
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
+    timeline.mark("evaluate: start")
     c = tracking.client()
     rec = recorded_run(c, mlflow_run_id, mlflow_run)
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
+    timeline.mark("evaluate: model loaded")
     t0 = time.perf_counter()
     result = evaluate(model, data, seed=0)
+    timeline.mark("evaluate: evaluated")
     # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
     # pipeline-overhead benchmark subtracts as work, as train_wall_s for training.
     metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
@@ -63,6 +66,7 @@ def run(
     if champ_note:
         blessing.reasons.append(champ_note)
 
+    timeline.mark("evaluate: champion scored")
     logger = tracking.RunLogger(c, mlflow_run_id)
     logged = dict(metrics)  # one batch: the metrics, the champion's score, the verdict
     if champ_value is not None:

@@ -33,11 +33,12 @@ def run(
     `mlflow_run`: the MLflow run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
-    from zoo import checkpoints, names, tracking
+    from zoo import checkpoints, names, timeline, tracking
     from zoo.registration import log_model
     from zoo.storage import ObjectStore
     from zoo.train import train_for_run
 
+    timeline.mark("train: start")
     c = tracking.client()
     rec = recorded_run(c, mlflow_run_id, mlflow_run)
     model, cfg = rec.model, rec.config
@@ -57,12 +58,15 @@ def run(
     # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
     # leaves no chance to clean up) and leaves a live task's alone.
     with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as work:
+        timeline.mark("train: trainer starts")
         result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
+        timeline.mark("train: trainer done")
         out = Path(output_dir)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(result.model_dir, out)
     # MLflow's fluent API, not the bounded client: retried through outages here.
     model_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
+    timeline.mark("train: model logged")
     checkpoints.drop(store, mlflow_run_id)  # the model is logged: nothing left to resume
     return {
         "model": model,

@@ -29,7 +29,7 @@ from pipelines.local_events import (  # noqa: F401  (exit_cause, _EventStream: r
     exit_cause,
 )
 from pipelines.local_kfp import _patch_kfp_local_conditions, cheap_task_config
-from zoo import names
+from zoo import names, timeline
 from zoo.errors import GenpipeError
 from zoo.settings import Settings, state_dir
 
@@ -222,6 +222,7 @@ def _run(
 
     if start_stack:
         os.environ.update(stack.ensure_up())
+    timeline.mark("run: stack up")
     Settings.from_env()  # fails now, naming what is missing, rather than in a task
     if session is None:
         root = state_dir() / "kfp-local"
@@ -242,6 +243,7 @@ def _run(
         )
     # Expected in embedded mode (the platform config is for the cluster; components run in
     # this Python, not in the image): kfp.local's warnings about both are noise here.
+    timeline.mark("run: pipeline built")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     t0 = time.perf_counter()
@@ -259,8 +261,10 @@ def _run(
                 stream.failure_message(log_path) or f"{_ANSI.sub('', str(e))} (log: {log_path})"
             ) from None
     wall = time.perf_counter() - t0
+    timeline.mark("run: pipeline done")
     # In the warm server when there is one: this process then never imports MLflow.
     fields = warm.call("pipelines.local:summary_fields", model=model, mlflow_run_id=task.output)
+    timeline.mark("run: result read back")
     return LocalRunResult(
         **{k: v for k, v in fields.items() if k not in ("local_dir", "containers")},
         wall_s=wall,

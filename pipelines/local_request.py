@@ -20,6 +20,7 @@ from pipelines.local import (
     result_from_fields,
     run_local,
 )
+from zoo import timeline
 from zoo.settings import state_dir
 
 
@@ -91,6 +92,7 @@ def _run_checked(
 ) -> LocalRunResult:
     """Check the request (`check_run_args`; nothing runs when it is bad), tell `on_event`
     ("checked", its result), then `run_local`. The stack is checked (started) once."""
+    timeline.mark("run: in a server fork")
     from genpipe.ops import stack
 
     if resume:  # the run to resume is looked up in the stack's MLflow and object store
@@ -107,6 +109,7 @@ def _run_checked(
         champion_tolerance=champion_tolerance,
         resume=resume,
     )
+    timeline.mark("run: request checked")
     if on_event:
         on_event("checked", checked)
     return run_local(

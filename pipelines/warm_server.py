@@ -35,6 +35,7 @@ from pipelines.warm_wire import (
     _private_dir,
     _try_connect,
 )
+from zoo import timeline
 
 #: modules a task imports; the zygote imports them before it forks
 PRELOAD = (
@@ -112,6 +113,7 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _become_child(request, out_fd, (1, 2))
+    timeline.mark("task: forked")
     os.environ["_KFP_RUNTIME"] = "true"  # what kfp's sh wrapper sets
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
@@ -147,6 +149,7 @@ def _child(request: dict[str, Any], out_fd: int) -> int:
         traceback.print_exc()
         return 1
     finally:
+        timeline.mark("task: ended")
         shutil.rmtree(program_dir, ignore_errors=True)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -164,8 +164,9 @@ def register(app: typer.Typer) -> None:
         registered; the failed thresholds are printed).
         """
         from pipelines.local_request import run_cli
-        from zoo import models
+        from zoo import models, timeline
 
+        timeline.mark("cli parsed")
         models.check_name(model)
         if image and not containers:
             raise ConfigError(f"--image {image!r} needs --containers (tasks run in this Python)")
@@ -208,6 +209,7 @@ def register(app: typer.Typer) -> None:
                 on_event,
                 image=image or None,
             )
+        timeline.mark("cli has result")
         name = checked["registered_name"]  # --name, or MODEL-DATASET
         if res.unchanged_since:
             out.print(
