@@ -18,16 +18,89 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 # TensorFlow's C++ start-up chatter would bury our one-line errors; real warnings stay.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
+from genpipe.cli.coercion import fast_coercion  # noqa: E402
 from zoo.errors import GenpipeError  # noqa: E402
+
+#: every command -> the module (genpipe/cli/NOUN.py) whose `register(app)` defines it; this
+#: order is `genpipe --help`'s. A command's module is imported only when that command runs
+#: (or for `--help`, which lists them all): `genpipe run` never imports the stack's,
+#: cluster's or registry's modules (tests/genpipe/cli/test_cli_lazy.py holds this table to
+#: what the modules define).
+COMMANDS = {
+    "up": "stack",
+    "down": "stack",
+    "status": "stack",
+    "env": "stack",
+    "models": "pipeline",
+    "run": "pipeline",
+    "compile": "pipeline",
+    "generate": "generate",
+    "submit": "cluster",
+    "schedule": "cluster",
+    "pull": "registry",
+    "serve": "registry",
+    "deploy": "registry",
+    "gc": "gc",
+    "schedules": "cluster",
+    "images": "images",
+}
+#: one module per noun, in `genpipe --help`'s order
+NOUNS = tuple(dict.fromkeys(COMMANDS.values()))
+
+
+class _Commands(MutableMapping[str, Any]):
+    """The app's click commands by name: every name of COMMANDS is listed, and a command is
+    built (its module imported and registered) the first time it is looked up."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+
+    def _build(self, noun: str) -> None:
+        sub = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        importlib.import_module(f"genpipe.cli.{noun}").register(sub)
+        for name, command in typer.main.get_group(sub).commands.items():
+            fast_coercion(command)  # no pydantic import for values that need no coercion
+            self._built.setdefault(name, command)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built and name in COMMANDS:
+            self._build(COMMANDS[name])
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*COMMANDS, *(n for n in self._built if n not in COMMANDS)])
+
+    def __len__(self) -> int:
+        return len(COMMANDS.keys() | self._built.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self._built
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+
+class _LazyGroup(TyperGroup):
+    """The `genpipe` group, with its commands built on first use (`_Commands`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands = _Commands()
+        fast_coercion(self, subcommands=False)  # --debug
+
 
 app = typer.Typer(
     name="genpipe",
@@ -35,9 +108,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_LazyGroup,
 )
-console = Console(stderr=True)
 _state = {"debug": False}
+
+
+def _console() -> Any:
+    """stderr's rich Console, made when there is something to say (rich takes ~0.05 s to import)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @app.callback()
@@ -45,18 +125,6 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _state["debug"] = debug
-
-
-#: one module per noun, each with `register(app)`; this order is `genpipe --help`'s
-NOUNS = ("stack", "pipeline", "generate", "cluster", "registry", "gc", "images")
-
-
-def _register_commands() -> None:
-    for noun in NOUNS:
-        importlib.import_module(f"genpipe.cli.{noun}").register(app)
-
-
-_register_commands()
 
 
 @contextlib.contextmanager
@@ -143,10 +211,10 @@ def main() -> None:
     except GenpipeError as e:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        _console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Abort:  # Ctrl-C or a declined prompt
-        console.print("Aborted.")
+        _console().print("Aborted.")
         sys.exit(1)
     except _click_errors() as e:  # bad option, unknown command: click's usage message
         e.show()  # type: ignore[attr-defined]
@@ -156,13 +224,19 @@ def main() -> None:
 
 
 def entry() -> None:
-    """The `genpipe` program: `main()`, then a quick exit once a command has loaded TensorFlow.
+    """The `genpipe` program: `main()`, then a quick exit.
 
-    The command is done and has flushed what it wrote; this skips the seconds a
-    TensorFlow-loaded interpreter spends tearing itself down (there is nothing to clean up:
-    the stack's servers are detached, task processes are reaped). In-process callers (tests)
-    use `main()`, which returns normally.
+    The command is done and has flushed what it wrote; this skips the interpreter's
+    teardown (freeing every module: ~0.05 s for the CLI's own imports, seconds once a command
+    loaded TensorFlow), where there is nothing to clean up: the stack's servers are detached,
+    task processes are reaped. The atexit handlers still run, except with TensorFlow loaded
+    (as before: its own take seconds); with a non-daemon thread still running (nothing of
+    ours leaves one) the exit is Python's own, which waits for it. In-process callers
+    (tests) use `main()`, which returns normally.
     """
+    import atexit
+    import threading
+
     try:
         main()
         code = 0
@@ -170,8 +244,14 @@ def entry() -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, int | None):
             print(e.code, file=sys.stderr)
-    if "tensorflow" not in sys.modules:
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if any(not t.daemon for t in others) or (
+        "tensorflow" not in sys.modules and run_exitfuncs is None
+    ):
         sys.exit(code)
+    if "tensorflow" not in sys.modules and run_exitfuncs is not None:
+        run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

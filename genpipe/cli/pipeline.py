@@ -9,20 +9,41 @@ shows its events, and imports neither kfp, TensorFlow, MLflow nor minio.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from zoo.errors import ConfigError
 from zoo.request import RunRequest
 
-out = Console()
-err = Console(stderr=True)
+
+class _Console:
+    """A rich Console made on first use: rich takes ~0.05 s to import, which `genpipe run`
+    spends while the warm server checks its request (`_import_rich`), not before."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs, self._console = kwargs, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
+
+
+def _import_rich() -> None:
+    """What the run's display imports (`_progress`, the result table)."""
+    import rich.console
+    import rich.progress
+    import rich.table  # noqa: F401
+
+
+out = _Console()
+err = _Console(stderr=True)
 #: `genpipe run`'s exit code when the pipeline ran but the model was not blessed
 NOT_BLESSED_EXIT = 3
 #: a run's events (pipelines.local.OnEvent): task starts/ends, progress, waits, output lines
@@ -32,6 +53,16 @@ OnEvent = Callable[[str, dict[str, Any]], None]
 @contextlib.contextmanager
 def _progress() -> Iterator[OnEvent]:
     """A rich progress display fed by pipeline events (task start/end, training epochs)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -90,6 +121,8 @@ def register(app: typer.Typer) -> None:
     @app.command("models")
     def models_cmd() -> None:
         """List the registered models."""
+        from rich.table import Table
+
         from zoo import models
 
         table = Table("model", "family", "primary metric", "config")
@@ -194,7 +227,12 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
 
-        with _shown(on_checked) as on_event:
+        # rich is imported meanwhile the server checks the request (the first thing shown)
+        display = threading.Thread(target=_import_rich, name="import-rich", daemon=True)
+        display.start()
+        with contextlib.ExitStack() as joined:
+            joined.callback(display.join)  # also on errors: no import left mid-way at exit
+            on_event = joined.enter_context(_shown(on_checked))
             # With a warm server, the whole run happens in it: this process never imports
             # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli).
             res = run_cli(
@@ -220,6 +258,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"MLflow run:   {res.run_url}")
             out.print(f"wall time:    {res.wall_s:.1f} s")
             return
+        from rich.table import Table
+
         table = Table("metric", "value", title=f"{model}: MLflow run {res.mlflow_run_id}")
         for k in sorted(res.metrics):
             if k.startswith(
