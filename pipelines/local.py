@@ -46,7 +46,8 @@ class LocalRunResult:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: list[str] = field(default_factory=list)
-    #: local copies of the evaluation artifacts (report.html, samples.png, ...)
+    #: local copies of the evaluation artifacts `genpipe run` prints (SHOWN: report.html,
+    #: samples.png); `artifacts` names all of them
     local_dir: Path | None = None
     #: with --containers: what each task container was and did (pipelines.containers)
     containers: list[dict[str, Any]] = field(default_factory=list)
@@ -280,26 +281,56 @@ def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
     return out
 
 
+#: the evaluation artifacts `genpipe run` prints the local paths of (genpipe/cli/pipeline.py)
+SHOWN = ("report.html", "samples.png")
+
+
 def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float) -> LocalRunResult:
-    """Read back what the pipeline recorded in MLflow."""
-    from mlflow.exceptions import MlflowException
+    """Read back what the pipeline recorded in MLflow: the run, the names of its evaluation
+    artifacts, and local copies of the ones the CLI prints (SHOWN).
+
+    After reading the run, one listing and the SHOWN downloads go out at once (threads): the
+    run's seconds are spent waiting on MLflow, not on downloading files nobody opens (the
+    other figures are in report.html and in MLflow)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from zoo import tracking
 
     c = tracking.client(settings)
     run = c.get_run(mlflow_run_id)
-    # Local copies of the report and figures, so the CLI can print paths one can open. No
-    # list_artifacts first: download_artifacts lists the directory itself (one round trip
-    # less per run); a run that skipped evaluation (unchanged since the champion) has none.
     local_dir = state_dir() / "runs" / mlflow_run_id
+    arts: list[str] = []
+    # A run that skipped evaluation (unchanged since the champion) has none.
     if not run.data.tags.get(names.TAG_UNCHANGED):
-        with contextlib.suppress(MlflowException):  # no evaluation/ logged: nothing to show
-            c.download_artifacts(mlflow_run_id, "evaluation", str(local_dir))
-    arts = sorted(
-        p.relative_to(local_dir).as_posix()
-        for p in (local_dir / "evaluation").rglob("*")
-        if p.is_file()
-    )
+        repo = get_artifact_repository(run.info.artifact_uri)
+        (local_dir / "evaluation").mkdir(parents=True, exist_ok=True)
+
+        def fetch(name: str) -> BaseException | None:
+            # An artifact repository's own one-request download (what its download_artifacts
+            # calls per file); the error is judged once the listing says what exists.
+            try:
+                tracking.retrying(
+                    "reading the run's evaluation",
+                    repo._download_file,
+                    f"evaluation/{name}",
+                    str(local_dir / "evaluation" / name),
+                )
+            except Exception as e:  # noqa: BLE001 - judged below
+                (local_dir / "evaluation" / name).unlink(missing_ok=True)
+                return e
+            return None
+
+        with ThreadPoolExecutor(1 + len(SHOWN)) as pool:
+            listing = pool.submit(_list_files, repo, "evaluation")
+            fetched = {name: pool.submit(fetch, name) for name in SHOWN}
+            arts = sorted(listing.result())
+            for name, done in fetched.items():
+                error = done.result()
+                if error is not None and f"evaluation/{name}" in arts:
+                    raise error  # it exists, and could not be read
+    shown = [n for n in SHOWN if (local_dir / "evaluation" / n).is_file()]
     return LocalRunResult(
         model=model,
         mlflow_run_id=mlflow_run_id,
@@ -308,5 +339,18 @@ def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float)
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
         artifacts=arts,
-        local_dir=local_dir / "evaluation" if arts else None,
+        local_dir=local_dir / "evaluation" if shown else None,
     )
+
+
+def _list_files(repo: Any, path: str) -> list[str]:
+    """Every file under `path` in artifact repository `repo` (run-relative paths)."""
+    from zoo import tracking
+
+    out = []
+    for info in tracking.retrying("reading the run's evaluation", repo.list_artifacts, path):
+        if info.is_dir:
+            out += _list_files(repo, info.path)
+        else:
+            out.append(info.path)
+    return out
