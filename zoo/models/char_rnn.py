@@ -3,7 +3,8 @@
 Embedding -> `n_layers` recurrent layers of `width` units -> dense logits over the
 vocabulary, trained on windows of `nchars` characters. Generation is stateful: the prompt
 is read once to prime the recurrent state, then each generated character advances it by one
-step. `nchars` is also the longest prompt accepted (the length the model was trained on).
+step, computed in NumPy from the weights (no TensorFlow call per character). `nchars` is also
+the longest prompt accepted (the length the model was trained on).
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ class CharRNN(TextModel):
         ]
         self.drop = keras.layers.Dropout(cfg.dropout)
         self.head = keras.layers.Dense(self.codec.size, name="head")
-        self._step_fn: Any = None
 
     def build_model(self) -> None:
         self.logits(tf.zeros((1, self.cfg.nchars), tf.int32))  # type: ignore[attr-defined]
@@ -115,26 +115,50 @@ class CharRNN(TextModel):
     def logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self._run(x, None, training)[0]
 
-    # -- stateful generation: state = per layer [h] (GRU) or [h, c] (LSTM), numpy [1, width]
-    def _zero_state(self) -> list[list[np.ndarray]]:
-        k = 1 if self.cfg.cell == "gru" else 2  # type: ignore[attr-defined]
-        w = self.cfg.width  # type: ignore[attr-defined]
-        return [[np.zeros((1, w), np.float32) for _ in range(k)] for _ in self.rnns]
+    # -- stateful generation, in NumPy from the weights: one character is a few [1, width]
+    # matrix products (microseconds), where a TensorFlow call per character cost ~7 ms and a
+    # trace in every fresh process (`genpipe generate`: 200 characters took ~1.5 s). The
+    # math is Keras's GRUCell (reset_after=True) / LSTMCell, checked against `_run` in
+    # tests/zoo/models/test_text_models.py. State: the weights, then per layer [h] or [h, c].
+    def _weights(self) -> tuple[np.ndarray, list[list[np.ndarray]], list[np.ndarray]]:
+        """(embedding table, per layer [kernel, recurrent_kernel, bias], [head W, head b])."""
+        table = np.asarray(self.embed.embeddings, np.float32)
+        layers = [[np.asarray(w, np.float32) for w in rnn.cell.weights] for rnn in self.rnns]
+        return table, layers, [np.asarray(w, np.float32) for w in self.head.weights]
 
-    def _step(self, ids: np.ndarray, state: list[list[np.ndarray]]) -> tuple[np.ndarray, Any]:
-        if self._step_fn is None:
-            # Variable-length input: one trace for priming with any prompt and for 1-char steps.
-            @tf.function(reduce_retracing=True)
-            def fn(x: tf.Tensor, st: list[list[tf.Tensor]]) -> tuple[tf.Tensor, Any]:
-                logits, new = self._run(x, st, training=False)
-                return logits[0, -1], new
-
-            self._step_fn = fn
-        logits, new = self._step_fn(tf.constant(ids[None], tf.int32), state)
-        return logits.numpy(), [[s.numpy() for s in layer] for layer in new]
+    def _np_step(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
+        (table, layers, (head_w, head_b)), states = state
+        h = table[token][None]
+        new_states = []
+        for (kernel, rec, bias), st in zip(layers, states, strict=True):
+            if self.cfg.cell == "gru":  # type: ignore[attr-defined]
+                w = rec.shape[0]
+                x = h @ kernel + bias[0]
+                inner = st[0] @ rec + bias[1]
+                z = _sigmoid(x[:, :w] + inner[:, :w])
+                r = _sigmoid(x[:, w : 2 * w] + inner[:, w : 2 * w])
+                hh = np.tanh(x[:, 2 * w :] + r * inner[:, 2 * w :])
+                h = z * st[0] + (1.0 - z) * hh
+                new_states.append([h])
+            else:
+                i, f, g, o = np.split(h @ kernel + st[0] @ rec + bias, 4, axis=-1)
+                c = _sigmoid(f) * st[1] + _sigmoid(i) * np.tanh(g)
+                h = _sigmoid(o) * np.tanh(c)
+                new_states.append([h, c])
+        return (h @ head_w + head_b)[0], (state[0], new_states)
 
     def _prime(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        return self._step(np.asarray(ids, np.int32), self._zero_state())
+        k = 1 if self.cfg.cell == "gru" else 2  # type: ignore[attr-defined]
+        w = self.cfg.width  # type: ignore[attr-defined]
+        state: Any = (self._weights(), [[np.zeros((1, w), np.float32)] * k for _ in self.rnns])
+        logits = None
+        for token in np.asarray(ids, np.int64):
+            logits, state = self._np_step(int(token), state)
+        return logits, state  # type: ignore[return-value]
 
     def _advance(self, state: Any, token: int) -> tuple[np.ndarray, Any]:
-        return self._step(np.array([token], np.int32), state)
+        return self._np_step(int(token), state)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

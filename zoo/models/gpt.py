@@ -3,13 +3,15 @@
 Token + learned position embeddings, `n_layer` pre-norm blocks (LayerNorm -> causal multi-head
 self-attention -> residual; LayerNorm -> GELU MLP (4x) -> residual), a final LayerNorm and a
 head that is optionally tied to the token embedding. The context (`nchars`) is the longest
-prompt the model accepts; generation slides a window of the last `nchars` characters.
+prompt the model accepts; generation slides a window of the last `nchars` characters,
+computed in NumPy from the weights (no TensorFlow call per character).
 Character-level only (word/BPE tokenization is not implemented).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -148,7 +150,6 @@ class GPT(TextModel):
         self.head = None if cfg.tie_weights else keras.layers.Dense(v, name="head")
         if cfg.tie_weights:
             self.head_bias = self.add_weight(shape=(v,), initializer="zeros", name="head_bias")
-        self._next_fn: Any = None
 
     def build_model(self) -> None:
         self.logits(tf.zeros((1, self.cfg.nchars), tf.int32))  # type: ignore[attr-defined]
@@ -170,33 +171,93 @@ class GPT(TextModel):
         emb = tf.cast(self.tok_emb.embeddings, h.dtype)  # float16 under mixed precision
         return f32(tf.matmul(h, emb, transpose_b=True)) + self.head_bias
 
-    # -- generation: one fixed-shape window, so the step function is traced once. Causality
-    # makes the padding to the right of the last real character irrelevant to its logits.
-    def _next_logits(self, window: np.ndarray, last: int) -> np.ndarray:
-        if self._next_fn is None:
+    # -- generation, in NumPy from the weights: the window of the last `nchars` characters
+    # is run through the blocks per generated character (a few [T, n_embd] products, well
+    # under a millisecond), where a TensorFlow call per character cost ~3 ms plus a trace in
+    # every fresh process (`genpipe generate`). The math is `logits` (checked against it in
+    # tests/zoo/models/test_text_models.py); only the last position's logits are computed.
+    def _np_weights(self) -> dict[str, Any]:
+        def arr(v: Any) -> np.ndarray:
+            return np.asarray(v, np.float32)
 
-            @tf.function(
-                input_signature=[
-                    tf.TensorSpec([1, self.context_length], tf.int32),
-                    tf.TensorSpec([], tf.int32),
-                ]
-            )
-            def fn(w: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-                return self.logits(w, training=False)[0, i]
+        def dense(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+            return arr(layer.kernel), arr(layer.bias)
 
-            self._next_fn = fn
-        return self._next_fn(tf.constant(window[None]), tf.constant(last, tf.int32)).numpy()
+        def norm(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+            return arr(layer.gamma), arr(layer.beta)
+
+        tok = arr(self.tok_emb.embeddings)
+        head = (tok.T, arr(self.head_bias)) if self.head is None else dense(self.head)
+        blocks = [
+            [norm(b.ln1), dense(b.attn.qkv), dense(b.attn.proj), norm(b.ln2)]
+            + [dense(b.fc), dense(b.out)]
+            for b in self.blocks
+        ]
+        return {"tok": tok, "pos": arr(self.pos_emb.embeddings), "blocks": blocks,
+                "ln_f": norm(self.ln_f), "head": head}  # fmt: skip
+
+    def _np_next_logits(self, w: dict[str, Any], ids: list[int]) -> np.ndarray:
+        """Logits after the last of `ids` (at most `nchars` of them), as `logits` computes."""
+        t = len(ids)
+        heads = self.cfg.n_head  # type: ignore[attr-defined]
+        h = w["tok"][np.asarray(ids)] + w["pos"][:t]
+        future = np.triu(np.ones((t, t), bool), 1)
+        for k, (ln1, (wq, bq), (wp, bp), ln2, (wf, bf), (wo, bo)) in enumerate(w["blocks"]):
+            last = k == len(w["blocks"]) - 1  # the last block: only the last row is needed
+            qkv = (_layer_norm(h, *ln1) @ wq + bq).reshape(t, 3, heads, -1).transpose(1, 2, 0, 3)
+            q, kk, v = qkv[0], qkv[1], qkv[2]  # [H, T, hd]
+            if last:
+                q, mask = q[:, -1:], future[-1:]
+                h = h[-1:]
+            else:
+                mask = future
+            att = q @ kk.transpose(0, 2, 1) / math.sqrt(q.shape[-1])
+            att = np.where(mask, np.float32(-1e9), att)
+            att = np.exp(att - att.max(-1, keepdims=True))
+            att /= att.sum(-1, keepdims=True)
+            y = (att @ v).transpose(1, 0, 2).reshape(h.shape[0], -1)
+            h = h + y @ wp + bp
+            h = h + _gelu(_layer_norm(h, *ln2) @ wf + bf) @ wo + bo
+        head_w, head_b = w["head"]
+        return (_layer_norm(h[-1:], *w["ln_f"]) @ head_w + head_b)[0]
 
     def _prime(self, ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        history = [int(i) for i in ids]
-        return self._advance_history(history), history
+        state = (self._np_weights(), [int(i) for i in ids])
+        return self._advance_np(state), state
 
     def _advance(self, state: Any, token: int) -> tuple[np.ndarray, Any]:
-        state.append(token)
-        return self._advance_history(state), state
+        state[1].append(int(token))
+        return self._advance_np(state), state
 
-    def _advance_history(self, history: list[int]) -> np.ndarray:
-        ctx = history[-self.context_length :]
-        window = np.zeros(self.context_length, np.int32)
-        window[: len(ctx)] = ctx
-        return self._next_logits(window, len(ctx) - 1)
+    def _advance_np(self, state: Any) -> np.ndarray:
+        # One BLAS thread: these [T, n_embd] products take ~0.15 ms on one, but OpenBLAS
+        # splits them over all cores, and on a loaded machine its threads wait for each
+        # other (5 ms each under load 6 on 2 cores: a 200-character sample took 6 s).
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return self._np_next_logits(state[0], state[1][-self.context_length :])
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController  # scikit-learn's dependency
+
+    return ThreadpoolController()
+
+
+def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """keras LayerNormalization(epsilon=1e-5) over the last axis."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU x * Phi(x) (keras "gelu", approximate=False), with erf by Abramowitz &
+    Stegun 7.1.26 (absolute error < 1.5e-7: far below float32 logits' tolerance)."""
+    z = np.abs(x) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))
+    return 0.5 * x * (1.0 + erf)
