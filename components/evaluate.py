@@ -1,13 +1,17 @@
 """Evaluate: held-out metrics, figures, an HTML report, and the pass/fail blessing.
 
-The current champion (if any, and if it takes the same input shape) is re-scored on the same
-held-out split, so the comparison is apples to apples.
+The current champion (if any, and if it takes the same input shape) is compared on the same
+held-out split, so the comparison is apples to apples: re-scored, or, when its own recorded
+evaluation had the same `zoo.evaluation.evaluation_key` (same data, split, seed, evaluation
+code and libraries), its recorded primary metric is reused, as re-scoring would repeat it.
 """
 
 # No `from __future__ import annotations` here: KFP reads the component signature's real types.
 import base64
 import html
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,12 +36,13 @@ def run(
     from zoo import grids as images
     from zoo import models, names, timeline, tracking
     from zoo.blessing import decide
-    from zoo.evaluation import evaluate
+    from zoo.evaluation import evaluate, evaluation_key
     from zoo.train import load_model
 
     timeline.mark("evaluate: start")
     c = tracking.client()
-    rec = recorded_run(c, mlflow_run_id, mlflow_run)
+    run_info = mlflow_run if mlflow_run is not None else c.get_run(mlflow_run_id)
+    rec = recorded_run(c, mlflow_run_id, run_info)
     data = fetch_dataset(manifest_uri)
     model, meta = load_model(model_dir)
     cls = models.get(meta["model"])
@@ -48,10 +53,18 @@ def run(
     # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
     # pipeline-overhead benchmark subtracts as work, as train_wall_s for training.
     metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
+    key = evaluation_key(
+        meta["model"],
+        data.fingerprint,
+        cls.heldout_split,
+        0,
+        run_info.data.tags.get(names.TAG_CODE, ""),
+        result.key_parts,
+    )
 
     t0 = time.perf_counter()
     champ_value, champ_version, champ_note = _score_champion(
-        c, rec.registered_name, mlflow_run_id, meta, data, cls
+        c, rec.registered_name, mlflow_run_id, meta, data, cls, key
     )
     metrics["eval_champion_wall_s"] = time.perf_counter() - t0
     blessing = decide(
@@ -72,35 +85,73 @@ def run(
     if champ_value is not None:
         logged[f"champion_{cls.primary_metric}"] = champ_value
     logged["blessed"] = float(blessing.blessed)
-    logger.log(  # one request: the metrics and the verdict's tags
-        metrics=logged,
-        tags={
-            names.TAG_BLESSED: str(blessing.blessed).lower(),
-            # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
-            names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
-            names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
-        },
-    )
+    tags = {
+        names.TAG_BLESSED: str(blessing.blessed).lower(),
+        # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
+        names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
+        names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
+    }
+    if key:  # what a later run compares with when this model is its champion
+        tags[names.TAG_EVAL_KEY] = key
     pngs = {
         name: images.grid_png(arr, cols=16 if name != "samples" else None)
         for name, arr in result.images.items()
     }
-    for name, png in pngs.items():
-        logger.bytes(png, f"evaluation/{name}.png")
-    for name, text in result.texts.items():
-        logger.text(text, f"evaluation/{name}.txt")
     report = render_report(meta["model"], metrics, blessing.to_dict(), pngs, result.texts)
-    logger.text(report, "evaluation/report.html")
+    files = {f"{name}.png": png for name, png in pngs.items()}
+    files.update({f"{name}.txt": text.encode() for name, text in result.texts.items()})
+    files["report.html"] = report.encode()
+    # One request for the metrics and the verdict's tags, and the files under evaluation/,
+    # all at once: each is a round trip, none depends on another.
+    with ThreadPoolExecutor(max_workers=len(files) + 1) as pool:
+        batch = pool.submit(logger.log, metrics=logged, tags=tags)
+        _upload(pool, c, run_info.info.artifact_uri, files, "evaluation")
+        batch.result()
     if report_path:
         Path(report_path).write_text(report)
+    timeline.mark("evaluate: logged")
     return {"metrics": metrics, "blessing": blessing.to_dict()}
 
 
-def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: Any) -> tuple:
-    """(value, version, note) of the champion re-scored on this data; (None, "", note) if not comparable."""
-    import tempfile
+def _upload(pool: ThreadPoolExecutor, c: Any, artifact_uri: str, files: dict, where: str) -> None:
+    """Upload `files` (name -> bytes) under `where` in the run's artifacts, concurrently.
 
-    from zoo import registration, tracking
+    Through the run's artifact repository (its URI from the run already read), as
+    `log_artifact` would after reading the run again; each upload retried through outages.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from zoo import tracking
+
+    repo = get_artifact_repository(artifact_uri, tracking_uri=c.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="genpipe-evaluation-") as tmp:
+        paths = []
+        for name, data in files.items():
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            paths.append(path)
+        uploads = [
+            pool.submit(
+                tracking.retrying, f"upload {where}/{p.name}", repo.log_artifact, str(p), where
+            )
+            for p in paths
+        ]
+        for u in uploads:
+            u.result()
+
+
+def _score_champion(
+    c: Any, name: str, run_id: str, meta: dict, data: Any, cls: Any, key: str = ""
+) -> tuple:
+    """(value, version, note) of the champion on this data; (None, "", note) if not comparable.
+
+    `key`: this evaluation's `evaluation_key`; when the champion's run recorded the same one,
+    its recorded primary metric is what re-scoring would give (same model file, data, split,
+    seed, code and libraries), and is used as it is; otherwise the champion is re-scored.
+    """
+    import math
+
+    from zoo import names, registration, tracking
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
@@ -109,6 +160,20 @@ def _score_champion(c: Any, name: str, run_id: str, meta: dict, data: Any, cls: 
         return None, "", ""
     if champ.run_id == run_id:  # a retried evaluate after this run was already promoted
         return None, "", "this run is already the champion"
+    if key:
+        recorded = c.get_run(champ.run_id).data
+        value = recorded.metrics.get(cls.primary_metric)
+        if (
+            recorded.tags.get(names.TAG_EVAL_KEY) == key
+            and value is not None
+            and math.isfinite(value)
+        ):
+            return (
+                value,
+                champ.version,
+                f"champion v{champ.version}'s {cls.primary_metric} as its own evaluation recorded "
+                "it (same held-out data, evaluation code and seed: re-scoring would repeat it)",
+            )
     with tempfile.TemporaryDirectory(prefix="genpipe-champion-") as tmp:
         champ_dir = tracking.retrying(  # MLflow's artifact API: retried through outages here
             "download champion",

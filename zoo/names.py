@@ -40,6 +40,10 @@ TAG_MODEL_URI = "genpipe.model_uri"
 TAG_PRIMARY = "genpipe.primary_metric"
 #: R: "true"/"false": did evaluate bless the model
 TAG_BLESSED = "genpipe.blessed"
+#: R: sha256 of what evaluate's metrics depended on besides the weights (data, split, seed,
+#: code, libraries: zoo.evaluation.evaluation_key); equal on the champion's run, its recorded
+#: primary metric is reused instead of re-scoring it
+TAG_EVAL_KEY = "genpipe.eval_key"
 #: R: why not blessed, "; "-joined clauses ("test_fid 61.2 > max 60"), "" when blessed
 TAG_NOT_BLESSED = "genpipe.not_blessed"
 #: R: the model version register created, and the aliases it moved (comma-separated)

@@ -61,10 +61,29 @@ class FeatureExtractor:
     def features(self, x: np.ndarray) -> np.ndarray:
         return self._run(x)[0].astype("float64")
 
+    def features_and_predictions(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`features(x)` and, with classes, `predict(x)`, from one pass of the model."""
+        feats, heads = self._run(x)
+        return feats.astype("float64"), heads.argmax(axis=1) if self.has_classes else None
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         if not self.has_classes:
             raise GenpipeError("this dataset has no labels: the feature extractor has no classes")
         return self._run(x)[1].argmax(axis=1)
+
+
+def split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """`zoo.data.load_split_arrays`, read once per fetched dataset object (the extractor,
+    the sample metrics and the figures all need the same splits; each read decodes the
+    shards again), returned read-only as they are shared."""
+    from zoo.data import load_split_arrays
+
+    memo = data.__dict__.setdefault("_eval_arrays_memo", {})
+    if split not in memo:
+        x, y = load_split_arrays(data, split)
+        x.flags.writeable = y.flags.writeable = False
+        memo[split] = (x, y)
+    return memo[split]
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -131,15 +150,13 @@ def get_extractor(data: Any, store: Any = None) -> FeatureExtractor:
     """The dataset's feature extractor: memoized, else from the object store, else trained."""
     import keras
 
-    from zoo.data import load_split_arrays
-
     fp = data.fingerprint
     if fp in _MEMO:
         return _MEMO[fp]
     if store is None:
         store = _default_store()
     prefix = f"datasets/{fp}/feature_extractor/{VERSION}"
-    x, y = load_split_arrays(data, "train")
+    x, y = split_arrays(data, "train")
     classify = _labels_usable(y, data.num_classes)
     kind = "classifier" if classify else "autoencoder"
     k = int(data.num_classes) if classify else 0
@@ -158,7 +175,7 @@ def get_extractor(data: Any, store: Any = None) -> FeatureExtractor:
         if model is None:
             model = train_extractor(x, y if classify else None, k)
             if classify and "test" in data.splits:
-                xt, yt = load_split_arrays(data, "test")
+                xt, yt = split_arrays(data, "test")
                 _, probs = model(_as_float(xt), training=False)
                 acc = float(np.mean(np.asarray(probs).argmax(1) == yt))
             if store:

@@ -47,8 +47,7 @@ def sample_metrics(
     `model`: a GenerativeModel, or anything with its `conditional` and `generate(n, seed[,
     labels])` (bench/quality_refs.py scores the Keras reference recipes with this too).
     """
-    from zoo.data import load_split_arrays
-    from zoo.evaluation.features import get_extractor
+    from zoo.evaluation.features import get_extractor, split_arrays
 
     fe = get_extractor(data)
     n = min(n, len(x))
@@ -58,14 +57,15 @@ def sample_metrics(
     gen = (
         model.generate(n, seed=seed, labels=y_real) if conditional else model.generate(n, seed=seed)
     )
-    f_real, f_gen = fe.features(x_real), fe.features(gen)
+    f_real = fe.features(x_real)
+    f_gen, pred = fe.features_and_predictions(gen)  # one pass over the samples, not two
     out: dict[str, float] = {
         "fid": M.fid(f_gen, f_real),
         "kid": M.kid(f_gen, f_real, seed=seed),
         "eval_samples": float(n),
     }
     out["precision"], out["recall"] = M.precision_recall(f_real, f_gen)
-    x_train, _ = load_split_arrays(data, "train")
+    x_train, _ = split_arrays(data, "train")
     pick = np.random.default_rng(seed).choice(len(x_train), min(n, len(x_train)), replace=False)
     f_floor = fe.features(x_train[pick])
     out["fid_floor"] = M.fid(f_floor, f_real)
@@ -78,7 +78,6 @@ def sample_metrics(
         notes.append("dataset has no labels: class-histogram and per-label checks skipped")
         return out, notes
     out["feature_classifier_accuracy"] = fe.train_accuracy
-    pred = fe.predict(gen)
     out.update({f"gen_{k}": v for k, v in M.histogram_checks(pred, y_real, fe.num_classes).items()})
     if conditional:
         out["cond_accuracy"] = float(np.mean(pred == y_real))
@@ -90,13 +89,23 @@ def sample_metrics(
 def evaluate(
     model: GenerativeModel, data: Any, seed: int = 0, num_samples: int | None = None
 ) -> Evaluation:
-    from zoo.data import load_split_arrays
+    from zoo.evaluation.features import get_extractor, split_arrays
     from zoo.train import evaluate_split
 
     split = model.heldout_split
     metrics = {f"{split}_{k}": v for k, v in evaluate_split(model, data, split).items()}
-    x, y = load_split_arrays(data, split)
-    sm, notes = sample_metrics(model, data, x, y, _num_samples(model, num_samples), seed=seed)
+    x, y = split_arrays(data, split)
+    n = _num_samples(model, num_samples)
+    sm, notes = sample_metrics(model, data, x, y, n, seed=seed)
     metrics.update({f"{split}_{k}": v for k, v in sm.items()})
     figures = model.report_images(x[:64].astype("float32") / 255.0, seed=seed)
-    return Evaluation(metrics=metrics, images=figures, texts={"evaluation_notes": "\n".join(notes)})
+    fe = get_extractor(data)  # memoized by sample_metrics
+    # The sample metrics also depend on n and on the extractor (content-addressed when
+    # cached; an uncached one is retrained per process: not reused).
+    parts = {"samples": n, "feature_extractor": fe.uri} if fe.uri else None
+    return Evaluation(
+        metrics=metrics,
+        images=figures,
+        texts={"evaluation_notes": "\n".join(notes)},
+        key_parts=parts,
+    )
