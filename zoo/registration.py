@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.metadata as md
-import json
 import os
 import random
 import shutil
@@ -20,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from zoo.errors import GenpipeError
+from zoo.model_logging import log_model, model_requirements  # noqa: F401 - their home was here
 from zoo.names import (
     ALIAS_CANDIDATE,
     ALIAS_CHAMPION,
@@ -42,75 +42,6 @@ from zoo.names import (
     parse_primary_tag,
     primary_tag,
 )
-
-#: what loading and running a logged model imports (zoo/serving.py), as distributions
-_SERVING_DISTS = ("keras", "numpy", "mlflow", "cloudpickle")
-
-
-def model_requirements() -> list[str]:
-    """pip requirements of a logged model: the versions running now (no slow inference).
-
-    Only what the load path needs (zoo/serving.py: Keras on TensorFlow, NumPy, MLflow and
-    cloudpickle for the pickled wrapper); our own package travels with the model as code.
-    TensorFlow is declared as `tensorflow-cpu` of the same version, whichever build trained
-    the model: models are served on CPU (images/Dockerfile.serving).
-    """
-    tf_version = ""
-    for dist in ("tensorflow-cpu", "tensorflow"):
-        try:
-            tf_version = md.version(dist)
-            break
-        except md.PackageNotFoundError:
-            continue
-    if not tf_version:
-        raise GenpipeError("cannot log a model: neither tensorflow-cpu nor tensorflow is installed")
-    return [f"tensorflow-cpu=={tf_version}"] + [f"{d}=={md.version(d)}" for d in _SERVING_DISTS]
-
-
-def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
-    """Log a trained model directory as a pyfunc model in the run; returns its models:/ URI.
-
-    With a signature (the request fields) and an input example, so MLServer's MLflow runtime
-    decodes a V2 request to the pyfunc's input (docs/kubernetes.md, step 6).
-    """
-    from mlflow.models import Model
-
-    from zoo.serving import GenerativePyfunc, input_example, model_signature
-    from zoo.shipping import stage_serving_code
-
-    meta = json.loads((Path(model_dir) / "config.json").read_text())
-    run = c.get_run(run_id)
-    # The LoggedModel in the run's experiment with the run's params, as mlflow.pyfunc.log_model
-    # makes it inside `mlflow.start_run(run_id)`; created here, the run needs no activating
-    # (a start_run block reads and updates the run three times and ends it FINISHED, which
-    # tracking.run_status then undid: 7 round trips).
-    logged = mlflow.initialize_logged_model(
-        name="model",
-        source_run_id=run_id,
-        experiment_id=run.info.experiment_id,
-        params=dict(run.data.params),
-    )
-    with tempfile.TemporaryDirectory(prefix="genpipe-code-") as tmp:
-        # Ship the load path of our package with the model, so a serving runtime needs only
-        # the pins below: its import closure (zoo.shipping), not all of `zoo` (every file is
-        # one artifact upload).
-        code = stage_serving_code(meta["model"], Path(tmp))
-        # What mlflow.pyfunc.log_model calls, with the run and the model named explicitly.
-        info = Model.log(
-            artifact_path=None,  # deprecated for `name`, but still a required argument
-            name="model",
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=GenerativePyfunc(),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(code)],
-            pip_requirements=model_requirements(),
-            signature=model_signature(meta["model"], meta["data_spec"]),
-            input_example=input_example(meta["model"]),
-        )
-    c.set_tag(run_id, TAG_MODEL_URI, info.model_uri)
-    return info.model_uri
 
 
 @dataclasses.dataclass
@@ -194,8 +125,14 @@ def promotion_lock(
     lock = f"{name}{LOCK_SUFFIX}"
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + timeout_s
-    _ensure_lock_model(c, lock, name)
-    ticket = _take_ticket(c, lock, owner, deadline)
+    try:
+        ticket = _take_ticket(c, lock, owner, deadline)
+    except MlflowException as e:
+        # The lock model is made once per registered model: created when a ticket finds none.
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        _ensure_lock_model(c, lock, name)
+        ticket = _take_ticket(c, lock, owner, deadline)
     try:
         while (turn := _wait_for_turn(c, lock, ticket, ttl_s, deadline)) == "lost":
             # Our own ticket was broken as stale (this process stalled for > ttl_s): queue again.
@@ -209,7 +146,13 @@ def promotion_lock(
         yield
     finally:
         with contextlib.suppress(MlflowException):
-            c.delete_model_version(lock, str(ticket))
+            _registry(c).delete_model_version(lock, str(ticket))
+
+
+def _registry(c: MlflowClient) -> Any:
+    """Writes to a registered model this code has read: tracking.BoundedClient.registry
+    (skips MlflowClient's re-read of the model per write), else the client itself."""
+    return c.registry() if hasattr(c, "registry") else c
 
 
 def _ensure_lock_model(c: MlflowClient, lock: str, name: str) -> None:
@@ -270,7 +213,7 @@ def _wait_for_turn(c: MlflowClient, lock: str, ticket: int, ttl_s: float, deadli
         now = time.monotonic()
         if now - head_since.setdefault(head, now) > ttl_s:
             with contextlib.suppress(MlflowException):  # another waiter may have broken it
-                c.delete_model_version(lock, str(head))
+                _registry(c).delete_model_version(lock, str(head))
         if now > deadline:
             return "timeout"
         delay = _pause(delay, cap=2.0)
@@ -306,59 +249,94 @@ def register(
         raise GenpipeError(
             f"MLflow run {run_id} has no logged model (tag {TAG_MODEL_URI}); did training finish?"
         )
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        # Suppressed: another pipeline may create it concurrently.
-        with contextlib.suppress(MlflowException):
-            c.create_registered_model(
-                name, description=f"genpipe {run.data.tags.get(TAG_MODEL, '')} models"
-            )
-    # A retried register task must not create a second version for the same run.
-    existing = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    model_id = model_uri.removeprefix("models:/")
+    # A retried register task must not create a second version for the same run. Both reads
+    # are independent: one round trip for the two.
+    with ThreadPoolExecutor(2, thread_name_prefix="genpipe-register") as pool:
+        found = pool.submit(c.search_model_versions, f"name='{name}' and run_id='{run_id}'")
+        logged = pool.submit(c.get_logged_model, model_id)
+        existing, location = found.result(), logged.result().artifact_location
     if existing:
         mv = existing[0]
-    else:
-        # MLflow 3: a version points at the LoggedModel (model_id) and its storage location.
-        model_id = model_uri.removeprefix("models:/")
-        logged = c.get_logged_model(model_id)
-        mv = c.create_model_version(
-            name, source=logged.artifact_location, run_id=run_id, tags=tags, model_id=model_id
-        )
-    # A new version got its tags at creation; a retried one gets what it lacks (one request each).
-    for k, v in tags.items():
-        if existing and mv.tags.get(k) != v:
+        # A retried version gets the tags it lacks (one request each).
+        missing = {k: v for k, v in tags.items() if mv.tags.get(k) != v}
+        for k, v in missing.items():
             c.set_model_version_tag(name, mv.version, k, v)
-    mv = c.get_model_version(name, mv.version)
+        if missing:
+            mv = c.get_model_version(name, mv.version)
+    else:
+        # MLflow 3: a version points at the LoggedModel (model_id) and its storage location;
+        # it is created with its tags, and the registry answers with them.
+        mv = _create_version(c, name, location, run_id, tags, model_id, run)
     with promotion_lock(c, name):
+        # Both aliases in one read, under the lock (that read also refuses a prompt's name).
+        current = c.get_registered_model(name).aliases
         aliases = []
-        cand = alias_version(c, name, ALIAS_CANDIDATE)
+        cand = current.get(ALIAS_CANDIDATE)
         # `candidate` is the newest blessed version, whatever order registrations land in.
-        if cand is None or int(cand.version) <= int(mv.version):
-            c.set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)
+        if cand is None or int(cand) <= int(mv.version):
+            _registry(c).set_registered_model_alias(name, ALIAS_CANDIDATE, mv.version)
             aliases.append(ALIAS_CANDIDATE)
         promoted, reason = _decide_promotion(
-            champion(c, name), mv, better_than_champion, expected_champion, lower_is_better
+            c,
+            name,
+            current.get(ALIAS_CHAMPION),
+            mv,
+            better_than_champion,
+            expected_champion,
+            lower_is_better,
         )
         if promoted:
-            c.set_registered_model_alias(name, ALIAS_CHAMPION, mv.version)
+            _registry(c).set_registered_model_alias(name, ALIAS_CHAMPION, mv.version)
             aliases.append(ALIAS_CHAMPION)
     return RegisterResult(
         name=name, version=str(mv.version), aliases=aliases, promoted=promoted, reason=reason
     )
 
 
+def _create_version(
+    c: MlflowClient,
+    name: str,
+    source: str,
+    run_id: str,
+    tags: dict[str, str],
+    model_id: str,
+    run: Any,
+) -> Any:
+    """A new version of `name`; the registered model is created when there is none yet."""
+    create = dict(source=source, run_id=run_id, tags=tags, model_id=model_id)
+    try:
+        return c.create_model_version(name, **create)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    # Suppressed: another pipeline may create it concurrently.
+    with contextlib.suppress(MlflowException):
+        c.create_registered_model(
+            name, description=f"genpipe {run.data.tags.get(TAG_MODEL, '')} models"
+        )
+    return c.create_model_version(name, **create)
+
+
 def _decide_promotion(
-    current: Any, mv: Any, better_than_champion: bool, expected: str, lower_is_better: bool
+    c: MlflowClient,
+    name: str,
+    current_v: str | None,
+    mv: Any,
+    better_than_champion: bool,
+    expected: str,
+    lower_is_better: bool,
 ) -> tuple[bool, str]:
+    """Promote `mv` over the champion (version `current_v`, None for none)? The champion's
+    version is read only when it moved since evaluation (its recorded metric decides)."""
     if not better_than_champion:
         return False, "not better than the champion: stays candidate"
-    current_v = current.version if current else ""
+    current_v = str(current_v) if current_v is not None else ""
     if current_v == (expected or ""):
         return True, (f"better than champion v{expected}" if expected else "first champion")
-    if current is None:  # the champion it beat was removed meanwhile
+    if not current_v:  # the champion it beat was removed meanwhile
         return True, "champion alias was removed since evaluation: promoted"
-    ours, theirs = _metric_of(mv), _metric_of(current)
+    ours, theirs = _metric_of(mv), _metric_of(c.get_model_version(name, current_v))
     if not ours or not theirs or ours[:2] != theirs[:2]:
         return False, (
             f"champion moved from v{expected or 'none'} to v{current_v} since evaluation and was "

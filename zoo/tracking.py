@@ -98,6 +98,28 @@ class BoundedClient(MlflowClient):
 
         return bounded
 
+    def registry(self) -> Any:
+        """MLflow's model registry client under this one, its calls bounded as ours.
+
+        For writes to a registered model the caller has just read with this client (which
+        refuses prompts): MlflowClient re-reads the model before each alias move or version
+        delete to refuse prompts again, one more round trip each.
+        """
+        return _Bounded(self._get_registry_client(), self._genpipe_uri)
+
+
+class _Bounded:
+    """Any MLflow client object whose public methods run through `call`."""
+
+    def __init__(self, inner: Any, uri: str) -> None:
+        self._inner, self._uri = inner, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        return lambda *args, **kwargs: call(self._uri, name, attr, *args, **kwargs)
+
 
 def retrying(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`call` for MLflow's fluent and artifact APIs (which bypass `BoundedClient`) against the

@@ -1,0 +1,151 @@
+"""zoo.model_logging against the real MLflow server: the model it logs is the one MLflow's own
+Model.log (what mlflow.pyfunc.log_model calls) logs, in fewer requests."""
+
+import uuid
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.models import Model
+
+from zoo import model_logging, models, tracking
+from zoo.serving import GenerativePyfunc, input_example, model_signature
+from zoo.train import write_model_config
+
+SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+#: MLmodel fields that name this very model or the moment it was saved
+PER_MODEL = {"model_uuid", "model_id", "artifact_path", "utc_time_created", "run_id"}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    cls = models.get("vae")
+    model = cls(cls.tiny_config(), SPEC)
+    model.build_model()
+    out = tmp_path / "model"
+    out.mkdir()
+    model.save(out / "model.keras")
+    write_model_config(
+        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
+    )
+    return out
+
+
+def _run(c):
+    """A run as the train task leaves it: params, totals at step 0, per-epoch values at 1, 2."""
+    run_id = tracking.get_or_create_run(c, "genpipe-test-model-logging", uuid.uuid4().hex, "vae")
+    logger = tracking.RunLogger(c, run_id)
+    logger.log(params={"epochs": 2}, metrics={"train_wall_s": 1.5, "train_samples_per_s": 9.0})
+    for epoch in (1, 2):
+        logger.metrics({"train_loss": 10.0 / epoch, "train_kl": 1.0}, step=epoch)
+    return run_id
+
+
+def _mlflow_log(c, run_id, model_dir, tmp_path):
+    """What log_model did before: MLflow's own Model.log, with the same arguments."""
+    from zoo.shipping import stage_serving_code
+
+    logged = mlflow.initialize_logged_model(
+        name="model",
+        source_run_id=run_id,
+        experiment_id=c.get_run(run_id).info.experiment_id,
+        params=dict(c.get_run(run_id).data.params),
+    )
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=logged.model_id,
+        python_model=GenerativePyfunc(),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(stage_serving_code("vae", tmp_path / "code"))],
+        pip_requirements=model_logging.model_requirements(),
+        signature=model_signature("vae", SPEC),
+        input_example=input_example("vae"),
+    )
+    return info.model_uri
+
+
+def _files(c, model_id):
+    """{relative path: bytes} of every artifact of a LoggedModel."""
+    import tempfile
+    from pathlib import Path
+
+    location = c.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _mlmodel(files):
+    return {k: v for k, v in yaml.safe_load(files["MLmodel"]).items() if k not in PER_MODEL}
+
+
+def test_logs_what_mlflow_logs(stack, model_dir, tmp_path):
+    """Same files (byte for byte, but MLmodel's ids and time), same LoggedModel state: READY,
+    the run's params, its step-0 metrics (not the per-epoch ones), among the run's outputs."""
+    c = tracking.client()
+    ours_run, theirs_run = _run(c), _run(c)
+    ours = model_logging.log_model(c, ours_run, model_dir).removeprefix("models:/")
+    theirs = _mlflow_log(c, theirs_run, model_dir, tmp_path).removeprefix("models:/")
+
+    ours_files, theirs_files = _files(c, ours), _files(c, theirs)
+    assert sorted(ours_files) == sorted(theirs_files)
+    assert len(ours_files) >= 15  # the pyfunc files, the Keras model, our shipped code
+    for name in ours_files:
+        if name not in ("MLmodel", "python_model.pkl"):  # the pickle is equal in content
+            assert ours_files[name] == theirs_files[name], name
+    assert _mlmodel(ours_files) == _mlmodel(theirs_files)
+    assert yaml.safe_load(ours_files["MLmodel"])["run_id"] == ours_run
+    assert yaml.safe_load(ours_files["MLmodel"])["model_id"] == ours
+
+    for model_id, run_id in ((ours, ours_run), (theirs, theirs_run)):
+        logged = c.get_logged_model(model_id)
+        assert str(logged.status).endswith("READY")
+        assert logged.params == {"epochs": "2"} and logged.source_run_id == run_id
+        assert {(m.key, m.value, m.step) for m in logged.metrics} == {
+            ("train_wall_s", 1.5, 0),
+            ("train_samples_per_s", 9.0, 0),
+        }
+        run = c.get_run(run_id)
+        assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+        assert run.info.status == "RUNNING"
+    assert c.get_run(ours_run).data.tags["genpipe.model_uri"] == f"models:/{ours}"
+
+    # and it serves: load as a server does, generate from the input example
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{ours}")
+    assert np.asarray(pyfunc.predict(input_example("vae"))).shape == (1, 28, 28, 1)
+
+
+def test_few_requests_and_no_metric_history_reads(stack, model_dir, mlflow_requests):
+    """One request per file (uploaded concurrently) plus six: the run, the LoggedModel's
+    creation, the run's output, its metrics, READY, the run's tag. Model.log made 36 for a
+    run with nine metrics: it read every metric's history, the run and the model twice."""
+    c = tracking.client()
+    run_id = _run(c)
+    for k in range(6):
+        tracking.RunLogger(c, run_id).metrics({f"train_extra_{k}": 1.0}, step=1)
+    with mlflow_requests(short=True) as seen:
+        model_logging.log_model(c, run_id, model_dir)
+    uploads = sum(n for k, n in seen.items() if k.startswith("PUT "))
+    assert uploads >= 15
+    assert sum(seen.values()) - uploads <= 6, seen
+    assert not any("get-history" in k for k in seen), seen
+
+
+def test_a_failed_log_marks_the_model_failed(stack, model_dir):
+    """As Model.log: a LoggedModel that failed to log is FAILED, not left PENDING, and the run
+    gets no genpipe.model_uri."""
+    import json
+
+    c = tracking.client()
+    run_id = _run(c)
+    meta = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**meta, "model": "no-such-model"}))
+    with pytest.raises(Exception, match="no-such-model"):
+        model_logging.log_model(c, run_id, model_dir)
+    (model_id,) = [m.model_id for m in c.get_run(run_id).outputs.model_outputs]
+    assert str(c.get_logged_model(model_id).status).endswith("FAILED")
+    assert "genpipe.model_uri" not in c.get_run(run_id).data.tags
