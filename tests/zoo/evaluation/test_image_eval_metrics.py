@@ -105,3 +105,14 @@ def test_feature_extractor_without_labels_is_an_autoencoder(digits):
     assert fe.features(x[:8]).shape == (8, F.FEATURE_DIM) and not fe.has_classes
     with pytest.raises(Exception, match="no labels"):
         fe.predict(x[:8])
+
+
+def test_one_blas_thread_limits_blas_and_keeps_the_values(rng):
+    from threadpoolctl import threadpool_info
+
+    a, b = rng.standard_normal((300, 64)), rng.standard_normal((300, 64)) + 0.5
+    free = (M.fid(a, b), M.kid(a, b), *M.precision_recall(a, b))
+    with M.one_blas_thread():
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+        limited = (M.fid(a, b), M.kid(a, b), *M.precision_recall(a, b))
+    assert limited == pytest.approx(free, rel=1e-12)
