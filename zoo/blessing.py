@@ -1,7 +1,8 @@
 """Blessing: does a newly trained model pass its absolute thresholds and the current champion?
 
 TFX-style: the evaluator re-scores the champion on the *same* held-out data as the candidate,
-so the comparison is fair even when the champion was trained on another dataset version.
+so the comparison is fair even when the champion was trained on another dataset version (or
+takes the champion's recorded value when its evaluation had the same key: components.evaluate).
 """
 
 from __future__ import annotations
