@@ -5,8 +5,10 @@ re-scoring gives, which this test re-scores to prove); on changed data it is re-
 Real tasks (ingest, train, evaluate, register) against the session's real stack.
 """
 
+import contextlib
 import tempfile
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,9 @@ PRIMARY = models.get("vae").primary_metric
 REUSED = "as its own evaluation recorded it"
 
 
-def _pipeline(name: str, tmp: Path, test_fraction: float = 0.1) -> dict:
-    """ingest -> train -> evaluate of a tiny VAE on digits (a few steps)."""
+def _pipeline(name: str, tmp: Path, test_fraction: float = 0.1, count=None) -> dict:
+    """ingest -> train -> evaluate of a tiny VAE on digits (a few steps); `count`: the
+    mlflow_requests fixture, to count evaluate's requests ("requests")."""
     out = ingest.run(
         "digits",
         "vae",
@@ -41,8 +44,9 @@ def _pipeline(name: str, tmp: Path, test_fraction: float = 0.1) -> dict:
     run_id = out["mlflow_run_id"]
     model_dir = tmp / run_id
     train.run(out["manifest_uri"], run_id, str(model_dir))
-    ev = evaluate.run(out["manifest_uri"], str(model_dir), run_id)
-    return {**out, "run_id": run_id, "model_dir": model_dir, "eval": ev}
+    with count(short=True) if count else contextlib.nullcontext(Counter()) as seen:
+        ev = evaluate.run(out["manifest_uri"], str(model_dir), run_id)
+    return {**out, "run_id": run_id, "model_dir": model_dir, "eval": ev, "requests": seen}
 
 
 def _rescore_champion(c, name: str, manifest_uri: str) -> float:
@@ -76,14 +80,22 @@ def champion(stack, fixed_code, tmp_path_factory):
     return name, first
 
 
-def test_same_data_reuses_the_recorded_metric_which_equals_a_rescore(champion, tmp_path):
+def test_same_data_reuses_the_recorded_metric_which_equals_a_rescore(
+    champion, tmp_path, mlflow_requests
+):
     name, first = champion
     c = tracking.client()
     recorded_run = c.get_run(first["run_id"]).data
     recorded = recorded_run.metrics[PRIMARY]
     assert recorded_run.tags[names.TAG_EVAL_KEY]  # what the next run compares with
 
-    second = _pipeline(name, tmp_path)
+    second = _pipeline(name, tmp_path, count=mlflow_requests)
+    # Not downloaded: the champion's alias and its run are read (2 requests) besides what
+    # evaluate does without a champion (tests/components/test_mlflow_calls.py: <= 10).
+    seen = second["requests"]
+    print("evaluate's MLflow requests with a reused champion:", dict(seen))
+    assert sum(seen.values()) <= 12
+    assert {k for k in seen if k.startswith("GET")} == {"GET get", "GET alias"}  # no download
     b = second["eval"]["blessing"]
     assert b["champion_version"] == "1"
     assert b["champion_value"] == recorded  # exactly the champion run's own value
