@@ -188,6 +188,24 @@ def run_local(
         warm.release()
 
 
+#: (model, retries) -> the model's pipeline for subprocess tasks (cpu profile, no image),
+#: built in the warm server before it forks (`prebuild_pipelines`): what `_run` would build
+_PREBUILT: dict[tuple[str, int], Any] = {}
+
+
+def prebuild_pipelines() -> None:
+    """Build every model's local pipeline (retries 0, `genpipe run`'s default) now, in the warm
+    server before it forks: its run forks then start from it instead of building it again.
+    Building only traces the pipeline function (nothing runs, nothing reads the environment);
+    kfp.local reads its configuration when the pipeline is called."""
+    from pipelines.factory import build_pipeline
+    from zoo import models
+
+    with cheap_task_config():
+        for name in models.names():
+            _PREBUILT[(name, 0)] = build_pipeline(name, "cpu", image=None, retries=0)
+
+
 def _default_name(model: str, source: str) -> str:
     """MODEL-DATASET (zoo.data.sources.default_registered_name)."""
     from zoo.data.sources import default_registered_name
@@ -238,10 +256,12 @@ def _run(
         raise_on_error=True,
         **({"workspace_root": str(session.workspace)} if session else {}),
     )
-    with cheap_task_config():
-        pipeline = build_pipeline(
-            model, "cpu", image=session.image if session else None, retries=retries
-        )
+    pipeline = _PREBUILT.get((model, retries)) if session is None else None
+    if pipeline is None:
+        with cheap_task_config():
+            pipeline = build_pipeline(
+                model, "cpu", image=session.image if session else None, retries=retries
+            )
     # Expected in embedded mode (the platform config is for the cluster; components run in
     # this Python, not in the image): kfp.local's warnings about both are noise here.
     timeline.mark("run: pipeline built")

@@ -10,6 +10,8 @@ same `_run_checked` in this process, so the behaviour never depends on the serve
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pipelines import warm
@@ -24,7 +26,12 @@ from zoo import timeline
 from zoo.settings import state_dir
 
 
-def run_cli(request: dict[str, Any], on_event: OnEvent, image: str | None = None) -> LocalRunResult:
+def run_cli(
+    request: dict[str, Any],
+    on_event: OnEvent,
+    image: str | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> LocalRunResult:
     """`genpipe run` with `request` (the keyword arguments of `run_request`).
 
     With a usable warm server (GENPIPE_WARM_TASKS on, no `image`) the run is `run_request`
@@ -34,11 +41,17 @@ def run_cli(request: dict[str, Any], on_event: OnEvent, image: str | None = None
     this process goes away (Ctrl-C), the server kills the run and its running task. Anything
     else (no server, warm tasks off, containers, a server that refuses the call) runs
     `run_request` here, so the behaviour never depends on the server.
+
+    `meanwhile` (e.g. the display's imports) runs in a thread while this process waits for
+    the server to fork and check the request (joined before this returns or raises).
     """
     home = state_dir()
     if image is None and warm.enabled():
         zygote = warm.connect(home)
+        timeline.mark("client: connected")
         if zygote is not None:
+            waiting = threading.Thread(target=meanwhile or (lambda: None), daemon=True)
+            waiting.start()  # while the server forks: this process only waits from here
             try:
                 fields = zygote.call(
                     "pipelines.local_request:run_request", on_event=on_event, **request
@@ -51,6 +64,8 @@ def run_cli(request: dict[str, Any], on_event: OnEvent, image: str | None = None
             else:
                 zygote.close()
                 return result_from_fields(fields)
+            finally:
+                waiting.join()
     else:
         warm.prestart(home)  # the checks (and generate) still answer from the server
     return _run_checked(on_event=on_event, image=image, **request)

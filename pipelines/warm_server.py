@@ -26,6 +26,11 @@ from typing import Any
 
 from pipelines import warm
 from pipelines.warm import CALLS, _not_allowed, _resolve
+from pipelines.warm_preload import (  # noqa: F401  (PRELOAD, _prime_caches: re-exported)
+    PRELOAD,
+    _preload,
+    _prime_caches,
+)
 from pipelines.warm_wire import (
     _EXECUTOR,
     _MAX_MSG,
@@ -37,47 +42,6 @@ from pipelines.warm_wire import (
 )
 from zoo import timeline
 
-#: modules a task imports; the zygote imports them before it forks
-PRELOAD = (
-    "tensorflow",
-    "keras",
-    "mlflow",
-    "mlflow.pyfunc",
-    "minio",
-    "kfp.dsl.executor_main",
-    "zoo.models",
-    "zoo.train",
-    "zoo.data",
-    "zoo.evaluation",
-    "zoo.registration",
-    "zoo.tracking",
-    "zoo.storage",
-    "components.ingest",
-    "components.train",
-    "components.evaluate",
-    "components.register",
-    # `genpipe run`'s orchestration (pipelines.local_request:run_request runs in a fork)
-    "kfp.local",
-    "kfp.local.orchestrator.enhanced_dag_orchestrator",
-    "pipelines.local_request",
-    "pipelines.factory",
-    # imported lazily by the tasks (measured with GENPIPE_WARM_DEBUG=1)
-    "zoo.evaluation.image",
-    "zoo.evaluation.features",
-    "zoo.evaluation.metrics",
-    "zoo.evaluation.text",
-    "zoo.blessing",
-    "zoo.grids",
-    "zoo.serving",
-    "zoo.distributed",
-    "mlflow.models",
-    "mlflow.tracing",
-    "mlflow.data.meta_dataset",
-    "mlflow.data.http_dataset_source",
-    "git",
-    "PIL.Image",
-    "sklearn.datasets",
-)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -85,14 +49,6 @@ def _die_with_parent() -> None:
     """Linux: get SIGKILL when the parent exits, so no orphan outlives an interrupted run."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _assert_tf_not_started() -> None:
-    """Forking after TensorFlow created its runtime (thread pools) is unsafe: refuse."""
-    from tensorflow.python.eager import context
-
-    if context.context_safe() is not None and context.context()._context_handle is not None:
-        raise RuntimeError("TensorFlow runtime started in the zygote; cannot fork safely")
 
 
 def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) -> None:
@@ -196,41 +152,6 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     with out:
         out.write("\n" + (REPLY if stream else "") + line + "\n")
     return 0
-
-
-def _preload() -> None:
-    import importlib
-
-    for name in PRELOAD:
-        # optional ones (e.g. git) missing: the task imports what it needs itself
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    from zoo import models
-
-    for name in models.names():  # the model modules (registered Keras classes)
-        models.get(name)
-    _prime_caches()
-    _assert_tf_not_started()
-
-
-def _prime_caches() -> None:
-    """Fill per-process caches every task would fill itself, once, before the fork.
-
-    MLflow's map of installed modules to distributions (packages_distributions(), ~1.2 s),
-    built by log_model's requirement check (warn_dependency_requirement_mismatches): a private
-    name, so where it is gone (another MLflow) a task builds its map itself, as before. And
-    the bundled `digits` data set made MNIST-shaped (zoo.data.sources caches it per process).
-    """
-    from zoo.data.sources import load_digits
-
-    with contextlib.suppress(Exception):  # an optimization only: never fails the server
-        from mlflow.utils import requirements_utils
-
-        init = getattr(requirements_utils, "_init_modules_to_packages_map", None)
-        if callable(init):
-            init()
-    with contextlib.suppress(ImportError):  # no scikit-learn: ingest says so itself
-        load_digits()
 
 
 def _wait_task(pid: int, sock: socket.socket) -> int:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoo import timeline
+
 _MAX_MSG = 1 << 24
 #: in a streamed call's output: a line for the client's `on_event` (kind, fields) ...
 EVENT = "\x1egenpipe-event "
@@ -207,6 +209,7 @@ def _read_stream(out: Any, on_event: Callable[[str, dict[str, Any]], None]) -> s
         kind, _, body = rest.partition(" ")
         if kind == "reply":
             reply = body
+            timeline.mark("client: reply read")
         elif kind == "event":
             event = json.loads(body)
             on_event(str(event["kind"]), event["fields"])

@@ -22,24 +22,30 @@ from zoo.request import RunRequest
 
 class _Console:
     """A rich Console made on first use: rich takes ~0.05 s to import, which `genpipe run`
-    spends while the warm server checks its request (`_import_rich`), not before."""
+    spends while the warm server forks and checks its request (`_import_rich`), not before."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs, self._console = kwargs, None
 
     def __getattr__(self, name: str) -> Any:
         if self._console is None:
-            from rich.console import Console
+            with _RICH:  # after `_import_rich` in another thread, never beside it
+                from rich.console import Console
 
             self._console = Console(**self._kwargs)
         return getattr(self._console, name)
 
 
+#: held while rich is imported: one thread imports it, others wait for it to be done
+_RICH = threading.Lock()
+
+
 def _import_rich() -> None:
     """What the run's display imports (`_progress`, the result table)."""
-    import rich.console
-    import rich.progress
-    import rich.table  # noqa: F401
+    with _RICH:
+        import rich.console
+        import rich.progress
+        import rich.table  # noqa: F401
 
 
 out = _Console()
@@ -53,15 +59,16 @@ OnEvent = Callable[[str, dict[str, Any]], None]
 @contextlib.contextmanager
 def _progress() -> Iterator[OnEvent]:
     """A rich progress display fed by pipeline events (task start/end, training epochs)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    with _RICH:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TaskID,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
     columns = (
         SpinnerColumn(),
@@ -227,14 +234,10 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
 
-        # rich is imported meanwhile the server checks the request (the first thing shown)
-        display = threading.Thread(target=_import_rich, name="import-rich", daemon=True)
-        display.start()
-        with contextlib.ExitStack() as joined:
-            joined.callback(display.join)  # also on errors: no import left mid-way at exit
-            on_event = joined.enter_context(_shown(on_checked))
+        with _shown(on_checked) as on_event:
             # With a warm server, the whole run happens in it: this process never imports
-            # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli).
+            # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli), and imports rich
+            # (what it shows first) while the server forks and checks the request.
             res = run_cli(
                 {
                     **request.to_kwargs(),
@@ -246,6 +249,7 @@ def register(app: typer.Typer) -> None:
                 },
                 on_event,
                 image=image or None,
+                meanwhile=_import_rich,
             )
         timeline.mark("cli has result")
         name = checked["registered_name"]  # --name, or MODEL-DATASET

@@ -1,6 +1,8 @@
 """The warm server's preload fills per-process caches once, before it forks tasks: each
 train task's log_model then skips MLflow's ~1.2 s map of installed modules to distributions,
-each ingest of `digits` its 1,797 resizes (issue 14 fixed costs)."""
+each ingest of `digits` its 1,797 resizes, each task's first MLflow call the import of
+MLflow's tracing set-up, each `genpipe run` the building of its pipeline (issue 14 fixed
+costs)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from mlflow.utils import requirements_utils
 
 from pipelines import warm_server
+from zoo import models
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,6 +26,16 @@ warm_server._preload()
 print("MAP", r._MODULES_TO_PACKAGES is not None and "mlflow" in r._MODULES_TO_PACKAGES)
 from zoo.data import sources
 print("DIGITS", sources._digits.cache_info().currsize)
+from pipelines import local
+from zoo import models
+print("PREBUILT", sorted(m for m, _ in local._PREBUILT) == sorted(models.names()))
+import threading
+print("THREADS", len(threading.enumerate()))  # forking with other threads is unsafe
+# what a task's or the run fork's first MLflow call imports: nothing new any more
+import sys, mlflow
+before = set(sys.modules)
+mlflow.set_tracking_uri("http://127.0.0.1:9")
+print("NEW", sorted(m for m in set(sys.modules) - before if not m.startswith("__autograph")))
 """
 
 
@@ -38,6 +51,26 @@ def test_preload_builds_mlflows_requirements_map_before_any_fork():
     assert res.returncode == 0, res.stderr[-3000:]
     assert "MAP True" in res.stdout, res.stdout[-2000:]
     assert "DIGITS 1" in res.stdout, res.stdout[-2000:]  # the default data set, made once
+    assert "PREBUILT True" in res.stdout, res.stdout[-2000:]  # every model's local pipeline
+    assert "THREADS 1" in res.stdout, res.stdout[-2000:]
+    assert "NEW []" in res.stdout, res.stdout[-2000:]  # MLflow's tracing set-up was preloaded
+
+
+def test_prebuilt_pipelines_are_the_ones_a_run_would_build(tmp_path):
+    """What `genpipe run` forks from (built before the fork) compiles to the very YAML of a
+    pipeline built for the run, for every model."""
+    from kfp import compiler
+
+    from pipelines import local
+    from pipelines.factory import build_pipeline
+
+    local.prebuild_pipelines()
+    for model in models.names():
+        fresh = build_pipeline(model, "cpu", image=None, retries=0)
+        a, b = tmp_path / f"{model}-prebuilt.yaml", tmp_path / f"{model}-fresh.yaml"
+        compiler.Compiler().compile(local._PREBUILT[(model, 0)], str(a))
+        compiler.Compiler().compile(fresh, str(b))
+        assert a.read_text() == b.read_text(), model
 
 
 def test_priming_degrades_gracefully_when_mlflows_private_name_is_gone(monkeypatch):
