@@ -90,3 +90,26 @@ def test_set_overrides_are_checked_before_any_training() -> None:
         bench_quality.main(["--models", "ddpm,vae", "--set", "ema_decay=0.9", "--dry-run"])
     cfg = bench_quality._config("ddpm", False, {"ema_decay": "0.9", "block": "res"})
     assert (cfg.ema_decay, cfg.block) == (0.9, "res")
+
+
+def test_per_step_cost_skips_the_warm_up_steps() -> None:
+    # The first steps after tracing run slower; a slope over all of them read the step cost
+    # high and the planned runs used only 66-78 of their 100 CPU-s.
+    marks = [(1, 5.0), (2, 5.5), (3, 5.9)] + [(s, 5.9 + 0.1 * (s - 3)) for s in range(4, 41)]
+    assert bench_quality._per_step(marks) == pytest.approx(0.1)
+    assert bench_quality._per_step([(1, 2.0), (2, 2.1)]) == 1.0  # too few: a safe 1 s/step
+
+
+def test_ours_plans_from_a_calibration_and_stops_at_the_budget(tmp_path: Path) -> None:
+    # A small char_rnn (the default profile, shrunk by overrides) for 12 CPU-s: calibrated on
+    # 5% of the budget, planned to spend it, never scored past it (the recipe's limit too).
+    small = {"width": "16", "embedding_dim": "8", "nchars": "16", "batch_size": "8"}
+    data = common.dataset_for("char_rnn", tmp_path / "data")
+    budget = 12.0
+    side = bench_quality.run_ours("char_rnn", data, budget, False, 32, tmp_path / "w", small)
+    assert "steps planned at" in side.note
+    planned = [int(x) for x in side.note.split(" steps")[0].split("x")]
+    assert planned[0] * planned[1] > 40  # the budget is spent on steps, not on the plan's margin
+    one_step = float(side.note.split(" at ")[1].split(" CPU-s")[0])
+    assert side.cpu_s <= budget + 0.5 + 20 * one_step, side
+    assert side.steps >= 1 and math.isfinite(side.metric)
