@@ -36,6 +36,8 @@ def run(
     `record_run`): the later tasks read the resolved config, thresholds and registered name
     from there.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -64,64 +66,84 @@ def run(
     family = models.get(model).family
     # Its hash goes on the run and, via register, on the model version.
     config = unchanged.config_hash(model, cfgmod.to_dict(checked.config))
-    code = unchanged.code_version()
-    store = ObjectStore.from_env()
-    store.ensure_bucket()
-    raw = load_source(source, store)  # validated there: the one check of the data
-    kind = "text" if isinstance(raw, RawText) else "image"
-    if kind != family:
-        raise DataError(
-            f"source {source!r} holds {kind} data but model {model!r} trains on {family} data"
-        )
-    manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
-    fingerprint = manifest["fingerprint"]
-
     c = tracking.client()
-    run = tracking.get_or_create(c, experiment, pipeline_run_id, model)
+    with ThreadPoolExecutor(2, thread_name_prefix="genpipe-ingest") as pool:
+        # While the data loads and publishes: git (the code's version) and MLflow (is there a
+        # run already?), reads only: the run is created once the data passed its check.
+        commit = pool.submit(tracking.git_commit)
+        looked = pool.submit(tracking.find_run, c, experiment, pipeline_run_id)
+        store = ObjectStore.from_env()
+        store.ensure_bucket()
+        raw = load_source(source, store)  # validated there: the one check of the data
+        kind = "text" if isinstance(raw, RawText) else "image"
+        if kind != family:
+            raise DataError(
+                f"source {source!r} holds {kind} data but model {model!r} trains on {family} data"
+            )
+        manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
+        code = unchanged.code_version(commit.result())
+    fingerprint = manifest["fingerprint"]
+    run = tracking.get_or_create(
+        c, experiment, pipeline_run_id, model, found=looked.result(), git=commit.result()
+    )
     run_id = run.info.run_id
     unchanged_since = ""
-    with tracking.run_status(run_id) as status:
-        # The run as found or created: its params (none on a new run) need no second read.
-        logger = tracking.RunLogger(c, run_id, params=run.data.params)
-        # One request: the dataset's params, its tags and the checked request.
-        logger.log(
-            params={
-                names.PARAM_SOURCE: source,
-                names.PARAM_FINGERPRINT: fingerprint,
-                names.PARAM_TEST_FRACTION: test_fraction,
-                **{
-                    f"{names.DATASET_PARAM_PREFIX}{name}_count": s["count"]
-                    for name, s in manifest["splits"].items()
-                },
-            },
-            tags={
-                names.TAG_FINGERPRINT: fingerprint,
-                names.TAG_CONFIG: config,
-                names.TAG_CODE: code,
-                **run_request_tags(checked),
-            },
+    with tracking.run_status(run_id, run=run) as status:
+        # The run as found or created: its params (none on a new run) and artifact location
+        # need no second read.
+        logger = tracking.RunLogger(
+            c, run_id, params=run.data.params, artifact_uri=run.info.artifact_uri
         )
-        logger.json(manifest, "dataset/manifest.json")
         ds = MetaDataset(
             source=_source_for_mlflow(manifest["uri"]),
             name=source,
             digest=fingerprint[: names.MLFLOW_DIGEST_CHARS],
         )
-        # Through the client, not `with mlflow.start_run(...)`: leaving that block would end
-        # the run FINISHED before training even starts (see tracking.run_status).
-        c.log_inputs(
-            run_id,
-            [
-                DatasetInput(
-                    ds._to_mlflow_entity(),
-                    [InputTag(MLFLOW_DATASET_CONTEXT, "training")],
-                )
-            ],
-        )
         name = checked.registered_name
-        version = None
-        if not force:
-            version = unchanged.unchanged_champion(c, name, fingerprint, config, code)
+        # Four independent requests, at once: one round trip instead of four.
+        with ThreadPoolExecutor(4, thread_name_prefix="genpipe-ingest") as pool:
+            done = [
+                # One request: the dataset's params, its tags and the checked request.
+                pool.submit(
+                    logger.log,
+                    params={
+                        names.PARAM_SOURCE: source,
+                        names.PARAM_FINGERPRINT: fingerprint,
+                        names.PARAM_TEST_FRACTION: test_fraction,
+                        **{
+                            f"{names.DATASET_PARAM_PREFIX}{split_name}_count": s["count"]
+                            for split_name, s in manifest["splits"].items()
+                        },
+                    },
+                    tags={
+                        names.TAG_FINGERPRINT: fingerprint,
+                        names.TAG_CONFIG: config,
+                        names.TAG_CODE: code,
+                        **run_request_tags(checked),
+                    },
+                ),
+                pool.submit(logger.json, manifest, "dataset/manifest.json"),
+                # Through the client, not `with mlflow.start_run(...)`: leaving that block
+                # would end the run FINISHED before training even starts (tracking.run_status).
+                pool.submit(
+                    c.log_inputs,
+                    run_id,
+                    [
+                        DatasetInput(
+                            ds._to_mlflow_entity(),
+                            [InputTag(MLFLOW_DATASET_CONTEXT, "training")],
+                        )
+                    ],
+                ),
+            ]
+            found = (
+                None
+                if force
+                else pool.submit(unchanged.unchanged_champion, c, name, fingerprint, config, code)
+            )
+            for d in done:
+                d.result()
+        version = found.result() if found else None
         if version:
             # The pipeline's condition skips train, evaluate and register: this task is the
             # last one, so it ends the run FINISHED.

@@ -30,12 +30,21 @@ class RunLogger:
     read once per logger, as only this task writes them meanwhile.
     """
 
-    def __init__(self, c: MlflowClient, run_id: str, params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        c: MlflowClient,
+        run_id: str,
+        params: dict[str, str] | None = None,
+        artifact_uri: str | None = None,
+    ) -> None:
         """`params`: the run's params when the caller already has them (a run it just read or
-        created), else they are read on first use."""
+        created), else they are read on first use. `artifact_uri`: the run's (run.info
+        .artifact_uri), when the caller has it: files then upload without MLflow reading the
+        run first (through zoo.tracking.BoundedClient.log_artifact_at)."""
         self.client = c
         self.run_id = run_id
         self._params: dict[str, str] | None = None if params is None else dict(params)
+        self._artifact_uri = artifact_uri
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         self.log(metrics=values, step=step)
@@ -93,7 +102,11 @@ class RunLogger:
             path = Path(tmp) / Path(artifact_file).name
             path.write_bytes(data)
             parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+            where = None if parent == "." else parent
+            if self._artifact_uri and hasattr(self.client, "log_artifact_at"):
+                self.client.log_artifact_at(self._artifact_uri, str(path), where)
+            else:
+                self.client.log_artifact(self.run_id, str(path), where)
 
     def text(self, text: str, artifact_file: str) -> None:
         self.bytes(text.encode(), artifact_file)

@@ -32,6 +32,9 @@ ENV_RETRY_SECONDS = "GENPIPE_RETRY_SECONDS"
 #: user did, so that MLflow's internal retries do not multiply with ours.
 _MLFLOW_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 _MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+#: MLflow prints "View run NAME at: URL" when a run ends, after reading the run only for that
+#: (one more request per task that ends a run); `genpipe run` prints the run's URL itself.
+_MLFLOW_QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 #: the MLflow knob values genpipe set, as NAME=value;... in the environment, so that a child
 #: process (a pipeline task) tells them from a user's own (which are left alone)
 _OURS = "GENPIPE_MLFLOW_HTTP_SET"
@@ -76,6 +79,7 @@ def client(settings: Settings | None = None) -> MlflowClient:
     """
     settings = settings or Settings.from_env()
     _bound_mlflow_http(retry_seconds())
+    _set_knob(_MLFLOW_QUIET_URL, "true")
     mlflow.set_tracking_uri(settings.mlflow_uri)
     return BoundedClient(settings.mlflow_uri)
 
@@ -98,13 +102,18 @@ class BoundedClient(MlflowClient):
 
         return bounded
 
-    def registry(self) -> Any:
-        """MLflow's model registry client under this one, its calls bounded as ours.
+    def log_artifact_at(self, artifact_uri: str, local_path: str, path: str | None = None) -> None:
+        """`log_artifact` into a run whose artifact URI the caller knows (its run as read):
+        MlflowClient.log_artifact reads the run first, once per run and process."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        For writes to a registered model the caller has just read with this client (which
-        refuses prompts): MlflowClient re-reads the model before each alias move or version
-        delete to refuse prompts again, one more round trip each.
-        """
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self._genpipe_uri)
+        repo.log_artifact(local_path, path)
+
+    def registry(self) -> Any:
+        """MLflow's model registry client under this one, its calls bounded as ours. For writes
+        to a registered model the caller has read with this client (which refuses prompts):
+        MlflowClient re-reads the model before each alias move or version delete."""
         return _Bounded(self._get_registry_client(), self._genpipe_uri)
 
 
@@ -225,16 +234,19 @@ def _ensure_running(c: MlflowClient, run_id: str) -> Any:
 
 
 @contextlib.contextmanager
-def run_status(run_id: str, final: bool = False) -> Iterator[RunStatus]:
+def run_status(run_id: str, final: bool = False, run: Any = None) -> Iterator[RunStatus]:
     """Keep the MLflow run's status true to the pipeline task running inside this block.
 
     The run is RUNNING while the task runs (a retried task re-opens a FAILED run); an
     exception marks it FAILED, SIGTERM/SIGINT mark it KILLED (then the task exits as it would
     have); on success the last task of the pipeline (`final`, settable inside the block) marks
     it FINISHED. Done by the components themselves, so it holds on a cluster as locally.
+    `run`: the run as the caller just read or created it; when it is RUNNING, it is not
+    read again.
     """
     c = client()
-    status = RunStatus(final, _ensure_running(c, run_id))
+    running = run is not None and run.info.run_id == run_id and run.info.status == "RUNNING"
+    status = RunStatus(final, run if running else _ensure_running(c, run_id))
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
@@ -327,31 +339,46 @@ def get_or_create_run(
     return get_or_create(c, experiment, pipeline_run_id, model_name, run_name).info.run_id
 
 
+def find_run(c: MlflowClient, experiment: str, pipeline_run_id: str) -> tuple[str | None, Any]:
+    """(the experiment's id, the MLflow run of this pipeline run): None for what does not
+    exist yet. Reads only: a task may look while it checks its input, and create after."""
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None
+    found = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'",
+        max_results=1,
+    )
+    return exp.experiment_id, (found[0] if found else None)
+
+
 def get_or_create(
     c: MlflowClient,
     experiment: str,
     pipeline_run_id: str,
     model_name: str,
     run_name: str | None = None,
+    found: tuple[str | None, Any] | None = None,
+    git: str | None = None,
 ) -> Any:
     """The MLflow run (with its params and tags) for this pipeline run: found by tag, or
-    created once."""
-    exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else _create_experiment(c, experiment)
-    found = c.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'",
-        max_results=1,
-    )
-    if found:
-        return found[0]
+    created once. `found`: what `find_run` answered, when the caller looked already; `git`:
+    git_commit() when the caller has it."""
+    exp_id, run = found if found is not None else find_run(c, experiment, pipeline_run_id)
+    if run is not None:
+        return run
+    # Between the look and the create only this task runs for this pipeline run: KFP starts a
+    # retry of a task after the failed attempt ended.
+    if exp_id is None:
+        exp_id = _create_experiment(c, experiment)
     return c.create_run(
         exp_id,
         run_name=run_name or f"{model_name}-{pipeline_run_id[-8:]}",
         tags={
             names.TAG_PIPELINE_RUN: pipeline_run_id,
             names.TAG_MODEL: model_name,
-            names.TAG_GIT: git_commit(),
+            names.TAG_GIT: git_commit() if git is None else git,
         },
     )
 

@@ -17,17 +17,17 @@ from zoo.names import TAG_CODE, TAG_CONFIG, TAG_FINGERPRINT
 from zoo.registration import champion
 
 
-def code_version() -> str:
+def code_version(commit: str | None = None) -> str:
     """The version of the training code: GENPIPE_GIT_COMMIT (set in images, which are built
     from a clean tree), else the checkout's commit plus `+` and a digest of its uncommitted
     changes to zoo/ and components/ (so an edited model never passes for the committed one),
-    else 'unknown'."""
+    else 'unknown'. `commit`: zoo.tracking.git_commit() when the caller has it."""
     import hashlib
     import subprocess
 
     from zoo.tracking import git_commit
 
-    commit = git_commit()
+    commit = git_commit() if commit is None else commit
     if os.environ.get("GENPIPE_GIT_COMMIT") or commit == "unknown":
         return commit
     root = Path(__file__).resolve().parent.parent
