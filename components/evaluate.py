@@ -33,7 +33,6 @@ def run(
     `mlflow_run`: that run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
-    from zoo import grids as images
     from zoo import models, names, timeline, tracking
     from zoo.blessing import decide
     from zoo.evaluation import evaluate, evaluation_key
@@ -93,51 +92,57 @@ def run(
     }
     if key:  # what a later run compares with when this model is its champion
         tags[names.TAG_EVAL_KEY] = key
-    pngs = {
-        name: images.grid_png(arr, cols=16 if name != "samples" else None)
-        for name, arr in result.images.items()
-    }
-    report = render_report(meta["model"], metrics, blessing.to_dict(), pngs, result.texts)
-    files = {f"{name}.png": png for name, png in pngs.items()}
-    files.update({f"{name}.txt": text.encode() for name, text in result.texts.items()})
-    files["report.html"] = report.encode()
-    # One request for the metrics and the verdict's tags, and the files under evaluation/,
-    # all at once: each is a round trip, none depends on another.
-    with ThreadPoolExecutor(max_workers=len(files) + 1) as pool:
+    # The metrics and the verdict's tags (one request) and the files under evaluation/, all
+    # at once: each is a round trip, none waits for another; each figure is uploaded as soon
+    # as it is encoded, the report (which embeds them) last.
+    n_files = len(result.images) + len(result.texts) + 1
+    with (
+        ThreadPoolExecutor(max_workers=n_files + 1) as pool,
+        tempfile.TemporaryDirectory(prefix="genpipe-evaluation-") as tmp,
+    ):
+        put = _Uploader(c, run_info.info.artifact_uri, "evaluation", Path(tmp))
         batch = pool.submit(logger.log, metrics=logged, tags=tags)
-        _upload(pool, c, run_info.info.artifact_uri, files, "evaluation")
-        batch.result()
+        sent = [pool.submit(put, f"{n}.txt", t.encode()) for n, t in result.texts.items()]
+        encoded = {
+            name: pool.submit(put.png, name, arr, 16 if name != "samples" else None)
+            for name, arr in result.images.items()
+        }
+        pngs = {name: f.result() for name, f in encoded.items()}
+        report = render_report(meta["model"], metrics, blessing.to_dict(), pngs, result.texts)
+        sent.append(pool.submit(put, "report.html", report.encode()))
+        for f in [batch, *sent]:
+            f.result()
     if report_path:
         Path(report_path).write_text(report)
     timeline.mark("evaluate: logged")
     return {"metrics": metrics, "blessing": blessing.to_dict()}
 
 
-def _upload(pool: ThreadPoolExecutor, c: Any, artifact_uri: str, files: dict, where: str) -> None:
-    """Upload `files` (name -> bytes) under `where` in the run's artifacts, concurrently.
+class _Uploader:
+    """Uploads files under `where` in a run's artifacts, through the run's artifact repository
+    (its URI from the run already read, as `log_artifact` would after reading the run again);
+    each upload retried through outages. Thread-safe: one temporary file per name."""
 
-    Through the run's artifact repository (its URI from the run already read), as
-    `log_artifact` would after reading the run again; each upload retried through outages.
-    """
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    def __init__(self, c: Any, artifact_uri: str, where: str, tmp: Path) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from zoo import tracking
+        self.repo = get_artifact_repository(artifact_uri, tracking_uri=c.tracking_uri)
+        self.where, self.tmp = where, tmp
 
-    repo = get_artifact_repository(artifact_uri, tracking_uri=c.tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="genpipe-evaluation-") as tmp:
-        paths = []
-        for name, data in files.items():
-            path = Path(tmp) / name
-            path.write_bytes(data)
-            paths.append(path)
-        uploads = [
-            pool.submit(
-                tracking.retrying, f"upload {where}/{p.name}", repo.log_artifact, str(p), where
-            )
-            for p in paths
-        ]
-        for u in uploads:
-            u.result()
+    def __call__(self, name: str, data: bytes) -> bytes:
+        from zoo import tracking
+
+        path = self.tmp / name
+        path.write_bytes(data)
+        what = f"upload {self.where}/{name}"
+        tracking.retrying(what, self.repo.log_artifact, str(path), self.where)
+        return data
+
+    def png(self, name: str, images: Any, cols: int | None) -> bytes:
+        """Encode `images` as one PNG grid, upload it as NAME.png; returns the PNG."""
+        from zoo import grids
+
+        return self(f"{name}.png", grids.grid_png(images, cols=cols))
 
 
 def _score_champion(

@@ -133,3 +133,11 @@ def _prime_caches() -> None:
     from pipelines.local import prebuild_pipelines
 
     prebuild_pipelines()
+    # evaluate's first PNG imports PIL's format plugins, its sample metrics scan the loaded
+    # libraries for threadpoolctl (0.05-0.2 s each per task; imports and reads only)
+    from PIL import Image
+
+    from zoo.evaluation.metrics import blas_controller
+
+    Image.preinit()
+    blas_controller()
