@@ -12,7 +12,8 @@ the object store (zoo.checkpoints says what is kept when).
 
 Here: the loop (Trainer), its entry point for a pipeline run and the exact held-out means.
 Beside it: zoo.train_setup (strategy, model + optimizers, the saved config.json; also
-importable from here) and zoo.train_checkpoint (Checkpointer: save, publish, restore).
+importable from here), zoo.train_step (the compiled K-steps call) and zoo.train_checkpoint
+(Checkpointer: save, publish, restore).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 from zoo import checkpoints as ckpts
 from zoo import config as cfgmod
-from zoo import models, names
+from zoo import models, names, timeline
 from zoo.errors import DataError, TrainingDiverged
 from zoo.models.base import GenerativeModel, TrainConfig
 
@@ -47,6 +48,7 @@ from zoo.train_setup import (
     make_strategy,
     write_model_config,
 )
+from zoo.train_step import compile_steps
 
 
 @dataclasses.dataclass
@@ -188,10 +190,11 @@ class Trainer:
         checkpointer = Checkpointer(ckpt, self.workdir / "ckpt", self.checkpoint_uri, self.store)
         latest = checkpointer.restore_latest()
         resumed_from = int(step_var.numpy()) if latest else 0
+        timeline.mark("trainer: model built")
         global_bs = cfg.batch_size
 
         single = isinstance(strategy, tf.distribute.OneDeviceStrategy)
-        run_steps = self._compile_steps(model, optimizers, strategy, step_var, allow_jit=single)
+        run_steps = compile_steps(model, optimizers, strategy, step_var, cfg, allow_jit=single)
         # Params once per run: not again on a retry, but on a run that adopted another run's
         # checkpoint (`genpipe run --resume`), which has none yet.
         if self.logger and (not latest or latest.get("adopted_from")):
@@ -225,6 +228,8 @@ class Trainer:
                 sums_t, n_done, bad, last_out = run_steps(iterator, tf.constant(n, tf.int32))
                 # One host sync per call (not per step): a GPU keeps its queue full.
                 count += int(n_done)
+                if count == int(n_done):
+                    timeline.mark("trainer: first call of the epoch")
                 step = int(step_var.numpy())
                 if bool(bad):
                     self._check_finite(
@@ -243,11 +248,14 @@ class Trainer:
             epoch_metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
             epoch_metrics["train_samples_per_s"] = count * global_bs / dt if dt > 0 else 0.0
             step = int(step_var.numpy())
+            timeline.mark("trainer: epoch's steps done")
             checkpointer.save(step, {"epoch": epoch + 1})
             last_ckpt = (step, time.monotonic())
+            timeline.mark("trainer: checkpoint published")
             if self.logger:
                 self.logger.metrics(epoch_metrics, step=epoch + 1)
                 model.log_epoch_sample(self.logger, f"samples/epoch_{epoch + 1:03d}")
+                timeline.mark("trainer: epoch logged")
             if self.on_epoch:
                 self.on_epoch(epoch + 1, epoch_metrics)
             # One parseable line per epoch: `genpipe run` turns it into a progress bar.
@@ -258,6 +266,7 @@ class Trainer:
             )
 
         model_dir = self.save_model(model)
+        timeline.mark("trainer: model saved")
         wall = time.perf_counter() - t0
         return TrainResult(
             model_dir=model_dir,
@@ -268,59 +277,6 @@ class Trainer:
             samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
             resumed_from_step=resumed_from,
         )
-
-    def _compile_steps(
-        self,
-        model: GenerativeModel,
-        optimizers: dict[str, Any],
-        strategy: tf.distribute.Strategy,
-        step_var: tf.Variable,
-        allow_jit: bool,
-    ) -> Callable[..., Any]:
-        """The compiled loop: up to `n` optimizer steps per call, like Keras's
-        `steps_per_execution`, with the metric sums and the divergence check kept in the graph
-        so the host waits once per call. It stops right after the first bad step and returns
-        (metric sums, steps done, bad?, that step's metrics)."""
-        cfg = self.cfg
-        global_bs = cfg.batch_size
-        replica_step = model.train_step_replica
-        if allow_jit and cfg.jit_compile:
-            # XLA compiles the step itself; the loop around it reads an iterator, which XLA
-            # cannot. No XLA across replicas: it has no CPU collectives.
-            replica_step = tf.function(model.train_step_replica, jit_compile=True)
-
-        def one(iterator: Any) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-            per_replica = strategy.run(
-                replica_step, args=(next(iterator), optimizers, global_bs, step_var)
-            )
-            step_var.assign_add(1)
-            out = {
-                k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()
-            }
-            finite = tf.reduce_all(
-                tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in out.values()])
-            )
-            too_big = out["grad_norm"] > cfg.max_grad_norm if "grad_norm" in out else False
-            return out, tf.logical_or(tf.logical_not(finite), too_big)
-
-        @tf.function
-        def run_steps(iterator: Any, n: tf.Tensor) -> Any:
-            out, bad = one(iterator)
-            sums, done = out, tf.constant(1, tf.int32)
-            while done < n and not bad:
-                out, bad = one(iterator)
-                sums = {k: sums[k] + out[k] for k in sums}
-                done += 1
-            return sums, done, bad, out
-
-        @tf.function
-        def run_one(iterator: Any, n: tf.Tensor) -> Any:
-            # One step per call: no loop, so the step is traced (and optimized) once, not twice.
-            out, bad = one(iterator)
-            return out, tf.constant(1, tf.int32), bad, out
-
-        return run_steps if cfg.steps_per_call > 1 else run_one
 
     def _steps_this_call(self, count: int, todo: int, step: int, last: tuple[int, float]) -> int:
         """Steps for the next call: `steps_per_call`, but never past the epoch's end or the
@@ -378,8 +334,10 @@ def evaluate_split(
     """Exact means of the model's per-example held-out metrics over a whole split."""
     ds = model.make_dataset(data, split, batch_size, shuffle=False)
     # No autograph: eval_batch has no tensor-dependent Python control flow (a tensor used as a
-    # bool fails the trace), and converting its source took half of its trace time.
-    step = tf.function(model.eval_batch, autograph=False)
+    # bool fails the trace), and converting its source took half of its trace time. The
+    # dataset's spec (batch dimension unknown) as the signature: one trace, not a second one
+    # for the last, partial batch.
+    step = tf.function(model.eval_batch, input_signature=[ds.element_spec], autograph=False)
     sums: dict[str, float] = {}
     n = 0
     for batch in ds:

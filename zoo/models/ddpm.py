@@ -289,14 +289,26 @@ class DDPM(GenerativeModel):
             out.append(((x.numpy() + 1.0) / 2.0).clip(0.0, 1.0))
         return np.concatenate(out).astype("float32")
 
+    def _eps_fn(self) -> Any:
+        """The EMA network's noise estimate as a tf.function made once per model: a new one per
+        `generate` call was traced again each time (each epoch's sample, each evaluation)."""
+        fn = self.__dict__.get("_eps_fn_cache")
+        if fn is None:
+            # Set in __dict__, not as an attribute: Keras would track it as part of the model.
+            fn = tf.function(
+                lambda x, t: self._to_eps(self.ema_net(x, t), x, t),
+                reduce_retracing=True,
+                autograph=False,  # no tensor-dependent Python control flow to convert
+            )
+            self.__dict__["_eps_fn_cache"] = fn
+        return fn
+
     def _sample(
         self, x: tf.Tensor, rng: np.random.Generator, sampler: str, steps: int, eta: float = 0.0
     ) -> tf.Tensor:
         cfg: DDPMConfig = self.cfg  # type: ignore[assignment]
         ab = self.alpha_bar
-        eps_fn = tf.function(
-            lambda x, t: self._to_eps(self.ema_net(x, t), x, t), reduce_retracing=True
-        )
+        eps_fn = self._eps_fn()
         m = int(x.shape[0])
         if sampler == "ddpm":
             for t in reversed(range(cfg.timesteps)):

@@ -176,6 +176,9 @@ class TextModel(GenerativeModel):
         const = tf.constant(ids)
         span = tf.range(t + 1, dtype=tf.int64)
 
+        # Plain graph code: autograph's conversion of it (tf.data converts map functions by
+        # default) was pure tracing cost.
+        @tf.autograph.experimental.do_not_convert
         def windows(offsets: tf.Tensor) -> dict[str, tf.Tensor]:
             w = tf.gather(const, offsets[:, None] + span[None, :])
             return {"x": w[:, :-1], "y": w[:, 1:]}
