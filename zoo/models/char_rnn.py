@@ -92,7 +92,15 @@ class CharRNN(TextModel):
         self.head = keras.layers.Dense(self.codec.size, name="head")
 
     def build_model(self) -> None:
-        self.logits(tf.zeros((1, self.cfg.nchars), tf.int32))  # type: ignore[attr-defined]
+        # By shapes, not by a forward pass: an eager recurrent forward over `nchars` steps
+        # took 0.5-4 s under load, paid by every load of the model (`genpipe generate`).
+        cfg: CharRNNConfig = self.cfg  # type: ignore[assignment]
+        self.embed.build((None, None))
+        dim = cfg.embedding_dim
+        for rnn in self.rnns:
+            rnn.build((None, None, dim))
+            dim = cfg.width
+        self.head.build((None, None, cfg.width))
         self.built = True
 
     @property
