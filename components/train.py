@@ -52,8 +52,11 @@ def run(
         return {**out, "model": model}
     store = ObjectStore.from_env()
     data = fetch_dataset(manifest_uri)
+    # The run as read: its params and artifact location need no second read (the epochs'
+    # sample images upload without MlflowClient.log_artifact's read of the run).
     params = mlflow_run.data.params if mlflow_run is not None else None
-    logger = tracking.RunLogger(c, mlflow_run_id, params=params)
+    artifact_uri = mlflow_run.info.artifact_uri if mlflow_run is not None else None
+    logger = tracking.RunLogger(c, mlflow_run_id, params=params, artifact_uri=artifact_uri)
     logger.params({names.PARAM_PRESET: rec.preset})
     # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
     # leaves no chance to clean up) and leaves a live task's alone.
