@@ -10,7 +10,8 @@ in how it gets there (a warm run's training task spent ~0.9 s here, most of it w
   reads the whole history of every metric of the run, one request per metric, to find them);
 * MLflow's check of the input example (load the saved model and predict the serving input
   example as a server would; a failure is a warning, as in Model.log) runs while the files
-  upload, and MLmodel goes up last, after it (the check may add env_vars to MLmodel).
+  upload; should it find environment variables to record (MLflow's allowlist: API keys,
+  Databricks auth), MLmodel is rewritten and uploaded again, with their list, after the rest.
 """
 
 from __future__ import annotations
@@ -192,12 +193,11 @@ def _check_example(local: Path) -> list[str]:
 
 def _upload(pool: ThreadPoolExecutor, local: Path, artifact_uri: str, during: Any) -> None:
     """Upload the saved model's files to `artifact_uri` concurrently; `during()` runs
-    meanwhile and returns env var names to record in MLmodel, which goes up last."""
+    meanwhile and returns env var names to record in MLmodel (then uploaded again)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.file_utils import relative_path_to_artifact_path
 
     repo = get_artifact_repository(artifact_uri, tracking_uri=mlflow.get_tracking_uri())
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MLMODEL)
 
     def put(path: Path) -> None:
         rel = path.parent.relative_to(local)
@@ -206,14 +206,15 @@ def _upload(pool: ThreadPoolExecutor, local: Path, artifact_uri: str, during: An
         )
 
     # Largest first: model.keras would otherwise start last and finish alone.
-    started = [pool.submit(put, p) for p in sorted(files, key=lambda p: -p.stat().st_size)]
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    started = [pool.submit(put, p) for p in files]
     env_vars = during()
-    last = [local / MLMODEL]
-    if env_vars:
-        last.append(_record_env_vars(local, env_vars))
-    started += [pool.submit(put, p) for p in last]
     for done in started:
         done.result()
+    if env_vars:  # after the first MLmodel landed: the rewritten one must be the last write
+        listed = _record_env_vars(local, env_vars)
+        for done in [pool.submit(put, local / MLMODEL), pool.submit(put, listed)]:
+            done.result()
 
 
 def _record_env_vars(local: Path, env_vars: list[str]) -> Path:

@@ -149,3 +149,24 @@ def test_a_failed_log_marks_the_model_failed(stack, model_dir):
     (model_id,) = [m.model_id for m in c.get_run(run_id).outputs.model_outputs]
     assert str(c.get_logged_model(model_id).status).endswith("FAILED")
     assert "genpipe.model_uri" not in c.get_run(run_id).data.tags
+
+
+def test_env_vars_the_check_found_are_recorded_in_the_uploaded_mlmodel(stack, model_dir):
+    """As Model.log: environment variables (MLflow's allowlist) that predicting the example
+    read are listed in MLmodel and in environment_variables.txt; the rewritten MLmodel is the
+    one stored, although the first one was already on its way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = tracking.client()
+    run_id = _run(c)
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id)
+    local = model_logging._save(
+        model_dir.parent / "saved", {"model": "vae", "data_spec": SPEC}, model_dir, run_id, logged
+    )
+    with ThreadPoolExecutor(4) as pool:
+        model_logging._upload(
+            pool, local, logged.artifact_location, during=lambda: ["OPENAI_API_KEY"]
+        )
+    files = _files(c, logged.model_id)
+    assert yaml.safe_load(files["MLmodel"])["env_vars"] == ["OPENAI_API_KEY"]
+    assert b"OPENAI_API_KEY" in files["environment_variables.txt"]
