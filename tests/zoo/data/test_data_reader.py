@@ -122,3 +122,23 @@ def test_reader_errors(digits, store, tmp_path) -> None:
     text = publish(split(RawText("abc\n" * 30, "t")), store, source="t")
     with pytest.raises(DataError, match="holds text data, not image data"):
         load_split_arrays(fetch(text["uri"], store, tmp_path), "train")
+
+
+def test_image_pipelines_are_built_without_autograph(digits, monkeypatch) -> None:
+    """The parse and scale map functions are plain graph code: autograph's source conversion
+    of them was pure tracing cost in every pipeline a run builds (issue 14)."""
+    from tensorflow.python.autograph.impl import api as autograph_api
+
+    local, _ = digits
+    converted = []
+    original = autograph_api._convert_actual
+
+    def spy(entity, program_ctx):  # noqa: ANN001, ANN202
+        converted.append(getattr(entity, "__qualname__", repr(entity)))
+        return original(entity, program_ctx)
+
+    monkeypatch.setattr(autograph_api, "_convert_actual", spy)
+    local.__dict__.pop("_decoded_memo", None)  # build the decode pipeline anew
+    batch = next(iter(image_dataset(local, "train", 8, seed=0)))
+    assert batch["image"].dtype.name == "float32" and float(np.max(batch["image"])) <= 1.0
+    assert converted == []
