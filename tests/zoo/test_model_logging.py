@@ -8,28 +8,18 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.models import Model
+from model_helpers import SPEC, tiny_vae_dir
 
-from zoo import model_logging, models, tracking
+from zoo import model_logging, tracking
 from zoo.serving import GenerativePyfunc, input_example, model_signature
-from zoo.train import write_model_config
 
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
 #: MLmodel fields that name this very model or the moment it was saved
 PER_MODEL = {"model_uuid", "model_id", "artifact_path", "utc_time_created", "run_id"}
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    out = tmp_path / "model"
-    out.mkdir()
-    model.save(out / "model.keras")
-    write_model_config(
-        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
-    )
-    return out
+    return tiny_vae_dir(tmp_path)
 
 
 def _run(c):

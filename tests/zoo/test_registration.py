@@ -5,26 +5,16 @@ import uuid
 import mlflow
 import numpy as np
 import pytest
+from model_helpers import tiny_vae_dir
 
-from zoo import models, registration, tracking
+from zoo import registration, tracking
 from zoo.errors import ConfigError, GenpipeError
-from zoo.train import load_model, write_model_config
-
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+from zoo.train import load_model
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    out = tmp_path / "model"
-    out.mkdir()
-    model.save(out / "model.keras")
-    write_model_config(
-        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
-    )
-    return out
+    return tiny_vae_dir(tmp_path)
 
 
 def _logged_run(c, model_dir, experiment):

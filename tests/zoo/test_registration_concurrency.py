@@ -9,11 +9,12 @@ import uuid
 import pytest
 
 # Nothing here imports TensorFlow at module level: the spawned workers import this module.
-from zoo import models, names, registration, tracking
+from model_helpers import tiny_vae_dir
+
+from zoo import names, registration, tracking
 from zoo.errors import GenpipeError
 
 N = 10
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
 FINGERPRINT = "c" * 64
 
 
@@ -34,15 +35,7 @@ def _register_one(args: tuple[str, str, float, dict]) -> dict:
 @pytest.fixture
 def logged_runs(stack, tmp_path):
     """N runs sharing one logged model (logging it N times would only test MLflow's speed)."""
-    from zoo.train import write_model_config
-
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    out = tmp_path / "model"
-    out.mkdir()
-    model.save(out / "model.keras")
-    write_model_config(out, "vae", model.cfg, SPEC, {"fingerprint": FINGERPRINT})
+    out = tiny_vae_dir(tmp_path, {"fingerprint": FINGERPRINT})
     c = tracking.client()
     first = tracking.get_or_create_run(c, "genpipe-test-concurrent", uuid.uuid4().hex, "vae")
     model_uri = registration.log_model(c, first, out)

@@ -14,35 +14,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from cli_helpers import run_cli
 from minio import Minio
+from model_helpers import tiny_vae_dir
 from PIL import Image
 
 from genpipe.ops.server import MAX_BODY_BYTES, MAX_CONNECTIONS, render, serve
 from genpipe.ops.stack import MLFLOW_BUCKET
 from zoo import models, registration, tracking
 from zoo.settings import Settings
-from zoo.train import load_model, write_model_config
-
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
-
-
-def tiny_vae_dir(tmp_path: Path) -> Path:
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    out = tmp_path / "model"
-    out.mkdir()
-    model.save(out / "model.keras")
-    write_model_config(
-        out, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
-    )
-    return out
+from zoo.train import load_model
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,24 @@
+"""A tiny, untrained VAE model directory, as the trainer writes one: for the tests that log,
+register, serve or pull a model without training one."""
+
+from pathlib import Path
+from typing import Any
+
+from zoo import models
+from zoo.train import write_model_config
+
+SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+
+
+def tiny_vae_dir(tmp_path: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """`tmp_path`/model: model.keras and its config (the dataset `manifest`, default a fake
+    fingerprint and URI)."""
+    cls = models.get("vae")
+    model = cls(cls.tiny_config(), SPEC)
+    model.build_model()
+    out = tmp_path / "model"
+    out.mkdir()
+    model.save(out / "model.keras")
+    manifest = manifest or {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
+    write_model_config(out, "vae", model.cfg, SPEC, manifest)
+    return out
