@@ -137,7 +137,7 @@ def _prime_caches() -> None:
     # libraries for threadpoolctl (0.05-0.2 s each per task; imports and reads only)
     from PIL import Image
 
-    from zoo.evaluation.metrics import blas_controller
+    from zoo import blas
 
     Image.preinit()
-    blas_controller()
+    blas.controller()

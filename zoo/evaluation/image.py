@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zoo import blas
 from zoo.errors import ConfigError
 from zoo.evaluation import Evaluation
 from zoo.evaluation import metrics as M
@@ -62,7 +63,7 @@ def sample_metrics(
     x_train, _ = split_arrays(data, "train")
     pick = np.random.default_rng(seed).choice(len(x_train), min(n, len(x_train)), replace=False)
     f_floor = fe.features(x_train[pick])
-    with M.one_blas_thread():
+    with blas.one_thread():
         out: dict[str, float] = {
             "fid": M.fid(f_gen, f_real),
             "kid": M.kid(f_gen, f_real, seed=seed),

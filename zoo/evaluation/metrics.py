@@ -8,34 +8,9 @@ checks against mode collapse. (The likelihood models compute their own bits/dim 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
-
 import numpy as np
 
 from zoo.errors import DataError
-
-_BLAS: list[Any] = []  # the process's threadpoolctl controller, made on first use
-
-
-def blas_controller() -> Any:
-    """The process's threadpoolctl controller (made once: it scans the loaded libraries,
-    ~0.05-0.1 s after TensorFlow's import; the warm server makes it before it forks)."""
-    from threadpoolctl import ThreadpoolController  # scikit-learn's dependency
-
-    if not _BLAS:
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0]
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run numpy's BLAS on one thread inside: these matrices are small (n x 64 features), and
-    OpenBLAS's threads waiting on each other beside TensorFlow's made the sample metrics 10x
-    slower on a busy 2-core machine (1.0-1.3 s vs 0.08-0.09 s); values unchanged."""
-    with blas_controller().limit(limits=1, user_api="blas"):
-        yield
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray, what: str, min_n: int = 2) -> None:

@@ -11,7 +11,6 @@ Character-level only (word/BPE tokenization is not implemented).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -19,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zoo import blas
 from zoo import config as cfgmod
 from zoo.models.base import TrainConfig, f32
 from zoo.models.text_common import TextModel, text_config_checks
@@ -233,15 +233,8 @@ class GPT(TextModel):
         # One BLAS thread: these [T, n_embd] products take ~0.15 ms on one, but OpenBLAS
         # splits them over all cores, and on a loaded machine its threads wait for each
         # other (5 ms each under load 6 on 2 cores: a 200-character sample took 6 s).
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with blas.one_thread():
             return self._np_next_logits(state[0], state[1][-self.context_length :])
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController  # scikit-learn's dependency
-
-    return ThreadpoolController()
 
 
 def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from zoo import blas
 from zoo.data import fetch, load_source, load_split_arrays, publish, split
 from zoo.errors import DataError
 from zoo.evaluation import features as F
@@ -112,7 +113,7 @@ def test_one_blas_thread_limits_blas_and_keeps_the_values(rng):
 
     a, b = rng.standard_normal((300, 64)), rng.standard_normal((300, 64)) + 0.5
     free = (M.fid(a, b), M.kid(a, b), *M.precision_recall(a, b))
-    with M.one_blas_thread():
+    with blas.one_thread():
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
         limited = (M.fid(a, b), M.kid(a, b), *M.precision_recall(a, b))
     assert limited == pytest.approx(free, rel=1e-12)
