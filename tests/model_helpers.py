@@ -10,9 +10,9 @@ from zoo.train import write_model_config
 SPEC = {"shape": [28, 28, 1], "num_classes": 10}
 
 
-def tiny_vae_dir(tmp_path: Path, manifest: dict[str, Any] | None = None) -> Path:
-    """`tmp_path`/model: model.keras and its config (the dataset `manifest`, default a fake
-    fingerprint and URI)."""
+def tiny_vae(tmp_path: Path, manifest: dict[str, Any] | None = None) -> tuple[Any, Path]:
+    """A tiny VAE and `tmp_path`/model: its model.keras and config (the dataset `manifest`,
+    default a fake fingerprint and URI)."""
     cls = models.get("vae")
     model = cls(cls.tiny_config(), SPEC)
     model.build_model()
@@ -21,4 +21,9 @@ def tiny_vae_dir(tmp_path: Path, manifest: dict[str, Any] | None = None) -> Path
     model.save(out / "model.keras")
     manifest = manifest or {"fingerprint": "f" * 64, "uri": "s3://b/m.json"}
     write_model_config(out, "vae", model.cfg, SPEC, manifest)
-    return out
+    return model, out
+
+
+def tiny_vae_dir(tmp_path: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """`tiny_vae`'s model directory."""
+    return tiny_vae(tmp_path, manifest)[1]

@@ -17,15 +17,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from model_helpers import tiny_vae_dir
 from proc_helpers import default_sigint
 
 from genpipe.ops.server import render
 from pipelines import warm
-from zoo import models, registration, tracking
+from zoo import registration, tracking
 from zoo.serving import generate_from_request
-from zoo.train import load_model, write_model_config
+from zoo.train import load_model
 
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
 #: what a laptop pointed at a cluster's MLflow (port-forward) does not have
 S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GENPIPE_S3_ENDPOINT")
 
@@ -34,15 +34,7 @@ S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GENPIPE_S3_ENDPOINT")
 def registered(stack, tmp_path_factory) -> str:
     """A tiny (untrained) VAE registered as NAME v1 @champion, and the state dir's server."""
     tmp = tmp_path_factory.mktemp("warm-calls")
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    model_dir = tmp / "model"
-    model_dir.mkdir()
-    model.save(model_dir / "model.keras")
-    write_model_config(
-        model_dir, "vae", model.cfg, SPEC, {"fingerprint": "f" * 64, "uri": "s3://b/m"}
-    )
+    model_dir = tiny_vae_dir(tmp, {"fingerprint": "f" * 64, "uri": "s3://b/m"})
     c = tracking.client()
     run_id = tracking.get_or_create_run(c, "genpipe-test-warm-calls", uuid.uuid4().hex, "vae")
     registration.log_model(c, run_id, model_dir)

@@ -11,11 +11,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from model_helpers import tiny_vae
 
-from zoo import models, registration, tracking
-from zoo.train import write_model_config
-
-SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+from zoo import registration, tracking
 
 
 def _free_port() -> int:
@@ -36,13 +34,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_mlflow_models_serve_generates_samples(stack, tmp_path):
-    cls = models.get("vae")
-    model = cls(cls.tiny_config(), SPEC)
-    model.build_model()
-    out = tmp_path / "model"
-    out.mkdir()
-    model.save(out / "model.keras")
-    write_model_config(out, "vae", model.cfg, SPEC, {"fingerprint": "0" * 64})
+    model, out = tiny_vae(tmp_path, {"fingerprint": "0" * 64})
     c = tracking.client()
     name = f"vae-mlserve-{uuid.uuid4().hex[:8]}"
     run_id = tracking.get_or_create_run(c, "genpipe-test-mlserve", uuid.uuid4().hex, "vae")
