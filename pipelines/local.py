@@ -301,7 +301,7 @@ def summary_fields(model: str, mlflow_run_id: str) -> dict[str, Any]:
     return out
 
 
-#: the evaluation artifacts `genpipe run` prints the local paths of (genpipe/cli/pipeline.py)
+#: the evaluation artifacts whose local paths `genpipe run` prints (genpipe/cli/pipeline.py)
 SHOWN = ("report.html", "samples.png")
 
 

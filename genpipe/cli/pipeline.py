@@ -273,7 +273,9 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         out.print(f"MLflow run:   {res.run_url}")
         if res.local_dir:
-            for artifact in ("report.html", "samples.png"):
+            from pipelines.local import SHOWN  # loaded with run_cli: no import cost
+
+            for artifact in SHOWN:
                 if (res.local_dir / artifact).exists():
                     out.print(f"{artifact + ':':13} {res.local_dir / artifact}")
         if res.blessed and res.registered_version:
