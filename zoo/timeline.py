@@ -18,7 +18,14 @@ def mark(label: str) -> None:
     if not path:
         return
     # One O_APPEND write per line: lines of concurrent processes do not interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as e:  # the CLI marks first, so a run fails here before it starts
+        from zoo.errors import ConfigError
+
+        raise ConfigError(
+            f"{ENV}={path!r}: cannot append to it ({e.strerror}); name a writable file or unset it"
+        ) from None
     try:
         os.write(fd, f"{time.time():.4f} {os.getpid()} {label}\n".encode())
     finally:
