@@ -124,9 +124,9 @@ class _Uploader:
     each upload retried through outages. Thread-safe: one temporary file per name."""
 
     def __init__(self, c: Any, artifact_uri: str, where: str, tmp: Path) -> None:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from zoo import tracking
 
-        self.repo = get_artifact_repository(artifact_uri, tracking_uri=c.tracking_uri)
+        self.repo = tracking.artifact_repo(artifact_uri, c.tracking_uri)
         self.where, self.tmp = where, tmp
 
     def __call__(self, name: str, data: bytes) -> bytes:

@@ -314,8 +314,6 @@ def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float)
     other figures are in report.html and in MLflow)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     from zoo import tracking
 
     c = tracking.client(settings)
@@ -324,7 +322,7 @@ def summarize(settings: Settings, model: str, mlflow_run_id: str, wall_s: float)
     arts: list[str] = []
     # A run that skipped evaluation (unchanged since the champion) has none.
     if not run.data.tags.get(names.TAG_UNCHANGED):
-        repo = get_artifact_repository(run.info.artifact_uri)
+        repo = tracking.artifact_repo(run.info.artifact_uri, c.tracking_uri)
         (local_dir / "evaluation").mkdir(parents=True, exist_ok=True)
 
         def fetch(name: str) -> BaseException | None:

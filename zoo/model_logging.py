@@ -30,6 +30,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from zoo.errors import GenpipeError
+from zoo.mlflow_calls import artifact_repo
 from zoo.names import TAG_MODEL_URI
 
 _logger = logging.getLogger(__name__)
@@ -194,10 +195,9 @@ def _check_example(local: Path) -> list[str]:
 def _upload(pool: ThreadPoolExecutor, local: Path, artifact_uri: str, during: Any) -> None:
     """Upload the saved model's files to `artifact_uri` concurrently; `during()` runs
     meanwhile and returns env var names to record in MLmodel (then uploaded again)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.file_utils import relative_path_to_artifact_path
 
-    repo = get_artifact_repository(artifact_uri, tracking_uri=mlflow.get_tracking_uri())
+    repo = artifact_repo(artifact_uri)
 
     def put(path: Path) -> None:
         rel = path.parent.relative_to(local)

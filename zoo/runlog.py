@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from zoo import grids as imgs
 from zoo.errors import GenpipeError
+from zoo.mlflow_calls import log_artifact_at
 
 #: MLflow's limits on one log_batch request (mlflow/utils/validation.py)
 MAX_METRICS_PER_BATCH = 1000
@@ -40,7 +41,7 @@ class RunLogger:
         """`params`: the run's params when the caller already has them (a run it just read or
         created), else they are read on first use. `artifact_uri`: the run's (run.info
         .artifact_uri), when the caller has it: files then upload without MLflow reading the
-        run first (through zoo.tracking.BoundedClient.log_artifact_at)."""
+        run first (zoo.mlflow_calls.log_artifact_at)."""
         self.client = c
         self.run_id = run_id
         self._params: dict[str, str] | None = None if params is None else dict(params)
@@ -103,8 +104,8 @@ class RunLogger:
             path.write_bytes(data)
             parent = str(Path(artifact_file).parent)
             where = None if parent == "." else parent
-            if self._artifact_uri and hasattr(self.client, "log_artifact_at"):
-                self.client.log_artifact_at(self._artifact_uri, str(path), where)
+            if self._artifact_uri:
+                log_artifact_at(self._artifact_uri, str(path), where, self.client.tracking_uri)
             else:
                 self.client.log_artifact(self.run_id, str(path), where)
 

@@ -5,6 +5,7 @@ known run's params are not read again, and checking a RUNNING run's status is on
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_checking_a_running_runs_status_is_one_read(mlflow_requests):
         assert status.run.info.run_id == run.info.run_id  # handed to the task
     assert dict(seen) == {"GET get": 2}
     assert c.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["bounded-client", "plain-client"])
+def test_a_file_into_a_run_of_known_artifact_uri_is_one_upload(mlflow_requests, plain):
+    """With the run's artifact URI at hand, a file is one upload, whichever MLflow client the
+    logger got (a plain MlflowClient used to fall back to log_artifact, which reads the run)."""
+    from mlflow.tracking import MlflowClient
+
+    c, run = _new_run()
+    client = MlflowClient(c.tracking_uri) if plain else c
+    logger = tracking.RunLogger(client, run.info.run_id, artifact_uri=run.info.artifact_uri)
+    with mlflow_requests(short=True) as seen:
+        logger.text("hello", "notes/hello.txt")
+    assert list(seen) == ["PUT hello.txt"] and sum(seen.values()) == 1
+    got = tracking.artifact_repo(run.info.artifact_uri).download_artifacts("notes/hello.txt")
+    assert Path(got).read_text() == "hello"
