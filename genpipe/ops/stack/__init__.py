@@ -10,7 +10,7 @@
                              every start of SeaweedFS (see `seaweedfs._write_weed_security`)
     STATE/seaweedfs/         SeaweedFS master, volume and filer data
     STATE/run/               SeaweedFS's local Unix sockets
-    STATE/mlflow.db          MLflow backend store (sqlite)
+    STATE/mlflow.db          MLflow backend store (sqlite, write-ahead log: mlflow.db-wal/-shm)
     STATE/mlflow-auth.json   MLflow's admin user and 256-bit password (mode 0600), generated on
                              the first `up`; every MLflow request must carry them (Basic auth,
                              checked by `genpipe.ops.mlflow_auth`)
@@ -174,15 +174,17 @@ def up(
 
     `ports` defaults to those saved by the last `up` in this state dir, else `Ports()`.
     MLflow always requires the stack's credentials (generated once, exported by `env()`); an
-    MLflow that an older version started without them is restarted.
+    MLflow that an older version started without them, or under uvicorn, is restarted.
     Raises StackError (PortInUseError for a taken port) with the server log on failure.
     """
     state = state_path(state_dir)
     with lock(state):
         mlflow_server.enable_auth(state)
         stale = running_pid(state, MLFLOW)
-        if stale and not mlflow_server.auth_current(state):
-            stop(stale, 30.0)  # anyone local could use (and replace models in) that one
+        if stale and not mlflow_server.current(state, stale):
+            # Without our auth anyone local could use (and replace models in) that one; one
+            # under uvicorn costs every request ~5-15 ms more.
+            stop(stale, 30.0)
             pid_file(state, MLFLOW).unlink(missing_ok=True)
         saved = load_ports(state)
         ports = ports or saved or Ports()

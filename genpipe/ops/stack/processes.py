@@ -160,7 +160,7 @@ def _group_alive(pgid: int) -> bool:
 def stop(pid: int, timeout: float) -> None:
     """SIGTERM the process group led by `pid`, then SIGKILL what is left after `timeout`."""
     # Each server was started with start_new_session=True, so its pid is its group id and
-    # the group holds its workers too (MLflow's uvicorn child).
+    # the group holds its workers too (MLflow's gunicorn master and worker).
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pid, sig)
