@@ -46,9 +46,13 @@ def run(
         tags=tags,
         lower_is_better=cls.lower_is_better,
         run=run,
-    )
-    tracking.RunLogger(c, mlflow_run_id).tags(
-        {names.TAG_REGISTERED_VERSION: result.version, names.TAG_ALIASES: ",".join(result.aliases)}
+        # where `genpipe run` reads the outcome: recorded while the lock is released
+        record=lambda result: tracking.RunLogger(c, mlflow_run_id).tags(
+            {
+                names.TAG_REGISTERED_VERSION: result.version,
+                names.TAG_ALIASES: ",".join(result.aliases),
+            }
+        ),
     )
     return dataclasses.asdict(result)
 

@@ -136,3 +136,43 @@ def test_a_registration_over_a_champion_makes_few_requests(stack, model_dir, mlf
     assert sum(seen.values()) <= 9, seen
     assert c.get_model_version_by_alias(name, "champion").version == "2"
     assert c.get_model_version(name, "2").tags == tags
+
+
+def test_a_registration_over_a_champion_waits_on_few_round_trips(stack, model_dir):
+    """Independent requests go out together: the version is found and created while the
+    lock's ticket is taken and the turn checked, both aliases move at once, and what the
+    caller records (`record`) goes out with the ticket's release: 5 round trips for 10
+    requests (before: 9 for 9, then the caller's tags after them)."""
+    from mlflow_rounds import mlflow_rounds
+
+    c = tracking.client()
+    name = f"vae-rounds-{uuid.uuid4().hex[:8]}"
+    r1, r2 = (_logged_run(c, model_dir, "genpipe-test-reg") for _ in range(2))
+    registration.register(c, name, r1, better_than_champion=True, expected_champion="", tags={})
+    run = c.get_run(r2)
+    tags = {"genpipe.fingerprint": "f" * 64}
+    recorded = []
+
+    def record(result):
+        c.set_tag(r2, "genpipe.test_recorded", result.version)
+        recorded.append(result)
+
+    with mlflow_rounds() as rounds:
+        res = registration.register(
+            c,
+            name,
+            r2,
+            better_than_champion=True,
+            expected_champion="1",
+            tags=tags,
+            run=run,
+            record=record,
+        )
+    assert (res.version, res.promoted, res.aliases) == ("2", True, ["candidate", "champion"])
+    assert recorded == [res]
+    assert (rounds.count, rounds.depth) == (10, 5), rounds.chain()
+    assert c.get_run(r2).data.tags["genpipe.test_recorded"] == "2"
+    assert c.get_model_version_by_alias(name, "champion").version == "2"
+    assert c.get_model_version_by_alias(name, "candidate").version == "2"
+    assert c.get_model_version(name, "2").tags == tags
+    assert not c.search_model_versions(f"name='{name}{registration.LOCK_SUFFIX}'")  # released
