@@ -22,13 +22,14 @@ import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from zoo import timeline
 from zoo.errors import GenpipeError
 from zoo.mlflow_calls import artifact_repo
 from zoo.names import TAG_MODEL_URI
@@ -72,9 +73,55 @@ def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
     run's step-0 metrics and ends READY (FAILED when logging fails), as Model.log leaves it;
     the run gets the tag genpipe.model_uri.
     """
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.entities import LoggedModelStatus
 
     meta = json.loads((Path(model_dir) / "config.json").read_text())
+    created = None
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="genpipe-model-") as tmp,
+            ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="genpipe-log-model") as pool,
+        ):
+            # The run is read and the LoggedModel created while the model saves and is checked.
+            created = pool.submit(_create, c, run_id, pool)
+            try:
+                checked_dir, local = _save(Path(tmp), meta, model_dir)
+                timeline.mark("log_model: saved")
+                checked = pool.submit(_check_example, checked_dir)
+                logged, linked = created.result()
+                timeline.mark("log_model: logged model created")
+                _stamp(checked_dir, local, run_id, logged)
+                _upload(pool, local, logged.artifact_location, during=checked.result)
+                for done in linked:
+                    done.result()
+                timeline.mark("log_model: uploaded")
+            finally:
+                wait([created])  # it submits the model's links while the pool takes them
+    except BaseException:
+        # What Model.log's `_use_logged_model` does: a model that failed to log says so.
+        logged = _created_or_none(created)
+        if logged is not None:
+            try:
+                c.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            except Exception as e:  # noqa: BLE001 - the logging error matters more
+                _logger.warning("could not mark logged model %s FAILED: %s", logged.model_id, e)
+        raise
+    uri = f"models:/{logged.model_id}"
+    # Independent: the model's status and the run's tag, in one round trip.
+    with ThreadPoolExecutor(2, thread_name_prefix="genpipe-log-model") as pool:
+        ready = pool.submit(c.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
+        tagged = pool.submit(c.set_tag, run_id, TAG_MODEL_URI, uri)
+        ready.result()
+        tagged.result()
+    timeline.mark("log_model: finalized")
+    return uri
+
+
+def _create(c: MlflowClient, run_id: str, pool: ThreadPoolExecutor) -> tuple[Any, list[Any]]:
+    """Create the run's LoggedModel as Model.log does; returns it with the futures of its two
+    links to the run (sent at once): the run's output, and the run's step-0 metrics."""
+    from mlflow.entities import LoggedModelOutput
+
     run = c.get_run(run_id)
     # Created here, the run needs no activating (a `mlflow.start_run` block reads and updates
     # the run three times and ends it FINISHED, which tracking.run_status then undid).
@@ -84,36 +131,26 @@ def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:
         experiment_id=run.info.experiment_id,
         params=dict(run.data.params),
     )
-    model_id = logged.model_id
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="genpipe-model-") as tmp,
-            ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="genpipe-log-model") as pool,
-        ):
-            linked = [
-                pool.submit(c.log_outputs, run_id, [LoggedModelOutput(model_id, step=0)]),
-                pool.submit(_copy_step0_metrics, c, run, model_id),
-            ]
-            local = _save(Path(tmp), meta, model_dir, run_id, logged)
-            _upload(pool, local, logged.artifact_location, during=lambda: _check_example(local))
-            for done in linked:
-                done.result()
-    except BaseException:
-        # What Model.log's `_use_logged_model` does: a model that failed to log says so.
-        try:
-            c.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-        except Exception as e:  # noqa: BLE001 - the logging error matters more
-            _logger.warning("could not mark logged model %s FAILED: %s", model_id, e)
-        raise
-    c.finalize_logged_model(model_id, LoggedModelStatus.READY)
-    uri = f"models:/{model_id}"
-    c.set_tag(run_id, TAG_MODEL_URI, uri)
-    return uri
+    output = [LoggedModelOutput(logged.model_id, step=0)]
+    linked = [
+        pool.submit(c.log_outputs, run_id, output),
+        pool.submit(_copy_step0_metrics, c, run, logged.model_id),
+    ]
+    return logged, linked
 
 
-def _save(tmp: Path, meta: dict[str, Any], model_dir: Path, run_id: str, logged: Any) -> Path:
-    """Save the pyfunc model locally as Model.log does (its MLmodel names the run and the
-    LoggedModel); returns its directory."""
+def _created_or_none(created: Any) -> Any:
+    """The LoggedModel `_create` made, or None when it made none (or never ran)."""
+    if created is None or created.cancelled() or created.exception() is not None:
+        return None
+    return created.result()[0]
+
+
+def _save(tmp: Path, meta: dict[str, Any], model_dir: Path) -> tuple[Path, Path]:
+    """Save the pyfunc model locally as Model.log does, before the LoggedModel exists: its
+    MLmodel names no run and no LoggedModel yet (`_stamp` writes the one uploaded). Returns
+    (the saved directory, which the check loads; a copy of its files but MLmodel, to upload):
+    the check may leave __pycache__ dirs in the first, never in the upload."""
     from mlflow.models import Model
 
     from zoo.serving import GenerativePyfunc, input_example, model_signature
@@ -122,16 +159,10 @@ def _save(tmp: Path, meta: dict[str, Any], model_dir: Path, run_id: str, logged:
     # Ship the load path of our package with the model, so a serving runtime needs only the
     # pins below: its import closure (zoo.shipping), not all of `zoo` (a file is an upload).
     code = stage_serving_code(meta["model"], tmp / "code")
-    local = tmp / "model"
-    mlflow_model = Model(
-        artifact_path=logged.artifact_location,
-        model_uuid=logged.model_id,
-        run_id=run_id,
-        model_id=logged.model_id,
-    )
+    saved = tmp / "checked"
     mlflow.pyfunc.save_model(
-        path=str(local),
-        mlflow_model=mlflow_model,
+        path=str(saved),
+        mlflow_model=Model(),
         python_model=GenerativePyfunc(),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(code)],
@@ -140,9 +171,29 @@ def _save(tmp: Path, meta: dict[str, Any], model_dir: Path, run_id: str, logged:
         input_example=input_example(meta["model"]),
     )
     # As Model.log: loading the model (requirement checks) may leave __pycache__ dirs behind.
-    for pycache in list(local.rglob("__pycache__")):
+    for pycache in list(saved.rglob("__pycache__")):
         shutil.rmtree(pycache, ignore_errors=True)
-    return local
+    local = tmp / "model"
+    # Hard links: the files are never written again (MLmodel is, so it is not linked).
+    shutil.copytree(saved, local, copy_function=os.link, ignore=_top_mlmodel(saved))
+    return saved, local
+
+
+def _top_mlmodel(saved: Path) -> Any:
+    return lambda d, names: [MLMODEL] if Path(d) == saved else []
+
+
+def _stamp(saved: Path, local: Path, run_id: str, logged: Any) -> None:
+    """Write `local`'s MLmodel: the saved one naming the run and the LoggedModel as Model.log's
+    does (artifact_path, model_uuid, run_id, model_id; the rest is save_model's own)."""
+    from mlflow.models import Model
+
+    mlflow_model = Model.load(str(saved / MLMODEL))
+    mlflow_model.artifact_path = logged.artifact_location
+    mlflow_model.model_uuid = logged.model_id
+    mlflow_model.run_id = run_id
+    mlflow_model.model_id = logged.model_id
+    mlflow_model.save(str(local / MLMODEL))
 
 
 def _copy_step0_metrics(c: MlflowClient, run: Any, model_id: str) -> None:
@@ -209,6 +260,7 @@ def _upload(pool: ThreadPoolExecutor, local: Path, artifact_uri: str, during: An
     files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
     started = [pool.submit(put, p) for p in files]
     env_vars = during()
+    timeline.mark("log_model: example checked")
     for done in started:
         done.result()
     if env_vars:  # after the first MLmodel landed: the rewritten one must be the last write

@@ -88,8 +88,15 @@ def test_logs_what_mlflow_logs(stack, model_dir, tmp_path):
         if name not in ("MLmodel", "python_model.pkl"):  # the pickle is equal in content
             assert ours_files[name] == theirs_files[name], name
     assert _mlmodel(ours_files) == _mlmodel(theirs_files)
-    assert yaml.safe_load(ours_files["MLmodel"])["run_id"] == ours_run
-    assert yaml.safe_load(ours_files["MLmodel"])["model_id"] == ours
+    # the ids in MLmodel are what Model.log writes: the run, the LoggedModel, its location
+    for model_id, run_id, files in (
+        (ours, ours_run, ours_files),
+        (theirs, theirs_run, theirs_files),
+    ):
+        mlmodel = yaml.safe_load(files["MLmodel"])
+        assert mlmodel["run_id"] == run_id
+        assert mlmodel["model_id"] == mlmodel["model_uuid"] == model_id
+        assert mlmodel["artifact_path"] == c.get_logged_model(model_id).artifact_location
 
     for model_id, run_id in ((ours, ours_run), (theirs, theirs_run)):
         logged = c.get_logged_model(model_id)
@@ -150,9 +157,10 @@ def test_env_vars_the_check_found_are_recorded_in_the_uploaded_mlmodel(stack, mo
     c = tracking.client()
     run_id = _run(c)
     logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id)
-    local = model_logging._save(
-        model_dir.parent / "saved", {"model": "vae", "data_spec": SPEC}, model_dir, run_id, logged
+    saved, local = model_logging._save(
+        model_dir.parent / "saved", {"model": "vae", "data_spec": SPEC}, model_dir
     )
+    model_logging._stamp(saved, local, run_id, logged)
     with ThreadPoolExecutor(4) as pool:
         model_logging._upload(
             pool, local, logged.artifact_location, during=lambda: ["OPENAI_API_KEY"]
@@ -160,3 +168,32 @@ def test_env_vars_the_check_found_are_recorded_in_the_uploaded_mlmodel(stack, mo
     files = _files(c, logged.model_id)
     assert yaml.safe_load(files["MLmodel"])["env_vars"] == ["OPENAI_API_KEY"]
     assert b"OPENAI_API_KEY" in files["environment_variables.txt"]
+
+
+def test_the_check_runs_while_the_run_is_read_and_the_model_created(stack, model_dir, monkeypatch):
+    """The input-example check (load the saved model, predict; ~0.3 s) does not wait for the
+    run's read and the LoggedModel's creation, and the model's status and the run's tag go
+    out together: each request here is held 0.3 s (tests/mlflow_rounds.py)."""
+    import time
+
+    from mlflow_rounds import mlflow_rounds
+
+    c = tracking.client()
+    run_id = _run(c)
+    started = []
+    real_check = model_logging._check_example
+
+    def check(local):
+        started.append(time.monotonic())
+        return real_check(local)
+
+    monkeypatch.setattr(model_logging, "_check_example", check)
+    with mlflow_rounds() as rounds:
+        uri = model_logging.log_model(c, run_id, model_dir)
+    (created_end,) = [end for _, end, name in rounds.spans if name == "POST logged-models"]
+    assert started and started[0] < created_end, rounds.chain()
+    (ready,) = [s for s in rounds.spans if s[2].startswith("PATCH ")]
+    (tagged,) = [s for s in rounds.spans if s[2] == "POST set-tag"]
+    assert ready[0] < tagged[1] and tagged[0] < ready[1], rounds.chain()  # they overlap
+    assert c.get_run(run_id).data.tags["genpipe.model_uri"] == uri
+    assert str(c.get_logged_model(uri.removeprefix("models:/")).status).endswith("READY")
