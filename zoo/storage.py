@@ -57,6 +57,8 @@ class ObjectStore:
             secure=settings.s3_secure,
             http_client=http,
         )
+        #: buckets `ensure_bucket` made sure of
+        self._ensured: set[str] = set()
 
     @classmethod
     def from_env(cls) -> ObjectStore:
@@ -93,13 +95,18 @@ class ObjectStore:
         raise AssertionError("unreachable")
 
     def ensure_bucket(self, bucket: str | None = None) -> None:
+        """Create `bucket` (default: ours) unless it exists; asked once per store object (a
+        task's ingest and its publish both ensure it: one request, not two)."""
         bucket = bucket or self.settings.bucket
+        if bucket in self._ensured:
+            return
         if not self._call("bucket_exists", self.client.bucket_exists, bucket):
             try:
                 self.client.make_bucket(bucket)
             except S3Error as e:  # a concurrent creator won the race: fine
                 if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
+        self._ensured.add(bucket)
 
     def put_bytes(
         self, uri: str, data: bytes, content_type: str = "application/octet-stream"
