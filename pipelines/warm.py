@@ -33,9 +33,9 @@ an abstract socket only where that path is too long for one): the server checks 
 client's uid (SO_PEERCRED) and closes connections from any uid but its own before reading a
 byte, and the client checks the server's likewise. The session greets with b"R" + its pid once
 preloaded; the client sends one JSON request (task source, args, env, cwd) with the write end
-of a pipe attached (SCM_RIGHTS); the session forks, the child writes its output to that pipe,
-and the session answers with the child's exit code. A task request runs the component source
-it carries (it is kfp's command, and only our own uid can send one); a `call` request runs
+of a pipe attached (SCM_RIGHTS); a child the session forked ahead (pipelines.warm_spare) writes
+its output to that pipe, and the session answers with its exit code. A task request runs the source
+of its component (kfp's command; only our own uid can send one); a `call` request runs
 only a function of `CALLS`, the ones our client calls (short commands such as `genpipe
 generate` use `connect_existing`: a running server answers them without the CLI importing
 TensorFlow or MLflow; none running, they run in-process). A *streamed* call also sends the

@@ -11,7 +11,6 @@ a `call` request runs only a function of `pipelines.warm.CALLS`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -31,6 +30,7 @@ from pipelines.warm_preload import (  # noqa: F401  (PRELOAD, _prime_caches: re-
     _preload,
     _prime_caches,
 )
+from pipelines.warm_spare import Spare, _die_with_parent
 from pipelines.warm_wire import (
     _EXECUTOR,
     _MAX_MSG,
@@ -41,14 +41,6 @@ from pipelines.warm_wire import (
     _try_connect,
 )
 from zoo import timeline
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent exits, so no orphan outlives an interrupted run."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) -> None:
@@ -154,74 +146,60 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     return 0
 
 
-def _wait_task(pid: int, sock: socket.socket) -> int:
-    """Exit code of task `pid`; kills it if the client goes away meanwhile (Ctrl-C, kill)."""
-    # A pidfd becomes readable the moment the task exits: no polling latency per task.
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = -1
+def _run(request: dict[str, Any], out_fd: int) -> int:
+    """What a session's child runs: one task or one call."""
+    return (_child_call if "call" in request else _child)(request, out_fd)
+
+
+def handle(sock: socket.socket, spare: Spare | None = None) -> None:
+    """One client's session: one request at a time (kfp.local runs tasks one after another).
+
+    Each request runs in a child forked ahead of it (pipelines.warm_spare): `spare`, forked
+    before the client came (else one forked once it is greeted), and one while each task
+    runs (the next task will want it), so the fork is never between two tasks; a session
+    that ends leaves its unused spare to exit.
+    """
+    sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
+    if spare is None:
+        spare = Spare(_run, close=(sock,))
+    exited: list[Spare] = []  # reported their code, maybe still exiting: reaped later
     try:
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status)
-            watch = [sock] if pidfd < 0 else [sock, pidfd]
-            readable, _, _ = select.select(watch, [], [], 0.05 if pidfd < 0 else 5.0)
-            if sock in readable and _client_gone(sock):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-
-
-def _client_gone(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
-def handle(sock: socket.socket) -> None:
-    """One client's session: one request at a time (kfp.local runs tasks one after another)."""
-    sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
-    while True:
-        try:
-            header, fds, _, _ = socket.recv_fds(sock, 8 + _MAX_MSG, 1)
-        except OSError:
-            return
-        if not header:
-            return  # the client closed: the run is over
-        size = int.from_bytes(header[:8], "big")
-        body = header[8:]
-        while len(body) < size:
-            chunk = sock.recv(size - len(body))
-            if not chunk:
-                return
-            body += chunk
-        request = json.loads(body)
-        out_fd = fds[0]
-        if "call" in request and request["call"] not in CALLS:  # refused without a fork
-            with open(out_fd, "w", encoding="utf-8") as out:
-                refusal = {"error": _not_allowed(str(request["call"])), "refused": True}
-                marker = REPLY if request.get("stream") else ""
-                out.write("\n" + marker + json.dumps(refusal) + "\n")
-            sock.sendall((1).to_bytes(8, "big", signed=True))
-            continue
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            code = 1
+            exited = [s for s in exited if not s.reap()]
             try:
-                code = (_child_call if "call" in request else _child)(request, out_fd)
-            finally:
-                os._exit(code)
-        os.close(out_fd)
-        code = _wait_task(pid, sock)
-        sock.sendall(int(code).to_bytes(8, "big", signed=True))
+                header, fds, _, _ = socket.recv_fds(sock, 8 + _MAX_MSG, 1)
+            except OSError:
+                return
+            if not header:
+                return  # the client closed: the run is over
+            size = int.from_bytes(header[:8], "big")
+            body = header[8:]
+            while len(body) < size:
+                chunk = sock.recv(size - len(body))
+                if not chunk:
+                    return
+                body += chunk
+            request = json.loads(body)
+            out_fd = fds[0]
+            if "call" in request and request["call"] not in CALLS:  # refused without a fork
+                with open(out_fd, "w", encoding="utf-8") as out:
+                    refusal = {"error": _not_allowed(str(request["call"])), "refused": True}
+                    marker = REPLY if request.get("stream") else ""
+                    out.write("\n" + marker + json.dumps(refusal) + "\n")
+                sock.sendall((1).to_bytes(8, "big", signed=True))
+                continue
+            child = spare if spare is not None else Spare(_run, close=(sock,))
+            spare = None
+            child.start(body, out_fd)
+            os.close(out_fd)
+            if "call" not in request:  # a pipeline's next task forks while this one runs
+                spare = Spare(_run, close=(sock,))
+            code = child.wait(sock)
+            exited.append(child)
+            sock.sendall(int(code).to_bytes(8, "big", signed=True))
+    finally:
+        if spare is not None:
+            spare.discard()
 
 
 def _bind(address: str) -> socket.socket | None:
@@ -277,41 +255,62 @@ def serve(address: str, idle_seconds: float) -> None:
 
 
 def _serve(listener: socket.socket, idle_seconds: float) -> None:
+    """Preload, then keep one session forked ahead of its client (`_waiting_session`): the
+    fork of a session (and of its first child) is never between a client's connect and its
+    answer. Stops after `idle_seconds` without a client."""
     listener.listen(16)  # clients may connect (and wait) while we preload
     _preload()
     handlers: set[int] = set()
-    listener.settimeout(min(idle_seconds, 5.0))
+    took_r, took_w = os.pipe()  # a waiting session writes a byte once it took its client
+    waiting = _waiting_session(listener, took_r, took_w)
     idle_since = time.monotonic()
     while True:
         for pid in list(handlers):
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG)[0]:
                     handlers.discard(pid)
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(waiting, os.WNOHANG)[0]:  # died before a client (killed)
+                waiting = _waiting_session(listener, took_r, took_w)
         if handlers:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > idle_seconds:
             return
-        try:
+        readable, _, _ = select.select([took_r], [], [], min(idle_seconds, 5.0))
+        if readable and os.read(took_r, 1):
+            handlers.add(waiting)
+            idle_since = time.monotonic()
+            waiting = _waiting_session(listener, took_r, took_w)
+
+
+def _waiting_session(listener: socket.socket, took_r: int, took_w: int) -> int:
+    """Fork a session that forks its first child, then waits for a client (returns its pid).
+
+    It accepts the next connection itself, closes it unread unless the peer runs as our own
+    uid, tells the server (a byte on `took_w`: fork the next one) and serves it (`handle`).
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the session must not unlink
+        _die_with_parent()  # a stopped server takes its sessions (and their tasks) along
+        os.close(took_r)
+        spare = Spare(_run, close=(listener,), close_fds=(took_w,))
+        while True:
             conn, _ = listener.accept()
-        except TimeoutError:
-            continue
-        uid = _peer_uid(conn)
-        if uid != os.getuid():  # another user (or unknown): not a byte read, nothing run
+            uid = _peer_uid(conn)
+            if uid == os.getuid():
+                break
+            # another user (or unknown): not a byte read, nothing run
             print(f"warm server: refused a connection from uid {uid}", flush=True)
             conn.close()
-            continue
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the session must not unlink
-            listener.close()
-            conn.settimeout(None)
-            _die_with_parent()  # a stopped server takes its sessions (and their tasks) along
-            try:
-                handle(conn)
-            finally:
-                os._exit(0)
-        conn.close()
-        handlers.add(pid)
+        os.write(took_w, b"1")
+        os.close(took_w)
+        listener.close()
+        handle(conn, spare)
+    finally:
+        os._exit(0)
 
 
 if __name__ == "__main__":

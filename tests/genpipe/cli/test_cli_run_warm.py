@@ -122,19 +122,38 @@ def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, tmp_path):
         server = int(json.loads((stack.state_dir / "warm-server.json").read_text())["pid"])
         run_procs = set(descendants(server))  # its sessions, the run's fork, the train task
         assert set(tasks) <= run_procs
+        task_session = _parent(tasks[0])
         cli.send_signal(signal.SIGINT)
         _, stderr = cli.communicate(timeout=60)
         assert cli.returncode == 130, stderr[-2000:]  # typer's exit code for Ctrl-C
+
+        def left() -> set[int]:
+            return {p for p in run_procs & set(descendants(server)) if not _gone(p)}
+
+        def only_the_waiting_session(procs: set[int]) -> bool:
+            """What may stay: the session the server keeps forked for its next client, with
+            its first child (pipelines.warm_server._waiting_session); nothing of the run."""
+            top = [p for p in procs if _parent(p) == server]
+            return len(top) <= 1 and all(_parent(p) in (server, *top) for p in procs)
+
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and run_procs & set(descendants(server)):
+        while time.monotonic() < deadline and not only_the_waiting_session(left()):
             time.sleep(0.2)
-        assert not run_procs & set(descendants(server)), "the run outlived its client"
+        assert only_the_waiting_session(left()), "the run outlived its client"
+        assert task_session not in left()
         assert all(_gone(t) for t in tasks)
         assert not _gone(server)  # the next run reuses it
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        return 0
 
 
 def _gone(pid: int) -> bool:

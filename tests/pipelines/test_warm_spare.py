@@ -1,0 +1,159 @@
+"""pipelines.warm_spare: a session's children forked before their request, released before
+their process is gone (the fork and the exit are no longer between two pipeline tasks)."""
+
+# No `from __future__ import annotations`: KFP reads the component functions' real types.
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import kfp.local
+import pytest
+from kfp import dsl
+
+from pipelines import warm, warm_spare
+
+
+def _start_seconds_ago() -> float:
+    """How long ago this process was forked (from /proc: its start time in clock ticks)."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/self/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - started
+
+
+AGE_TASK = dsl.component(_start_seconds_ago, base_image="python:3.11", install_kfp_package=False)
+
+
+def _spare_and_client(run: warm_spare.Runner) -> tuple[warm_spare.Spare, socket.socket, int]:
+    """A spare of this process, the session's end of a client socket, and the read end of
+    the output pipe the spare's request carries."""
+    client, session = socket.socketpair()
+    spare = warm_spare.Spare(run, close=(session,))
+    read_fd, write_fd = os.pipe()
+    spare.start(json.dumps({"x": 1}).encode(), write_fd)
+    os.close(write_fd)
+    return spare, session, read_fd
+
+
+def _write_and_return(code: int) -> warm_spare.Runner:
+    def run(request: dict, out_fd: int) -> int:
+        os.dup2(out_fd, 1)
+        os.close(out_fd)
+        os.write(1, f"request {request['x']}\n".encode())
+        return code
+
+    return run
+
+
+def test_the_code_and_the_output_arrive_before_the_child_has_exited(monkeypatch):
+    """What the child does after it reported (its exit: page tables, copied pages) no longer
+    delays the client: here that exit is made to take 5 s."""
+    real_exit = os._exit
+
+    def slow_exit(code: int) -> None:
+        time.sleep(5)
+        real_exit(code)
+
+    monkeypatch.setattr(os, "_exit", slow_exit)  # before the fork: the spare's exit
+    spare, session, read_fd = _spare_and_client(_write_and_return(7))
+    monkeypatch.setattr(os, "_exit", real_exit)
+    t0 = time.monotonic()
+    with os.fdopen(read_fd) as out:
+        assert out.read() == "request 1\n"  # EOF: the pipe was let go of
+    assert spare.wait(session) == 7
+    assert time.monotonic() - t0 < 4, "waited for the child's exit"
+    assert not spare.reap()  # still exiting
+    os.waitpid(spare.pid, 0)
+
+
+def test_a_child_that_dies_without_reporting_is_reported_by_its_exit_status():
+    def killed(request: dict, out_fd: int) -> int:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    spare, session, read_fd = _spare_and_client(killed)
+    assert spare.wait(session) == -signal.SIGKILL
+    os.close(read_fd)
+    spare2, session2, read_fd2 = _spare_and_client(_write_and_return(256 + 3))
+    assert spare2.wait(session2) == 3  # what os._exit(259) leaves, as before
+    os.close(read_fd2)
+    while not spare2.reap():
+        time.sleep(0.01)
+
+
+def test_an_unused_spare_exits_when_discarded():
+    client, session = socket.socketpair()
+    spare = warm_spare.Spare(_write_and_return(0), close=(session,))
+    spare.discard()
+    _, status = os.waitpid(spare.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    h = tmp_path_factory.mktemp("warm-spare-home")
+    yield h
+    warm.stop_server(h)
+
+
+def test_each_task_process_was_forked_before_its_request(home, tmp_path):
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=True,
+    )
+    with warm.warm_tasks(home) as zygote:
+        assert zygote is not None and zygote.alive()
+        for _ in range(2):  # the session's first spare, then the one forked during a task
+            time.sleep(1.0)
+            assert AGE_TASK().output > 0.6, "the task's process was forked after its request"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, unreaped
+    except FileNotFoundError:
+        return True
+
+
+def test_a_session_leaves_no_process_behind(home, tmp_path):
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=True,
+    )
+    with warm.warm_tasks(home) as zygote:
+        AGE_TASK()
+        session = zygote.pid
+        children = Path(f"/proc/{session}/task/{session}/children").read_text().split()
+        assert children, "no spare was forked while the task ran"
+    deadline = time.monotonic() + 20
+    left = [session, *map(int, children)]
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if not _gone(pid)]
+        time.sleep(0.1)
+    assert not left, "the session or its spare outlived the client"
+
+
+def test_a_new_client_gets_a_session_and_a_child_forked_before_it_connected(home, tmp_path):
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=True,
+    )
+    with warm.warm_tasks(home) as zygote:  # the server is up and its next session waits
+        assert zygote is not None and zygote.alive()
+    time.sleep(1.5)
+    with warm.warm_tasks(home) as zygote:
+        assert zygote is not None and zygote.alive()
+        ticks = os.sysconf("SC_CLK_TCK")
+        stat = Path(f"/proc/{zygote.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        assert uptime - int(stat[19]) / ticks > 1.0, "the session was forked on connect"
+        assert AGE_TASK().output > 1.0, "the first task's process was forked on its request"
