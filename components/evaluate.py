@@ -11,6 +11,7 @@ import base64
 import html
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +36,7 @@ def run(
     from components.common import fetch_dataset, recorded_run
     from zoo import models, names, timeline, tracking
     from zoo.blessing import decide
-    from zoo.evaluation import evaluate, evaluation_key
+    from zoo.evaluation import evaluate, evaluation_key, prepare
     from zoo.train import load_model
 
     timeline.mark("evaluate: start")
@@ -43,15 +44,25 @@ def run(
     run_info = mlflow_run if mlflow_run is not None else c.get_run(mlflow_run_id)
     rec = recorded_run(c, mlflow_run_id, run_info)
     data = fetch_dataset(manifest_uri)
-    model, meta = load_model(model_dir)
-    cls = models.get(meta["model"])
-    timeline.mark("evaluate: model loaded")
-    t0 = time.perf_counter()
-    result = evaluate(model, data, seed=0)
-    timeline.mark("evaluate: evaluated")
-    # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
-    # pipeline-overhead benchmark subtracts as work, as train_wall_s for training.
-    metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
+    recorded_cls = models.get(rec.model)
+    with ThreadPoolExecutor(max_workers=2) as ahead:
+        # While the model loads (Python and TensorFlow on this thread), in threads: the
+        # champion's registry entry and run (MLflow round trips), and what the evaluation
+        # needs besides the model (image models: the decoded splits and the cached feature
+        # extractor, downloaded and loaded). The same calls as in sequence; only the waits
+        # overlap.
+        champion = ahead.submit(_champion_record, c, rec.registered_name, mlflow_run_id)
+        ready = ahead.submit(prepare, recorded_cls.family, data, recorded_cls.heldout_split)
+        model, meta = load_model(model_dir)
+        cls = models.get(meta["model"])
+        timeline.mark("evaluate: model loaded")
+        t0 = time.perf_counter()
+        ready.result()  # the extractor is part of the evaluation: waited for inside its time
+        result = evaluate(model, data, seed=0)
+        timeline.mark("evaluate: evaluated")
+        # Wall time of the evaluation itself (sampling, feature extractor, metrics): what the
+        # pipeline-overhead benchmark subtracts as work, as train_wall_s for training.
+        metrics = {**result.metrics, "eval_wall_s": time.perf_counter() - t0}
     key = evaluation_key(
         meta["model"],
         data.fingerprint,
@@ -61,52 +72,53 @@ def run(
         result.key_parts,
     )
 
-    t0 = time.perf_counter()
-    champ_value, champ_version, champ_note = _score_champion(
-        c, rec.registered_name, mlflow_run_id, meta, data, cls, key
-    )
-    metrics["eval_champion_wall_s"] = time.perf_counter() - t0
-    blessing = decide(
-        metrics,
-        rec.thresholds,
-        cls.primary_metric,
-        cls.lower_is_better,
-        champion_value=champ_value,
-        champion_version=champ_version,
-        tolerance=rec.champion_tolerance,
-    )
-    if champ_note:
-        blessing.reasons.append(champ_note)
-
-    timeline.mark("evaluate: champion scored")
-    logger = tracking.RunLogger(c, mlflow_run_id)
-    logged = dict(metrics)  # one batch: the metrics, the champion's score, the verdict
-    if champ_value is not None:
-        logged[f"champion_{cls.primary_metric}"] = champ_value
-    logged["blessed"] = float(blessing.blessed)
-    tags = {
-        names.TAG_BLESSED: str(blessing.blessed).lower(),
-        # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
-        names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
-        names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
-    }
-    if key:  # what a later run compares with when this model is its champion
-        tags[names.TAG_EVAL_KEY] = key
-    # The metrics and the verdict's tags (one request) and the files under evaluation/, all
-    # at once: each is a round trip, none waits for another; each figure is uploaded as soon
-    # as it is encoded, the report (which embeds them) last.
+    # The files under evaluation/ and, once decided, the metrics and the verdict's tags (one
+    # request): each is a round trip, none waits for another. The figures and texts do not
+    # depend on the verdict, so they are encoded and uploaded while the champion is scored;
+    # the report (which embeds the figures and the verdict) last.
     n_files = len(result.images) + len(result.texts) + 1
     with (
         ThreadPoolExecutor(max_workers=n_files + 1) as pool,
         tempfile.TemporaryDirectory(prefix="genpipe-evaluation-") as tmp,
     ):
         put = _Uploader(c, run_info.info.artifact_uri, "evaluation", Path(tmp))
-        batch = pool.submit(logger.log, metrics=logged, tags=tags)
         sent = [pool.submit(put, f"{n}.txt", t.encode()) for n, t in result.texts.items()]
         encoded = {
             name: pool.submit(put.png, name, arr, 16 if name != "samples" else None)
             for name, arr in result.images.items()
         }
+        t0 = time.perf_counter()
+        champ_value, champ_version, champ_note = _score_champion(
+            c, rec.registered_name, mlflow_run_id, meta, data, cls, key, champion.result
+        )
+        metrics["eval_champion_wall_s"] = time.perf_counter() - t0
+        blessing = decide(
+            metrics,
+            rec.thresholds,
+            cls.primary_metric,
+            cls.lower_is_better,
+            champion_value=champ_value,
+            champion_version=champ_version,
+            tolerance=rec.champion_tolerance,
+        )
+        if champ_note:
+            blessing.reasons.append(champ_note)
+
+        timeline.mark("evaluate: champion scored")
+        logger = tracking.RunLogger(c, mlflow_run_id)
+        logged = dict(metrics)  # one batch: the metrics, the champion's score, the verdict
+        if champ_value is not None:
+            logged[f"champion_{cls.primary_metric}"] = champ_value
+        logged["blessed"] = float(blessing.blessed)
+        tags = {
+            names.TAG_BLESSED: str(blessing.blessed).lower(),
+            # what `genpipe run` prints when not blessed, e.g. "test_fid 61.2 > max 60"
+            names.TAG_NOT_BLESSED: "; ".join(blessing.failures),
+            names.TAG_PRIMARY: names.primary_tag(cls.primary_metric, blessing.value),
+        }
+        if key:  # what a later run compares with when this model is its champion
+            tags[names.TAG_EVAL_KEY] = key
+        batch = pool.submit(logger.log, metrics=logged, tags=tags)
         pngs = {name: f.result() for name, f in encoded.items()}
         report = render_report(meta["model"], metrics, blessing.to_dict(), pngs, result.texts)
         sent.append(pool.submit(put, "report.html", report.encode()))
@@ -145,14 +157,34 @@ class _Uploader:
         return self(f"{name}.png", grids.grid_png(images, cols=cols))
 
 
+def _champion_record(c: Any, name: str, run_id: str) -> tuple[Any, Any]:
+    """(the ModelVersion of `name`@champion or None, its run's data or None): the run is not
+    read without a champion or when the champion is run `run_id` itself."""
+    from zoo import registration
+
+    champ = registration.champion(c, name)
+    if champ is None or champ.run_id == run_id:
+        return champ, None
+    return champ, c.get_run(champ.run_id).data
+
+
 def _score_champion(
-    c: Any, name: str, run_id: str, meta: dict, data: Any, cls: Any, key: str = ""
+    c: Any,
+    name: str,
+    run_id: str,
+    meta: dict,
+    data: Any,
+    cls: Any,
+    key: str = "",
+    looked_up: Callable[[], tuple[Any, Any]] | None = None,
 ) -> tuple:
     """(value, version, note) of the champion on this data; (None, "", note) if not comparable.
 
     `key`: this evaluation's `evaluation_key`; when the champion's run recorded the same one,
     its recorded primary metric is what re-scoring would give (same model file, data, split,
     seed, code and libraries), and is used as it is; otherwise the champion is re-scored.
+    `looked_up`: returns `_champion_record(c, name, run_id)` as read ahead (run's caller
+    reads it while the model loads); by default it is read now.
     """
     import math
 
@@ -160,13 +192,12 @@ def _score_champion(
     from zoo.evaluation import evaluate
     from zoo.train import load_model
 
-    champ = registration.champion(c, name)
+    champ, recorded = looked_up() if looked_up else _champion_record(c, name, run_id)
     if champ is None:
         return None, "", ""
     if champ.run_id == run_id:  # a retried evaluate after this run was already promoted
         return None, "", "this run is already the champion"
     if key:
-        recorded = c.get_run(champ.run_id).data
         value = recorded.metrics.get(cls.primary_metric)
         if (
             recorded.tags.get(names.TAG_EVAL_KEY) == key

@@ -7,6 +7,7 @@ Real tasks (ingest, train, evaluate, register) against the session's real stack.
 
 import contextlib
 import tempfile
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from components import evaluate, ingest, register, train
 from components.common import fetch_dataset
-from zoo import models, names, registration, tracking
+from zoo import models, names, registration, timeline, tracking
 from zoo.evaluation import evaluate as evaluate_model
 from zoo.evaluation import evaluation_key
 from zoo.train import load_model
@@ -111,6 +112,40 @@ def test_same_data_reuses_the_recorded_metric_which_equals_a_rescore(
         c, name, second["run_id"], meta, data, cls, key=""
     )
     assert (value, version, note) == (recorded, "1", "")
+
+
+def test_the_champion_is_read_while_the_model_loads(champion, tmp_path, monkeypatch):
+    """The champion's alias and run are read in a thread beside the model load (they were
+    read after the whole evaluation, two round trips on the task's critical path); the
+    verdict is the same reuse of the recorded metric."""
+    import requests
+
+    name, first = champion
+    marks = tmp_path / "marks.txt"
+    monkeypatch.setenv(timeline.ENV, str(marks))
+    started: list[tuple[float, str]] = []
+
+    @contextlib.contextmanager
+    def record(short: bool = True):
+        real = requests.Session.request
+
+        def request(self, method, url, *args, **kwargs):
+            started.append((time.time(), f"{method} {str(url).split('?')[0].rsplit('/', 1)[-1]}"))
+            return real(self, method, url, *args, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "request", request)
+        try:
+            yield Counter()
+        finally:
+            monkeypatch.setattr(requests.Session, "request", real)
+
+    second = _pipeline(name, tmp_path, count=record)
+    loaded = [t for t, _, label in timeline.read(marks) if label == "evaluate: model loaded"]
+    alias = [t for t, what in started if what == "GET alias"]
+    assert len(loaded) == 1 and len(alias) == 1, (loaded, started)
+    assert alias[0] < loaded[0]
+    b = second["eval"]["blessing"]
+    assert b["champion_version"] == "1" and any(REUSED in r for r in b["reasons"])
 
 
 def test_changed_data_rescores_the_champion(champion, tmp_path):

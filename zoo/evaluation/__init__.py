@@ -62,6 +62,16 @@ def evaluation_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def prepare(family: str, data: Any, split: str) -> None:
+    """Make ready, ahead of `evaluate`, what a `family` model's evaluation of `split` needs
+    besides the model (the image family: the decoded splits and the cached feature
+    extractor, memoized per process). Thread-safe: evaluate runs it while the model loads.
+    Changes no result: `evaluate` reads the very same memoized objects it would build."""
+    module = importlib.import_module(FAMILIES[family])
+    if hasattr(module, "prepare"):
+        module.prepare(data, split)
+
+
 def evaluate(model: Any, data: Any, seed: int = 0) -> Evaluation:
     """Evaluate a trained zoo model on its held-out split of a fetched dataset."""
     module = importlib.import_module(FAMILIES[model.family])

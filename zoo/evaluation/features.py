@@ -10,7 +10,8 @@ Cached in the object store by dataset fingerprint at
     datasets/<fingerprint>/feature_extractor/<VERSION>/{<sha256>.keras, manifest.json}
 The .keras object is content-addressed and the manifest (pointer) is written last, so
 concurrent or interrupted writers never publish a partial model; later runs reuse it, and
-one process memoizes it in memory (the champion re-score does not reload it).
+one process memoizes it in memory (the champion re-score does not reload it). Thread-safe:
+evaluate loads it in a thread while the model under evaluation loads (zoo.evaluation.prepare).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,10 @@ FEATURE_DIM = 64
 TRAIN_STEPS = 600
 BATCH = 64
 _MEMO: dict[str, FeatureExtractor] = {}
+# One loader at a time: a second caller waits for the first one's extractor, never loads
+# (or trains) its own copy; the split arrays likewise.
+_LOCK = threading.Lock()
+_SPLITS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -78,12 +84,13 @@ def split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     shards again), returned read-only as they are shared."""
     from zoo.data import load_split_arrays
 
-    memo = data.__dict__.setdefault("_eval_arrays_memo", {})
-    if split not in memo:
-        x, y = load_split_arrays(data, split)
-        x.flags.writeable = y.flags.writeable = False
-        memo[split] = (x, y)
-    return memo[split]
+    with _SPLITS_LOCK:
+        memo = data.__dict__.setdefault("_eval_arrays_memo", {})
+        if split not in memo:
+            x, y = load_split_arrays(data, split)
+            x.flags.writeable = y.flags.writeable = False
+            memo[split] = (x, y)
+        return memo[split]
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -148,11 +155,33 @@ def _labels_usable(y: np.ndarray, num_classes: int | None) -> bool:
 
 def get_extractor(data: Any, store: Any = None) -> FeatureExtractor:
     """The dataset's feature extractor: memoized, else from the object store, else trained."""
+    fe = _get(data, store, train=True)
+    assert fe is not None  # train=True: trained when not cached
+    return fe
+
+
+def load_cached_extractor(data: Any, store: Any = None) -> FeatureExtractor | None:
+    """`get_extractor` when the extractor is memoized or in the object store, else None (and
+    nothing trained): what may run in a thread beside other Keras work. Training sets the
+    global seeds (keras.utils.set_random_seed), which other threads' Keras calls would
+    consume meanwhile, so it is left to `get_extractor` on the evaluating thread."""
+    return _get(data, store, train=False)
+
+
+def _get(data: Any, store: Any, train: bool) -> FeatureExtractor | None:
+    with _LOCK:
+        fe = _MEMO.get(data.fingerprint)
+        if fe is None:
+            fe = _load_or_train(data, store, train)
+            if fe is not None:
+                _MEMO[data.fingerprint] = fe
+        return fe
+
+
+def _load_or_train(data: Any, store: Any, train: bool) -> FeatureExtractor | None:
     import keras
 
     fp = data.fingerprint
-    if fp in _MEMO:
-        return _MEMO[fp]
     if store is None:
         store = _default_store()
     prefix = f"datasets/{fp}/feature_extractor/{VERSION}"
@@ -172,6 +201,8 @@ def get_extractor(data: Any, store: Any = None) -> FeatureExtractor:
                 acc, uri = float(meta["heldout_accuracy"]), meta["uri"]
             else:
                 log.warning("feature extractor %s: checksum mismatch, retraining", meta["uri"])
+        if model is None and not train:
+            return None
         if model is None:
             model = train_extractor(x, y if classify else None, k)
             if classify and "test" in data.splits:
@@ -196,9 +227,7 @@ def get_extractor(data: Any, store: Any = None) -> FeatureExtractor:
                         "heldout_accuracy": acc,
                     },
                 )
-    fe = FeatureExtractor(model, kind, k, acc, uri)
-    _MEMO[fp] = fe
-    return fe
+    return FeatureExtractor(model, kind, k, acc, uri)
 
 
 def _default_store() -> Any:

@@ -88,6 +88,15 @@ def sample_metrics(
     return out, notes
 
 
+def prepare(data: Any, split: str) -> None:
+    """Decode the held-out and train splits and load the cached feature extractor (memoized
+    for `evaluate`): what may run in a thread while the model loads."""
+    from zoo.evaluation.features import load_cached_extractor, split_arrays
+
+    split_arrays(data, split)
+    load_cached_extractor(data)
+
+
 def evaluate(
     model: GenerativeModel, data: Any, seed: int = 0, num_samples: int | None = None
 ) -> Evaluation:

@@ -7,6 +7,7 @@ store of the session stack, and read back from it (no mocks of our storage).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,65 @@ def test_feature_extractor_is_cached_by_fingerprint_and_separates_noise_from_dat
     assert M.fid(real_h, real_h) == pytest.approx(0.0, abs=1e-6)
     floor = M.fid(real_t, real_h)
     assert M.fid(noise, real_h) > 10 * floor
+
+
+def test_concurrent_callers_load_the_extractor_once_and_prepare_never_trains(
+    digits, tmp_path, monkeypatch
+):
+    """evaluate loads the cached extractor in a thread while the model loads
+    (zoo.evaluation.prepare): a caller meanwhile waits for that one, loads no second copy;
+    and an extractor not yet cached is left to get_extractor (training seeds Keras' global
+    random state, which another thread's Keras calls would consume)."""
+    import threading
+
+    import keras
+
+    from zoo.storage import ObjectStore
+
+    data, store = digits
+    F.get_extractor(data, store)  # cached in the store (trained once if not yet)
+    loads = []
+    real = keras.models.load_model
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        time.sleep(0.3)  # a slow load: the callers overlap whatever the machine's load
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras.models, "load_model", counting)
+    F._MEMO.pop(data.fingerprint)
+    got, gate = [], threading.Barrier(2)
+
+    def caller():
+        gate.wait()
+        got.append(F.get_extractor(data, store))
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and got[0] is got[1]
+
+    # prepare: the memoized splits and extractor that evaluate then reads (no second load)
+    from zoo.evaluation import prepare
+
+    F._MEMO.pop(data.fingerprint)
+    prepare("image", data, "test")
+    assert len(loads) == 2 and F.get_extractor(data, store) is F._MEMO[data.fingerprint]
+    assert len(loads) == 2 and "test" in data.__dict__["_eval_arrays_memo"]
+
+    # not cached: nothing trained, nothing written, nothing memoized
+    other = fetch(
+        publish(split(load_source("digits"), 0.3), store, "digits")["uri"],
+        store,
+        tmp_path,
+    )
+    assert other.fingerprint != data.fingerprint
+    prefix = f"datasets/{other.fingerprint}/feature_extractor/{F.VERSION}/manifest.json"
+    assert F.load_cached_extractor(other, ObjectStore.from_env()) is None
+    assert other.fingerprint not in F._MEMO and not store.exists(store.uri(prefix))
+    assert len(loads) == 2
 
 
 def test_feature_extractor_without_labels_is_an_autoencoder(digits):
