@@ -175,12 +175,19 @@ def _save(tmp: Path, meta: dict[str, Any], model_dir: Path) -> tuple[Path, Path]
         shutil.rmtree(pycache, ignore_errors=True)
     local = tmp / "model"
     # Hard links: the files are never written again (MLmodel is, so it is not linked).
-    shutil.copytree(saved, local, copy_function=os.link, ignore=_top_mlmodel(saved))
+    shutil.copytree(saved, local, copy_function=_link_or_copy, ignore=_top_mlmodel(saved))
     return saved, local
 
 
 def _top_mlmodel(saved: Path) -> Any:
     return lambda d, names: [MLMODEL] if Path(d) == saved else []
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 def _stamp(saved: Path, local: Path, run_id: str, logged: Any) -> None:
