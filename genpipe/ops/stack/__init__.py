@@ -230,6 +230,8 @@ def down(state_dir: str | os.PathLike[str] | None = None, timeout: float = 30.0)
                 stopped.append(name)
                 if name == WEED:  # our weed held these ports, so the sockets were its own
                     seaweedfs.remove_sockets(state, load_ports(state) or Ports())
+                else:
+                    mlflow_server.checkpoint(state / "mlflow.db")
             pid_file(state, name).unlink(missing_ok=True)
     return stopped
 

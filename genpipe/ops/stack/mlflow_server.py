@@ -151,6 +151,18 @@ def use_wal(db: Path) -> None:
         pass  # locked or not a database: MLflow opens it as it is and reports what is wrong
 
 
+def checkpoint(db: Path) -> None:
+    """Fold the write-ahead log into the store once its server has stopped, so that mlflow.db
+    alone holds everything (a copy of it is a whole backup); closing removes the -wal file."""
+    if not db.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.DatabaseError:
+        pass  # locked (a server we did not stop still has it): the log stays, still valid
+
+
 def start(state: Path, ports: Ports, creds: Credentials) -> int:
     try:
         import boto3  # noqa: F401  (MLflow's S3 artifact store needs it, in the server process)

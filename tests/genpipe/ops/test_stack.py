@@ -356,6 +356,8 @@ def test_down_stops_everything_and_up_keeps_data(stack, store: ObjectStore) -> N
     assert _pids(after) == {"seaweedfs": None, "mlflow": None}
     for pid in [s.pid for s in before.services] + group:
         assert not processes.alive(pid)
+    # the write-ahead log was folded into mlflow.db: that file alone is the whole store
+    assert not (stack.state_dir / "mlflow.db-wal").exists()
     for port, _what, _option in ports.listening():
         assert port_free(port)  # every port was released
     ours = {f"-{port}.sock" for port, _what, _option in ports.listening()}
