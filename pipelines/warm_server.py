@@ -11,6 +11,7 @@ a `call` request runs only a function of `pipelines.warm.CALLS`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -151,13 +152,17 @@ def _run(request: dict[str, Any], out_fd: int) -> int:
     return (_child_call if "call" in request else _child)(request, out_fd)
 
 
+def _fork_into(spares: list[Spare], sock: socket.socket) -> None:
+    spares.append(Spare(_run, close=(sock,)))
+
+
 def handle(sock: socket.socket, spare: Spare | None = None) -> None:
     """One client's session: one request at a time (kfp.local runs tasks one after another).
 
     Each request runs in a child forked ahead of it (pipelines.warm_spare): `spare`, forked
     before the client came (else one forked once it is greeted), and one while each task
-    runs (the next task will want it), so the fork is never between two tasks; a session
-    that ends leaves its unused spare to exit.
+    runs, once past its start-up (a fork beside a starting task slows it; the next task will
+    want it); a session that ends leaves its unused spare to exit.
     """
     sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
     if spare is None:
@@ -192,11 +197,14 @@ def handle(sock: socket.socket, spare: Spare | None = None) -> None:
             spare = None
             child.start(body, out_fd)
             os.close(out_fd)
-            if "call" not in request:  # a pipeline's next task forks while this one runs
-                spare = Spare(_run, close=(sock,))
-            code = child.wait(sock)
+            forked: list[Spare] = []  # a pipeline's next task's, forked while this one runs
+            fork_next = functools.partial(_fork_into, forked, sock)
+            code = child.wait(sock, meanwhile=None if "call" in request else fork_next)
             exited.append(child)
             sock.sendall(int(code).to_bytes(8, "big", signed=True))
+            # none after a short task (a pipeline's last, the exit handler, is one): the next
+            # request, if any, gets a child forked then
+            spare = forked[0] if forked else None
     finally:
         if spare is not None:
             spare.discard()

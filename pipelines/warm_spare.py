@@ -4,9 +4,9 @@ A warm session (pipelines.warm_server) runs each request in a fork of itself. Fo
 process with TensorFlow, MLflow and kfp imported (~0.8 GB mapped) takes 10-30 ms of page
 table copies, and its exit as long again (the kernel tears those down, with every page the
 task copied, before the parent can reap it): both used to sit between one pipeline task and
-the next, once per task. Here the session forks a *spare* child ahead of time (when it
-greets its client, and while each task runs: the next task will need one) that waits for
-its request on a socketpair; and a child that finished reports its exit code on that
+the next, once per task. Here the session forks a *spare* child ahead of time (before its
+client came, and while a task runs, once past its start-up: the next task will need one)
+that waits for its request on a socketpair; and a child that finished reports its exit code on that
 socketpair and lets go of the client's output pipe before it exits, so the client reads EOF
 and the code while the kernel still tears the process down.
 
@@ -25,12 +25,17 @@ import os
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pipelines.warm_wire import _MAX_MSG, _recv_exact
 
 _PR_SET_PDEATHSIG = 1
+#: a task still running after this long gets the next task's spare forked beside it: its
+#: start-up (copy-on-write faults, which a concurrent fork of the session slows) is past;
+#: a pipeline's tasks but the exit handler (finalize, ~0.1 s) run longer
+MEANWHILE_AFTER_S = 0.15
 #: what a spare runs: (request, the client's output fd) -> exit code
 Runner = Callable[[dict[str, Any], int], int]
 
@@ -67,11 +72,24 @@ class Spare:
         """Hand the child its request (the JSON `body`) and the client's output pipe."""
         socket.send_fds(self.chan, [len(body).to_bytes(8, "big") + body], [out_fd])
 
-    def wait(self, client: socket.socket) -> int:
+    def wait(
+        self,
+        client: socket.socket,
+        meanwhile: Callable[[], None] | None = None,
+        after: float = MEANWHILE_AFTER_S,
+    ) -> int:
         """The child's exit code, as soon as it reported it (it may still be exiting: `reap`
-        later); kills it if `client` goes away meanwhile (Ctrl-C, kill)."""
+        later); kills it if `client` goes away meanwhile (Ctrl-C, kill). `meanwhile` runs
+        once if the child is still running `after` seconds in (past its start-up)."""
+        pending = meanwhile
+        deadline = time.monotonic() + after
         while True:
-            readable, _, _ = select.select([self.chan, client], [], [])
+            timeout = max(0.0, deadline - time.monotonic()) if pending else None
+            readable, _, _ = select.select([self.chan, client], [], [], timeout)
+            if pending and not readable:
+                pending()
+                pending = None
+                continue
             if self.chan in readable:
                 reported = _recv_exact(self.chan, 8)
                 self.chan.close()

@@ -16,15 +16,19 @@ from kfp import dsl
 from pipelines import warm, warm_spare
 
 
-def _start_seconds_ago() -> float:
-    """How long ago this process was forked (from /proc: its start time in clock ticks)."""
+def _start_seconds_ago(linger: float = 0.0) -> float:
+    """How long ago this process was forked (from /proc: its start time in clock ticks);
+    returns after `linger` more seconds (a task long enough to get the next one's spare)."""
     import os
+    import time
 
     ticks = os.sysconf("SC_CLK_TCK")
     with open("/proc/self/stat") as f:
         started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
     with open("/proc/uptime") as f:
-        return float(f.read().split()[0]) - started
+        age = float(f.read().split()[0]) - started
+    time.sleep(linger)
+    return age
 
 
 AGE_TASK = dsl.component(_start_seconds_ago, base_image="python:3.11", install_kfp_package=False)
@@ -110,9 +114,13 @@ def test_each_task_process_was_forked_before_its_request(home, tmp_path):
     )
     with warm.warm_tasks(home) as zygote:
         assert zygote is not None and zygote.alive()
-        for _ in range(2):  # the session's first spare, then the one forked during a task
-            time.sleep(1.0)
-            assert AGE_TASK().output > 0.6, "the task's process was forked after its request"
+        # the session's first spare, then the one forked while the first task ran
+        time.sleep(1.0)
+        assert AGE_TASK(linger=1.0).output > 0.6, "the task's process was forked on request"
+        assert AGE_TASK().output > 0.6, "the task's process was forked on its request"
+        # a short task (a pipeline's last) gets no spare beside it: the next is forked then
+        time.sleep(1.0)
+        assert AGE_TASK().output < 0.6
 
 
 def _gone(pid: int) -> bool:
@@ -129,7 +137,7 @@ def test_a_session_leaves_no_process_behind(home, tmp_path):
         raise_on_error=True,
     )
     with warm.warm_tasks(home) as zygote:
-        AGE_TASK()
+        AGE_TASK(linger=1.0)
         session = zygote.pid
         children = Path(f"/proc/{session}/task/{session}/children").read_text().split()
         assert children, "no spare was forked while the task ran"
