@@ -96,9 +96,11 @@ def _auth_env(state: Path) -> dict[str, str]:
 #: gunicorn serving MLflow's Flask app directly. MLflow's default, uvicorn, runs it behind a
 #: FastAPI app whose middleware layers cost ~5-15 ms of Python per request, and a pipeline task
 #: makes dozens of sequential requests. One worker process (one sqlite writer, one import of
-#: MLflow); 8 threads, as many as the concurrent artifact uploads of a task. No control socket:
+#: MLflow). Threads, started as needed: a task uploads up to 8 artifacts at once, and a client
+#: that sends part of a request and stalls holds one thread until it hangs up (uvicorn held
+#: none), so any local process with 32 such connections stalls this server. No control socket:
 #: gunicorn's default is ~/.gunicorn/gunicorn.ctl, a listener shared by every stack of the user.
-GUNICORN_OPTS = "--threads 8 --keep-alive 5 --no-control-socket"
+GUNICORN_OPTS = "--threads 32 --keep-alive 5 --no-control-socket"
 #: Settings from the user's shell that would loosen the server's Host/CORS guards.
 _LOOSENING = (
     "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE",

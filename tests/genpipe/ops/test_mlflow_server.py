@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import sqlite3
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -122,6 +124,20 @@ def test_the_store_is_a_write_ahead_log(stack) -> None:
     db = stack.state_dir / "mlflow.db"
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_stalled_clients_leave_threads_for_others(stack) -> None:
+    """A connection that sends part of a request holds a gunicorn thread until it hangs up:
+    16 of them (twice a task's concurrent uploads) still leave the server answering."""
+    port = zstack.load_ports(stack.state_dir).mlflow
+    with contextlib.ExitStack() as stalled:
+        for _ in range(16):
+            sock = stalled.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
+        time.sleep(0.5)  # each is in a thread's blocking read by now
+        start = time.monotonic()
+        assert _request(stack, API) == 200
+        assert time.monotonic() - start < 20
 
 
 # ------------------------------------------------------------------ last: restart
