@@ -29,6 +29,9 @@ _MLFLOW_QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 #: the MLflow knob values genpipe set, as NAME=value;... in the environment, so that a child
 #: process (a pipeline task) tells them from a user's own (which are left alone)
 _OURS = "GENPIPE_MLFLOW_HTTP_SET"
+#: what MLflow's request-header providers try to import on EVERY request (to detect Databricks,
+#: Spark, notebooks); absent here, each failed import re-scans sys.path: ~2 ms per request.
+_CONTEXT_PROBES = ("dbruntime", "pyspark", "IPython")
 
 
 def retry_seconds() -> float:
@@ -49,6 +52,17 @@ def _set_knob(name: str, value: str) -> None:
         return  # set by the user: theirs
     os.environ[name] = ours[name] = value
     os.environ[_OURS] = ";".join(f"{k}={v}" for k, v in sorted(ours.items()))
+
+
+def skip_absent_context_probes() -> None:
+    """Remember, for this process, that MLflow's per-request context probes are not installed
+    (`None` in sys.modules: `import` fails at once, with the same ModuleNotFoundError). Ones
+    that are installed, or already imported, are left alone."""
+    import importlib.util
+
+    for name in _CONTEXT_PROBES:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None  # type: ignore[assignment]
 
 
 def _bound_mlflow_http(budget: float) -> None:

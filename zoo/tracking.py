@@ -33,6 +33,7 @@ from zoo.mlflow_calls import (  # noqa: F401
     call,
     retry_seconds,
     retrying,
+    skip_absent_context_probes,
 )
 from zoo.runlog import RunLogger, _flatten  # noqa: F401 - their home was here
 from zoo.settings import Settings
@@ -46,6 +47,7 @@ def client(settings: Settings | None = None) -> MlflowClient:
     one GenpipeError naming the endpoint (see `call`).
     """
     settings = settings or Settings.from_env()
+    skip_absent_context_probes()
     _bound_mlflow_http(retry_seconds())
     _set_knob(_MLFLOW_QUIET_URL, "true")
     mlflow.set_tracking_uri(settings.mlflow_uri)
