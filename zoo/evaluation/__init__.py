@@ -65,7 +65,8 @@ def evaluation_key(
 def prepare(family: str, data: Any, split: str) -> None:
     """Make ready, ahead of `evaluate`, what a `family` model's evaluation of `split` needs
     besides the model (the image family: the decoded splits and the cached feature
-    extractor, memoized per process). Thread-safe: evaluate runs it while the model loads.
+    extractor, memoized per process). Thread-safe: the evaluate component runs it beside
+    the held-out pass.
     Changes no result: `evaluate` reads the very same memoized objects it would build."""
     module = importlib.import_module(FAMILIES[family])
     if hasattr(module, "prepare"):

@@ -11,7 +11,7 @@ Cached in the object store by dataset fingerprint at
 The .keras object is content-addressed and the manifest (pointer) is written last, so
 concurrent or interrupted writers never publish a partial model; later runs reuse it, and
 one process memoizes it in memory (the champion re-score does not reload it). Thread-safe:
-evaluate loads it in a thread while the model under evaluation loads (zoo.evaluation.prepare).
+the evaluate component loads it in a thread beside the held-out pass (zoo.evaluation.prepare).
 """
 
 from __future__ import annotations

@@ -89,12 +89,12 @@ def sample_metrics(
 
 
 def prepare(data: Any, split: str) -> None:
-    """Decode the held-out and train splits and load the cached feature extractor (memoized
-    for `evaluate`): what may run in a thread while the model loads."""
+    """Load the cached feature extractor and decode the train and held-out splits (memoized
+    for `evaluate`): what may run in a thread beside `evaluate`'s held-out pass."""
     from zoo.evaluation.features import load_cached_extractor, split_arrays
 
-    split_arrays(data, split)
     load_cached_extractor(data)
+    split_arrays(data, split)
 
 
 def evaluate(

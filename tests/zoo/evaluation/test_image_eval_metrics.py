@@ -102,7 +102,7 @@ def test_feature_extractor_is_cached_by_fingerprint_and_separates_noise_from_dat
 def test_concurrent_callers_load_the_extractor_once_and_prepare_never_trains(
     digits, tmp_path, monkeypatch
 ):
-    """evaluate loads the cached extractor in a thread while the model loads
+    """evaluate loads the cached extractor in a thread beside its held-out pass
     (zoo.evaluation.prepare): a caller meanwhile waits for that one, loads no second copy;
     and an extractor not yet cached is left to get_extractor (training seeds Keras' global
     random state, which another thread's Keras calls would consume)."""
