@@ -729,9 +729,14 @@ class _TextRef(Ref):
     heldout_split = "val"
     nchars = 0
     # The held-out windows and the id encoding of the pipeline's text models (a Ref is not a
-    # Keras model; these two need only `cfg.nchars` and `codec`).
+    # Keras model; these need only `nchars` and `codec`).
     make_dataset = TextModel.make_dataset  # type: ignore[assignment]
     _encoded_split = TextModel._encoded_split
+
+    def window_length(self, training: bool) -> int:
+        """The recipe's own window (its maxlen), also for the held-out windows: the recipe
+        models read a fixed window (the LSTM's Input((maxlen, v)), the GPT's position table)."""
+        return self.nchars
 
     def __init__(self, data: Any, tiny: bool = False, seed: int = 0) -> None:
         super().__init__(data, tiny, seed)

@@ -9,9 +9,10 @@ itself is returned verbatim.
 
 Windows: training batches are `batch_size` windows of `nchars + 1` characters at random
 offsets (seeded per epoch), split into inputs x = w[:-1] and next-character targets y = w[1:];
-held-out batches are the contiguous non-overlapping windows of the split (a trailing partial
-window is dropped), so every example has the same number of characters and the evaluator's
-per-example mean is the exact mean nats/char over the covered text.
+held-out batches are the contiguous non-overlapping windows of the split, each as long as the
+model's context (`window_length`; a trailing partial window is dropped), so every example has
+the same number of characters and the evaluator's per-example mean is the exact mean
+nats/char over the covered text.
 
 Generation: `generate(prompt, max_new_tokens, temperature, top_k, seed)` returns the prompt
 followed by the continuation. temperature 0 is greedy; top_k > 0 samples among the k most
@@ -141,6 +142,11 @@ class TextModel(GenerativeModel):
         return self.logits(x, training=training)
 
     # -- data --
+    def window_length(self, training: bool) -> int:
+        """Characters per window: `nchars` for training; held-out windows span the model's
+        context (the same for a model whose context is its training window)."""
+        return int(self.cfg.nchars) if training else self.context_length  # type: ignore[attr-defined]
+
     def _encoded_split(self, data: Any, split: str) -> np.ndarray:
         # Memoized on the fetched dataset: the trainer builds a pipeline per epoch.
         from zoo.data import text_split
@@ -165,13 +171,13 @@ class TextModel(GenerativeModel):
         shuffle=True: len(split) // batch_size batches of random windows (the trainer's
         epoch length), a pure function of `seed`; shuffle=False: contiguous windows in order.
         """
-        t = int(self.cfg.nchars)  # type: ignore[attr-defined]
+        t = self.window_length(shuffle)
         ids = self._encoded_split(data, split)
         n = len(ids)
         if n < t + 1:
             raise DataError(
                 f"dataset {data.fingerprint[:12]}: split {split!r} has {n} characters, fewer than "
-                f"nchars+1={t + 1}; lower nchars or use more text"
+                f"a window of {t} + 1; lower nchars (or context) or use more text"
             )
         const = tf.constant(ids)
         span = tf.range(t + 1, dtype=tf.int64)

@@ -138,11 +138,11 @@ def test_vocab_is_built_on_the_training_split(tmp_path):
 def test_windows_val_contiguous_and_train_seeded(name, tmp_path):
     data = _local_text(tmp_path)
     model = _model(name)
-    t = model.cfg.nchars
+    t, c = model.cfg.nchars, model.context_length  # training window, held-out window
     val = list(model.make_dataset(data, "val", batch_size=4, shuffle=False))
     x = np.concatenate([b["x"].numpy() for b in val])
     y = np.concatenate([b["y"].numpy() for b in val])
-    assert x.shape == ((len(VAL) - 1) // t, t)
+    assert x.shape == ((len(VAL) - 1) // c, c)
     ids = model.codec.encode(VAL)
     np.testing.assert_array_equal(x.reshape(-1), ids[: x.size])
     np.testing.assert_array_equal(y.reshape(-1), ids[1 : x.size + 1])
@@ -158,6 +158,25 @@ def test_windows_val_contiguous_and_train_seeded(name, tmp_path):
     assert not np.array_equal(a, train_x(2))
     batch = next(iter(model.make_dataset(data, "train", 8, shuffle=True, seed=1)))
     np.testing.assert_array_equal(batch["x"].numpy()[:, 1:], batch["y"].numpy()[:, :-1])
+
+
+def test_char_rnn_context_is_longer_than_its_training_window(tmp_path):
+    """Held-out windows and the prompt limit are `context`; training windows are `nchars`."""
+    model = _model("char_rnn", nchars=8, context=24)
+    assert model.context_length == 24
+    data = _local_text(tmp_path)
+    (val,) = list(model.make_dataset(data, "val", batch_size=64, shuffle=False))
+    assert val["x"].shape == ((len(VAL) - 1) // 24, 24)
+    train = next(iter(model.make_dataset(data, "train", 4, shuffle=True, seed=0)))
+    assert train["x"].shape == (4, 8)
+    assert len(model.generate("F" * 24, 3)) == 27
+    with pytest.raises(ConfigError, match="longer than the model's context of 24"):
+        model.generate("F" * 25, 3)
+    # A context below the training window means the training window (an older config).
+    assert _model("char_rnn", nchars=8, context=4).context_length == 8
+    with pytest.raises(ConfigError, match="context=0"):
+        models.resolve_config("char_rnn", "tiny", {"context": 0})
+    assert models.resolve_config("char_rnn", "default").context == 256
 
 
 def test_untrained_loss_is_near_uniform():
