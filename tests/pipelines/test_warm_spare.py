@@ -99,6 +99,15 @@ def test_an_unused_spare_exits_when_discarded():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def _local(tmp_path: Path) -> None:
+    """kfp.local in-process, as `genpipe run` drives it."""
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "root"),
+        raise_on_error=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory):
     h = tmp_path_factory.mktemp("warm-spare-home")
@@ -107,11 +116,7 @@ def home(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_each_task_process_was_forked_before_its_request(home, tmp_path):
-    kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(tmp_path / "root"),
-        raise_on_error=True,
-    )
+    _local(tmp_path)
     with warm.warm_tasks(home) as zygote:
         assert zygote is not None and zygote.alive()
         # the session's first spare, then the one forked while the first task ran
@@ -131,11 +136,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_a_session_leaves_no_process_behind(home, tmp_path):
-    kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(tmp_path / "root"),
-        raise_on_error=True,
-    )
+    _local(tmp_path)
     with warm.warm_tasks(home) as zygote:
         AGE_TASK(linger=1.0)
         session = zygote.pid
@@ -150,11 +151,7 @@ def test_a_session_leaves_no_process_behind(home, tmp_path):
 
 
 def test_a_new_client_gets_a_session_and_a_child_forked_before_it_connected(home, tmp_path):
-    kfp.local.init(
-        runner=kfp.local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(tmp_path / "root"),
-        raise_on_error=True,
-    )
+    _local(tmp_path)
     with warm.warm_tasks(home) as zygote:  # the server is up and its next session waits
         assert zygote is not None and zygote.alive()
     time.sleep(1.5)

@@ -1,6 +1,7 @@
 """Registration against the real MLflow server: versions, aliases, idempotency, pyfunc serving."""
 
 import uuid
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -117,16 +118,21 @@ def test_logged_model_belongs_to_its_run_which_keeps_running(stack, model_dir):
         assert yaml.safe_load(f)["run_id"] == run_id
 
 
+def _over_a_champion(c, model_dir, prefix: str) -> tuple[str, str, Any]:
+    """A registered model whose v1 is champion, and a second logged run (id, run) to promote."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    r1, r2 = (_logged_run(c, model_dir, "genpipe-test-reg") for _ in range(2))
+    registration.register(c, name, r1, better_than_champion=True, expected_champion="", tags={})
+    return name, r2, c.get_run(r2)
+
+
 def test_a_registration_over_a_champion_makes_few_requests(stack, model_dir, mlflow_requests):
     """A pipeline's usual registration (the model, its lock and a champion exist): 9 requests
     for a promotion. Before: 16 (the registered model read before the version search, the
     new version read back, the lock model re-created, each alias read on its own, and
     MlflowClient's re-read of the registered model before each alias move and ticket delete)."""
     c = tracking.client()
-    name = f"vae-few-{uuid.uuid4().hex[:8]}"
-    r1, r2 = (_logged_run(c, model_dir, "genpipe-test-reg") for _ in range(2))
-    registration.register(c, name, r1, better_than_champion=True, expected_champion="", tags={})
-    run = c.get_run(r2)
+    name, r2, run = _over_a_champion(c, model_dir, "vae-few")
     tags = {"genpipe.fingerprint": "f" * 64}
     with mlflow_requests(short=True) as seen:
         res = registration.register(
@@ -146,10 +152,7 @@ def test_a_registration_over_a_champion_waits_on_few_round_trips(stack, model_di
     from mlflow_rounds import mlflow_rounds
 
     c = tracking.client()
-    name = f"vae-rounds-{uuid.uuid4().hex[:8]}"
-    r1, r2 = (_logged_run(c, model_dir, "genpipe-test-reg") for _ in range(2))
-    registration.register(c, name, r1, better_than_champion=True, expected_champion="", tags={})
-    run = c.get_run(r2)
+    name, r2, run = _over_a_champion(c, model_dir, "vae-rounds")
     tags = {"genpipe.fingerprint": "f" * 64}
     recorded = []
 
