@@ -118,7 +118,8 @@ def _prime_caches() -> None:
     name, so where it is gone (another MLflow) a task builds its map itself, as before. And
     the bundled `digits` data set made MNIST-shaped (zoo.data.sources caches it per process).
     And every model's local pipeline (pipelines.local.prebuild_pipelines): each `genpipe run`
-    would build it again (~0.05 s, the profile file parsed, the components made).
+    would build it again (~0.05 s, the profile file parsed, the components made). And Keras'
+    attribute skip-sets of its saving walk (zoo.serving.prime_keras_saving_cache).
     """
     from zoo.data.sources import load_digits
 
@@ -141,3 +142,8 @@ def _prime_caches() -> None:
 
     Image.preinit()
     blas.controller()
+    # Keras' saving walk rebuilds a skip-set per object it saves or loads (a Keras bug keeps
+    # it from caching): stored once here, in the thread the tasks run in (Python only)
+    from zoo.serving import prime_keras_saving_cache
+
+    prime_keras_saving_cache()

@@ -149,12 +149,49 @@ def input_example(model_name: str) -> dict[str, Any]:
     return {"n": 1, "seed": 0}
 
 
+#: the object types whose attribute skip-sets Keras' saving walk asks for (a model, its
+#: layers, its Sequential/Functional parts)
+_SKIPSET_TYPES = ("Operation", "Layer", "Functional", "Sequential")
+
+
+def prime_keras_saving_cache() -> None:
+    """Cache Keras' attribute skip-sets for saving/loading in this thread, once.
+
+    Keras 3.15's `saving_lib.get_attr_skipset` reads the cache key `saving_attr_skiplist_*`
+    but writes `saving_attr_skipset_*`, so it never hits: every object a save or load walks
+    builds a throw-away Layer and its dir() again (15 times per VAE load). We store each
+    result under the key it reads. Pure Python (no TensorFlow op: the warm server calls this
+    before it forks); the auto-naming counters the reference Layers bump are restored, so
+    layer names stay what they would have been. A Keras without the bug (or without the
+    function) is left alone.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    get = getattr(saving_lib, "get_attr_skipset", None)
+    if get is None:
+        return
+    uids = global_state.get_global_attribute("object_name_uids")
+    saved_uids = None if uids is None else dict(uids)
+    try:
+        for obj_type in _SKIPSET_TYPES:
+            key = f"saving_attr_skiplist_{obj_type}"
+            if global_state.get_global_attribute(key) is None:
+                global_state.set_global_attribute(key, get(obj_type))
+    finally:
+        uids = global_state.get_global_attribute("object_name_uids")
+        if uids is not None:
+            uids.clear()
+            uids.update(saved_uids or {})
+
+
 def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """Load `model.keras` (Keras safe mode) and its `config.json` from a model directory."""
     import keras
 
     from zoo import models
 
+    prime_keras_saving_cache()
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "config.json").read_text())
     models.get(meta["model"])  # imports and registers the class for deserialization

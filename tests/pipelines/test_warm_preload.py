@@ -31,6 +31,8 @@ from zoo import models
 print("PREBUILT", sorted(m for m, _ in local._PREBUILT) == sorted(models.names()))
 import threading
 print("THREADS", len(threading.enumerate()))  # forking with other threads is unsafe
+from keras.src.saving import saving_lib as sl
+print("SKIPSET", sl.get_attr_skipset("Layer") is sl.get_attr_skipset("Layer"))
 # what a task's or the run fork's first MLflow call imports: nothing new any more
 import sys, mlflow
 before = set(sys.modules)
@@ -53,6 +55,7 @@ def test_preload_builds_mlflows_requirements_map_before_any_fork():
     assert "DIGITS 1" in res.stdout, res.stdout[-2000:]  # the default data set, made once
     assert "PREBUILT True" in res.stdout, res.stdout[-2000:]  # every model's local pipeline
     assert "THREADS 1" in res.stdout, res.stdout[-2000:]
+    assert "SKIPSET True" in res.stdout, res.stdout[-2000:]  # Keras' saving walk, cached
     assert "NEW []" in res.stdout, res.stdout[-2000:]  # MLflow's tracing set-up was preloaded
 
 
