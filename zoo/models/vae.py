@@ -116,9 +116,14 @@ class VAE(GenerativeModel):
         )
 
     def build_model(self) -> None:
-        x = tf.zeros((1, *self.image_shape))
-        mean, _ = self.encode(x)
-        self.decode_logits(mean)
+        # By shape, in the order an eager call on a (1, H, W, C) dummy creates them (same
+        # variables, values, paths and build shapes), without running the network once:
+        # its first-time eager kernels were most of a fresh process's build/load time.
+        cfg: VAEConfig = self.cfg  # type: ignore[assignment]
+        self.encoder.build((1, *self.image_shape))
+        self.to_mean.build((1, cfg.hidden_dim))
+        self.to_logvar.build((1, cfg.hidden_dim))
+        self.decoder.build((1, cfg.latent_dim))
         self.built = True
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
