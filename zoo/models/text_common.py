@@ -210,10 +210,14 @@ class TextModel(GenerativeModel):
 
         cfg = self.cfg
         lr: Any = cfg.learning_rate
-        total = cfg.epochs * cfg.steps_per_epoch
+        # The cosine's length: `decay_steps`, or else the planned steps. A run whose length
+        # is not known in steps (a CPU budget ends it; see bench/bench_quality.py) decays
+        # over the steps it surely makes and goes on at the 10% floor, where a cosine over a
+        # guessed plan was cut at 60-75% with the rate still at 30-50% of its peak.
+        total = int(getattr(cfg, "decay_steps", 0)) or cfg.epochs * cfg.steps_per_epoch
         warmup = int(getattr(cfg, "warmup_steps", 0))
         if getattr(cfg, "cosine_decay", False) and total > warmup:
-            # Cosine decay to 10% over the planned steps (needs steps_per_epoch > 0).
+            # Cosine decay to 10% (needs steps_per_epoch > 0 or decay_steps), then flat.
             lr = keras.optimizers.schedules.CosineDecay(
                 cfg.learning_rate * (0.0 if warmup else 1.0),
                 decay_steps=total - warmup,
@@ -315,3 +319,7 @@ def text_config_checks(cfg: TrainConfig, name: str) -> None:
         f"{name}: dropout={cfg.dropout} must be in [0, 1)",  # type: ignore[attr-defined]
     )
     cfgmod.require(cfg.clip_norm >= 0, f"{name}: clip_norm={cfg.clip_norm} must be >= 0")  # type: ignore[attr-defined]
+    cfgmod.require(
+        cfg.decay_steps >= 0,  # type: ignore[attr-defined]
+        f"{name}: decay_steps={cfg.decay_steps} must be >= 0 (0 = epochs x steps_per_epoch)",  # type: ignore[attr-defined]
+    )

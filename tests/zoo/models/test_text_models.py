@@ -193,6 +193,7 @@ def test_untrained_loss_is_near_uniform():
         ("gpt", "n_head", 3, "divisible"),
         ("char_rnn", "cell", "rnn", "gru, lstm"),
         ("gpt", "dropout", 1.0, "dropout"),
+        ("char_rnn", "decay_steps", -1, "decay_steps=-1"),
     ],
 )
 def test_bad_config_values_are_named(name, key, value, match):
@@ -205,3 +206,25 @@ def test_char_rnn_lstm_and_untied_gpt_work():
     assert lstm.generate("Fi", 10, temperature=0.0) == lstm.generate("Fi", 10, top_k=1, seed=3)
     gpt = _model("gpt", tie_weights=False)
     assert gpt.head is not None and len(gpt.generate("Fi", 10, seed=0)) == 12
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_decay_steps_ends_the_cosine_then_the_rate_stays_at_its_floor(name):
+    # A run ended by a CPU budget (bench_quality) must reach the low rate inside the steps it
+    # makes: with decay_steps the cosine ends there, not at epochs x steps_per_epoch.
+    lr = 1e-2
+    cfg = dict(learning_rate=lr, epochs=4, steps_per_epoch=250, warmup_steps=0, cosine_decay=True)
+
+    def rate(opt):  # the optimizer's rate at a given step, through its public step counter
+        def at(step):
+            opt.iterations.assign(step)
+            return float(opt.learning_rate)
+
+        return at
+
+    planned = rate(_model(name, **cfg).make_optimizers()["main"])
+    short = rate(_model(name, decay_steps=100, **cfg).make_optimizers()["main"])
+    assert planned(100) > 0.9 * lr  # the plan's cosine has barely begun at step 100
+    for step in (100, 400, 900):
+        assert short(step) == pytest.approx(0.1 * lr)
+    assert short(50) == pytest.approx(planned(500))  # halfway either way
