@@ -16,6 +16,7 @@ in how it gets there (a warm run's training task spent ~0.9 s here, most of it w
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import json
 import logging
@@ -50,8 +51,25 @@ def model_requirements() -> list[str]:
     Only what the load path needs (zoo/serving.py: Keras on TensorFlow, NumPy, MLflow and
     cloudpickle for the pickled wrapper); our own package travels with the model as code.
     TensorFlow is declared as `tensorflow-cpu` of the same version, whichever build trained
-    the model: models are served on CPU (images/Dockerfile.serving).
+    the model: models are served on CPU (images/Dockerfile.serving). Looked up once per
+    process (installed versions do not change under a running process: the warm server is
+    replaced when they do).
     """
+    return list(_requirements())
+
+
+def prime() -> None:
+    """What every log_model computes before it saves, computed now: the warm server's zygote
+    calls this before it forks, so a training task finds it done (~0.1 s: the serving code's
+    import closure, zoo.shipping.prime, and the installed versions)."""
+    from zoo.shipping import prime as prime_shipping
+
+    prime_shipping()
+    _requirements()
+
+
+@functools.cache
+def _requirements() -> tuple[str, ...]:
     tf_version = ""
     for dist in ("tensorflow-cpu", "tensorflow"):
         try:
@@ -61,7 +79,7 @@ def model_requirements() -> list[str]:
             continue
     if not tf_version:
         raise GenpipeError("cannot log a model: neither tensorflow-cpu nor tensorflow is installed")
-    return [f"tensorflow-cpu=={tf_version}"] + [f"{d}=={md.version(d)}" for d in _SERVING_DISTS]
+    return (f"tensorflow-cpu=={tf_version}", *(f"{d}=={md.version(d)}" for d in _SERVING_DISTS))
 
 
 def log_model(c: MlflowClient, run_id: str, model_dir: Path) -> str:

@@ -197,3 +197,15 @@ def test_the_check_runs_while_the_run_is_read_and_the_model_created(stack, model
     assert ready[0] < tagged[1] and tagged[0] < ready[1], rounds.chain()  # they overlap
     assert c.get_run(run_id).data.tags["genpipe.model_uri"] == uri
     assert str(c.get_logged_model(uri.removeprefix("models:/")).status).endswith("READY")
+
+
+def test_primed_requirements_are_looked_up_once_per_process(monkeypatch):
+    """prime() (the warm zygote) looks the installed versions up; a task's log_model then reads
+    no package metadata (it read 9 distributions per training task). Same list, a fresh copy."""
+    model_logging.prime()
+    first = model_logging.model_requirements()
+    looked = []
+    monkeypatch.setattr(model_logging.md, "version", lambda d: looked.append(d) or "0")
+    again = model_logging.model_requirements()
+    assert again == first and again is not first and looked == []
+    assert first[0].startswith("tensorflow-cpu==") and any(r.startswith("keras==") for r in first)

@@ -117,3 +117,26 @@ def test_every_model_loads_and_generates_from_only_its_shipped_code(tmp_path):
         # every module of ours came from the shipped copy, and it holds no more than that
         assert all(f.startswith(case["code"]) for f in r["loaded"].values()), r["loaded"]
         assert "zoo.train" not in r["loaded"] and "zoo.data" not in r["loaded"], r["loaded"]
+
+
+def test_primed_closures_parse_nothing_and_an_edited_file_is_parsed_again(tmp_path, monkeypatch):
+    """prime() (the warm zygote, before it forks) leaves log_model's closure nothing to parse
+    (it parsed 7 files per training task); a file whose size or mtime changed is parsed again."""
+    import ast
+
+    shipping.prime()
+    expected = {name: shipping.serving_files(name) for name in models.names()}
+    parsed = []
+    real = ast.parse
+    monkeypatch.setattr(shipping.ast, "parse", lambda *a, **k: parsed.append(a) or real(*a, **k))
+    assert {name: shipping.serving_files(name) for name in models.names()} == expected
+    assert parsed == []
+
+    src = tmp_path / "mod.py"
+    src.write_text("import zoo.names\n")
+    st = src.stat()
+    assert shipping._package_targets(src, "zoo.mod", st.st_mtime_ns, st.st_size) == ("zoo.names",)
+    src.write_text("import zoo.errors, json\n")
+    st = src.stat()
+    assert shipping._package_targets(src, "zoo.mod", st.st_mtime_ns, st.st_size) == ("zoo.errors",)
+    assert len(parsed) == 2
