@@ -209,3 +209,21 @@ def test_primed_requirements_are_looked_up_once_per_process(monkeypatch):
     again = model_logging.model_requirements()
     assert again == first and again is not first and looked == []
     assert first[0].startswith("tensorflow-cpu==") and any(r.startswith("keras==") for r in first)
+
+
+def test_prime_runs_no_tensorflow_op():
+    """prime() runs in the warm server's zygote, which must not start TensorFlow's runtime
+    before it forks (pipelines/warm_preload.py checks): a fresh interpreter shows it does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import zoo.serving, zoo.model_logging as m\n"
+        "m.prime()\n"
+        "from tensorflow.python.eager import context\n"
+        "started = context.context_safe() is not None and context.context()._context_handle is not None\n"
+        "print('started' if started else 'not started')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("not started")
