@@ -13,7 +13,12 @@ def run(
 ) -> dict[str, Any]:
     """Register the run's logged model under its registered name (checked and recorded by
     ingest); promote when the evaluator said so. `mlflow_run`: the MLflow run when the caller
-    already read it (saves a round trip)."""
+    already read it (saves a round trip).
+
+    Register is the pipeline's last task: once the aliases are set, the run's outcome tags
+    and its end (FINISHED, zoo.tracking.finish) go out together; an error after that still
+    marks the run FAILED in the caller's `run_status`.
+    """
     import dataclasses
 
     from components.common import recorded_run
@@ -47,14 +52,28 @@ def run(
         lower_is_better=cls.lower_is_better,
         run=run,
         # where `genpipe run` reads the outcome: recorded while the lock is released
-        record=lambda result: tracking.RunLogger(c, mlflow_run_id).tags(
-            {
-                names.TAG_REGISTERED_VERSION: result.version,
-                names.TAG_ALIASES: ",".join(result.aliases),
-            }
-        ),
+        record=lambda result: _record_and_finish(c, mlflow_run_id, result),
     )
     return dataclasses.asdict(result)
+
+
+def _record_and_finish(c: Any, mlflow_run_id: str, result: Any) -> None:
+    """The outcome's tags on the run and the run's end, in one round trip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zoo import names, tracking
+
+    tags = {
+        names.TAG_REGISTERED_VERSION: result.version,
+        names.TAG_ALIASES: ",".join(result.aliases),
+    }
+    with ThreadPoolExecutor(2, thread_name_prefix="genpipe-register") as pool:
+        done = [
+            pool.submit(tracking.RunLogger(c, mlflow_run_id).tags, tags),
+            pool.submit(tracking.finish, mlflow_run_id),
+        ]
+        for d in done:
+            d.result()
 
 
 def register(

@@ -144,16 +144,32 @@ def run_status(run_id: str, final: bool = False, run: Any = None) -> Iterator[Ru
         raise
     else:
         if status.final:
-            _terminate(c, run_id, "FINISHED")
+            if run_id not in _finished:  # unless the task ended it already (`finish`)
+                _terminate(c, run_id, "FINISHED")
         else:  # code inside may have ended it (a `with mlflow.start_run(...)` block does)
             _ensure_running(c, run_id)
     finally:
+        _finished.discard(run_id)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _terminate(c: MlflowClient, run_id: str, verdict: str) -> None:
-    """End the run with `verdict`; a failure to say so is reported, never masks the task's error."""
+#: runs this process ended FINISHED with `finish`: a final `run_status` does not end them again
+_finished: set[str] = set()
+
+
+def finish(run_id: str) -> None:
+    """End the run FINISHED now: the pipeline's last task, beside its last writes (one round
+    trip fewer than ending it after them). The enclosing final `run_status` then leaves it
+    (an error after this still marks it FAILED); a failure to end it is reported, and that
+    `run_status` tries once more."""
+    if _terminate(client(), run_id, "FINISHED"):
+        _finished.add(run_id)
+
+
+def _terminate(c: MlflowClient, run_id: str, verdict: str) -> bool:
+    """End the run with `verdict`; a failure to say so is reported (False), never masks the
+    task's error."""
     uri = mlflow.get_tracking_uri()
     plain = MlflowClient(uri)  # unwrapped: `call` below is the one bounded retry
     try:
@@ -168,6 +184,8 @@ def _terminate(c: MlflowClient, run_id: str, verdict: str) -> None:
         )
     except Exception as e:  # noqa: BLE001 - the task's own outcome matters more
         print(f"could not mark MLflow run {run_id} {verdict}: {e}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def check_registered_name(name: str, where: str = "--name") -> str:

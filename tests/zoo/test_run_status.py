@@ -117,3 +117,25 @@ def test_waiting_line_is_a_pipeline_event(tmp_path):
         )
     assert ("waiting", {"task": "train", "message": events[-1][1]["message"]}) == events[-1]
     assert events[-1][1]["message"].startswith("waiting for MLflow at http://127.0.0.1:5000")
+
+
+def test_a_task_that_finishes_its_run_is_not_ended_twice(stack, mlflow_requests):
+    """`finish` (the last task, beside its last writes) ends the run once: the final
+    run_status does not send a second update (the old exit always sent one); an error after
+    it still marks the run FAILED, and a task that is not the last one re-opens it."""
+    run_id = _new_run()
+    with mlflow_requests(short=True) as seen, tracking.run_status(run_id, final=True):
+        tracking.finish(run_id)
+    assert _status(run_id) == "FINISHED"
+    assert seen["POST update"] == 1, seen
+
+    run_id = _new_run()
+    with pytest.raises(RuntimeError), tracking.run_status(run_id, final=True):
+        tracking.finish(run_id)
+        raise RuntimeError("after the end")
+    assert _status(run_id) == "FAILED"
+
+    run_id = _new_run()
+    with tracking.run_status(run_id):
+        tracking.finish(run_id)
+    assert _status(run_id) == "RUNNING"
