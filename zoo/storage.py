@@ -23,6 +23,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from zoo.errors import GenpipeError
 from zoo.settings import Settings
 
+#: S3's most keys per DeleteObjects request
+_DELETE_BATCH = 1000
+
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split `s3://bucket/key/prefix` into (bucket, key)."""
@@ -220,9 +223,26 @@ class ObjectStore:
         return out
 
     def delete_prefix(self, uri: str) -> int:
-        """Delete every object under a prefix; returns how many."""
-        n = 0
-        for obj_uri in list(self.list(uri)):
-            self.delete(obj_uri)
-            n += 1
-        return n
+        """Delete every object under a prefix; returns how many. One listing, then S3's
+        multi-object delete (up to 1000 keys a request: a training task's checkpoints went
+        one DELETE each)."""
+        bucket, _ = parse_s3_uri(uri)
+        keys = [parse_s3_uri(u)[1] for u in self.list(uri)]
+        for i in range(0, len(keys), _DELETE_BATCH):
+            self._delete_keys(bucket, keys[i : i + _DELETE_BATCH])
+        return len(keys)
+
+    def _delete_keys(self, bucket: str, keys: list[str]) -> None:
+        """Delete `keys` of `bucket` in one DeleteObjects request (retried as a whole: deleting
+        a missing key is no error); any key the server refused raises, naming it."""
+        from minio.deleteobjects import DeleteObject
+
+        def remove() -> list[Any]:  # the request goes out as the answer is read
+            return list(self.client.remove_objects(bucket, [DeleteObject(k) for k in keys]))
+
+        errors = self._call(f"delete {len(keys)} objects in s3://{bucket}", remove)
+        if errors:
+            raise GenpipeError(
+                f"object store at {self.settings.s3_endpoint} refused to delete "
+                + ", ".join(f"s3://{bucket}/{e.name} ({e.code}: {e.message})" for e in errors[:5])
+            )

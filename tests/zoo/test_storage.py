@@ -25,3 +25,19 @@ def test_ensure_bucket_creates_once_and_asks_once_per_store(store):
     assert real(bucket)  # created for real
     # another store object (another task) asks again: the bucket may have gone meanwhile
     assert ObjectStore.from_env().client.bucket_exists(bucket)
+
+
+def test_delete_prefix_deletes_in_one_request_and_only_the_prefix(store):
+    """A prefix goes in one listing and one multi-object delete (it was one DELETE per
+    object: a training task's checkpoint drop); the sibling prefix sharing its start stays."""
+    base = store.uri(f"test-delete/{uuid.uuid4().hex}")
+    for name in ("a/1", "a/2", "a/sub/3", "ab/4"):
+        store.put_bytes(f"{base}/{name}", b"x")
+    single, multi = [], []
+    real_one, real_many = store.client.remove_object, store.client.remove_objects
+    store.client.remove_object = lambda *a, **k: single.append(a) or real_one(*a, **k)
+    store.client.remove_objects = lambda *a, **k: multi.append(a) or real_many(*a, **k)
+    assert store.delete_prefix(f"{base}/a/") == 3
+    assert single == [] and len(multi) == 1
+    assert sorted(store.list(f"{base}/")) == [f"{base}/ab/4"]
+    assert store.delete_prefix(f"{base}/a/") == 0
