@@ -166,12 +166,14 @@ def handle(sock: socket.socket, spare: Spare | None = None) -> None:
     Each request runs in a child forked ahead of it (pipelines.warm_spare): `spare`, forked
     before the client came (else one forked once it is greeted), and one while each task
     runs, once past its start-up (a fork beside a starting task slows it; the next task will
-    want it); a session that ends leaves its unused spare to exit.
+    want it), or as soon as the session's first task ended if it ended sooner; a session
+    that ends leaves its unused spare to exit.
     """
     sock.sendall(b"R" + os.getpid().to_bytes(8, "big"))
     if spare is None:
         spare = Spare(_run, close=(sock,))
     exited: list[Spare] = []  # reported their code, maybe still exiting: reaped later
+    tasks_run = 0  # task (not call) requests served
     try:
         while True:
             exited = [s for s in exited if not s.reap()]
@@ -207,7 +209,12 @@ def handle(sock: socket.socket, spare: Spare | None = None) -> None:
             exited.append(child)
             sock.sendall(int(code).to_bytes(8, "big", signed=True))
             # none after a short task (a pipeline's last, the exit handler, is one): the next
-            # request, if any, gets a child forked then
+            # request, if any, gets a child forked then; but a session's first task is a
+            # pipeline's first (ingest, ~0.1 s), never its last: the next task's child is
+            # forked now, while the client takes in this one's end
+            if "call" not in request and not tasks_run and not forked:
+                forked.append(Spare(_run, close=(sock,)))
+            tasks_run += "call" not in request
             spare = forked[0] if forked else None
     finally:
         if spare is not None:

@@ -13,7 +13,7 @@ import kfp.local
 import pytest
 from kfp import dsl
 
-from pipelines import warm, warm_spare
+from pipelines import warm, warm_spare, warm_wire
 
 
 def _start_seconds_ago(linger: float = 0.0) -> float:
@@ -126,6 +126,24 @@ def test_each_task_process_was_forked_before_its_request(home, tmp_path):
         # a short task (a pipeline's last) gets no spare beside it: the next is forked then
         time.sleep(1.0)
         assert AGE_TASK().output < 0.6
+
+
+def test_a_short_first_task_gets_the_next_ones_child_forked_when_it_ends(home, tmp_path):
+    """A session's first task (a pipeline's ingest, ~0.1 s) may end before the next task's
+    child would be forked beside it (pipelines.warm_spare.MEANWHILE_AFTER_S): that child is
+    then forked as soon as it ended, not on the next request (a pipeline's first task is
+    never its last). Three sessions: the old code forked on request after any first task
+    that was over in time."""
+    _local(tmp_path)
+    # a task that is over in milliseconds (its module exits 0 as kfp loads it)
+    script = f"python3 -m {warm_wire._EXECUTOR} ephemeral_component.py"
+    quick = ["sh", "-ec", script, "raise SystemExit(0)", "--function_to_execute", "f"]
+    for _ in range(3):
+        with warm.warm_tasks(home) as zygote:
+            assert zygote is not None and zygote.alive()
+            assert zygote.run([*quick, "--executor_input", "{}"], None) == 0
+            time.sleep(0.7)
+            assert AGE_TASK().output > 0.5, "the second task's process was forked on request"
 
 
 def _gone(pid: int) -> bool:
