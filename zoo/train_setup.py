@@ -13,7 +13,7 @@ import tensorflow as tf
 from zoo import __version__
 from zoo import config as cfgmod
 from zoo.errors import DataError
-from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy
+from zoo.models.base import GenerativeModel, TrainConfig, dtype_policy, shared_variable_kernels
 from zoo.tfconfig import cluster_info
 
 
@@ -47,17 +47,18 @@ def build_for_training(
 ) -> tuple[GenerativeModel, dict[str, Any]]:
     """The model (layers under the config's precision policy) and its built optimizers;
     under mixed_float16 each optimizer does dynamic loss scaling."""
-    with dtype_policy(cfg.precision):
-        model = model_cls(cfg, data_spec)
-        model.build_model()
-    optimizers = model.make_optimizers()
-    if cfg.precision == "mixed_float16":
-        # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
-        optimizers = {k: keras.optimizers.LossScaleOptimizer(v) for k, v in optimizers.items()}
-    # Create the optimizer variables now (inside the caller's strategy scope), not lazily in
-    # the first compiled step, and so before a checkpoint restore.
-    for opt in optimizers.values():
-        opt.build(model.trainable_variables)
+    with shared_variable_kernels():
+        with dtype_policy(cfg.precision):
+            model = model_cls(cfg, data_spec)
+            model.build_model()
+        optimizers = model.make_optimizers()
+        if cfg.precision == "mixed_float16":
+            # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+            optimizers = {k: keras.optimizers.LossScaleOptimizer(v) for k, v in optimizers.items()}
+        # Create the optimizer variables now (inside the caller's strategy scope), not lazily
+        # in the first compiled step, and so before a checkpoint restore.
+        for opt in optimizers.values():
+            opt.build(model.trainable_variables)
     return model, optimizers
 
 
