@@ -212,13 +212,13 @@ def test_primed_requirements_are_looked_up_once_per_process(monkeypatch):
 
 
 def test_prime_runs_no_tensorflow_op():
-    """prime() runs in the warm server's zygote, which must not start TensorFlow's runtime
+    """registration.prime() (with model_logging.prime()) runs in the warm server's zygote, which must not start TensorFlow's runtime
     before it forks (pipelines/warm_preload.py checks): a fresh interpreter shows it does not."""
     import subprocess
     import sys
 
     code = (
-        "import zoo.serving, zoo.model_logging as m\n"
+        "import zoo.serving, zoo.registration as m\n"
         "m.prime()\n"
         "from tensorflow.python.eager import context\n"
         "started = context.context_safe() is not None and context.context()._context_handle is not None\n"

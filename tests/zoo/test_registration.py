@@ -179,3 +179,23 @@ def test_a_registration_over_a_champion_waits_on_few_round_trips(stack, model_di
     assert c.get_model_version_by_alias(name, "candidate").version == "2"
     assert c.get_model_version(name, "2").tags == tags
     assert not c.search_model_versions(f"name='{name}{registration.LOCK_SUFFIX}'")  # released
+
+
+def test_primed_registry_store_scans_no_entry_points(monkeypatch):
+    """registration.prime() (the warm zygote) builds MLflow's model-registry store registry;
+    a task's first registry call then scans no distribution's entry points (it did, on the
+    critical path of register's first request)."""
+    import importlib.metadata
+
+    from mlflow import MlflowClient
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    monkeypatch.setattr(registry_utils, "_model_registry_store_registry", None)
+    registration.prime()
+    scans = []
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda **k: scans.append(k) or real(**k)
+    )
+    assert MlflowClient("http://127.0.0.1:1")._get_registry_client().store is not None
+    assert scans == []
