@@ -56,17 +56,27 @@ def run(
     # sample images upload without MlflowClient.log_artifact's read of the run).
     params = mlflow_run.data.params if mlflow_run is not None else None
     artifact_uri = mlflow_run.info.artifact_uri if mlflow_run is not None else None
-    logger = tracking.RunLogger(c, mlflow_run_id, params=params, artifact_uri=artifact_uri)
-    logger.params({names.PARAM_PRESET: rec.preset})
-    # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
-    # leaves no chance to clean up) and leaves a live task's alone.
-    with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as work:
-        timeline.mark("train: trainer starts")
-        result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
-        timeline.mark("train: trainer done")
-        out = Path(output_dir)
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(result.model_dir, out)
+    # In the background: the params, each epoch's metrics and sample, the totals go out while
+    # the trainer goes on (it waited ~0.02-0.06 s on each); all have landed (`flush`, which
+    # raises a failed one) before log_model reads the run for its step-0 metrics.
+    logger = tracking.RunLogger(
+        c, mlflow_run_id, params=params, artifact_uri=artifact_uri, background=True
+    )
+    try:
+        logger.params({names.PARAM_PRESET: rec.preset})
+        # The pid in the name: `genpipe gc` removes the dir of a task that was killed (SIGKILL
+        # leaves no chance to clean up) and leaves a live task's alone.
+        with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as work:
+            timeline.mark("train: trainer starts")
+            result = train_for_run(model, cfg, data, Path(work), store, mlflow_run_id, logger)
+            timeline.mark("train: trainer done")
+            out = Path(output_dir)
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(result.model_dir, out)
+        logger.flush()
+        timeline.mark("train: logs flushed")
+    finally:
+        logger.close()  # after an error: what was sent still lands (the error is raised)
     # MLflow's fluent API, not the bounded client: retried through outages here.
     model_uri = tracking.retrying("log_model", log_model, c, mlflow_run_id, out)
     timeline.mark("train: model logged")
