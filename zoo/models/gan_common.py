@@ -135,9 +135,15 @@ class GANBase(GenerativeModel):
         return [v for layer in [self.discriminator, *extra] for v in layer.trainable_variables]
 
     def build_model(self) -> None:
-        z = tf.zeros((1, self.cfg.latent_dim))
-        labels = tf.zeros((1,), tf.int64) if self.conditional else None
-        self.disc(self.gen(z, labels), labels)
+        # By shape, in the order `disc(gen(z, labels), labels)` on a batch of one creates them
+        # (same variables, values, paths and build shapes), without running the networks: their
+        # first-time eager kernels were most of a fresh process's build/load time.
+        cfg: GANConfig = self.cfg  # type: ignore[assignment]
+        self.generator.build((1, cfg.latent_dim + (self.num_classes if self.conditional else 0)))
+        self.discriminator.build((1, *self.image_shape))
+        if self.conditional:
+            self.label_embed.build((1,))
+            self.disc_head.build(self.discriminator.compute_output_shape((1, *self.image_shape)))
         self.built = True
 
     def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -1,0 +1,92 @@
+"""Image models are built by shape, not by an eager forward pass on a dummy batch: the
+variables a forward pass would create (order, paths, dtypes, initial values, build shapes)
+without the first-time eager kernels that were most of a fresh process's build (issue 14
+fixed costs: the train task's model build, every load of the model)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from zoo import models
+from zoo.models.base import dtype_policy
+
+SPEC = {"shape": [28, 28, 1], "num_classes": 10}
+
+
+def _vae_forward(model: Any) -> None:
+    mean, _ = model.encode(tf.zeros((1, 28, 28, 1)))
+    model.decode_logits(mean)
+
+
+def _gan_forward(model: Any) -> None:
+    labels = tf.zeros((1,), tf.int64) if model.conditional else None
+    model.disc(model.gen(tf.zeros((1, model.cfg.latent_dim)), labels), labels)
+
+
+#: the former build_model of each model built by shape: one eager call on a batch of one
+FORWARD: dict[str, Callable[[Any], None]] = {
+    "vae": _vae_forward,
+    "dcgan": _gan_forward,
+    "cgan": _gan_forward,
+    "wgan_gp": _gan_forward,
+}
+
+
+def _fresh(fn: Any) -> Any:
+    """Run in a new thread: Keras' auto-naming counters start from zero in each."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def _make(name: str, precision: str, by_shape: bool) -> Any:
+    keras.utils.set_random_seed(0)
+    cfg = models.resolve_config(name, "tiny", {"precision": precision})
+    with dtype_policy(precision):
+        model = models.get(name)(cfg, SPEC)
+        if by_shape:
+            model.build_model()
+        else:
+            FORWARD[name](model)
+    return model
+
+
+def _parts(model: Any) -> list[Any]:
+    return [v for v in vars(model).values() if isinstance(v, keras.layers.Layer)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", sorted(FORWARD))
+def test_build_by_shape_creates_what_a_forward_pass_creates(name, precision):
+    a = _fresh(lambda: _make(name, precision, by_shape=False))
+    b = _fresh(lambda: _make(name, precision, by_shape=True))
+    assert [(v.path, v.dtype, tuple(v.shape)) for v in a.variables] == [
+        (v.path, v.dtype, tuple(v.shape)) for v in b.variables
+    ]
+    for va, vb in zip(a.variables, b.variables, strict=True):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
+    assert [p.get_build_config() for p in _parts(a)] == [p.get_build_config() for p in _parts(b)]
+    labels = {"labels": np.arange(4) % 10} if a.conditional else {}
+    np.testing.assert_array_equal(a.generate(4, seed=1, **labels), b.generate(4, seed=1, **labels))
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD))
+def test_build_runs_no_forward_pass(name, monkeypatch):
+    def no_call(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("build_model ran the network")
+
+    monkeypatch.setattr(keras.Sequential, "call", no_call)  # an eager call of a Sequential
+    cls = models.get(name)
+    for method in ("encode", "decode_logits") if name == "vae" else ("gen", "disc"):
+        monkeypatch.setattr(cls, method, no_call)
+    model = _make(name, "float32", by_shape=True)
+    assert model.built and model.trainable_variables
