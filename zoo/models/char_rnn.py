@@ -42,6 +42,9 @@ class CharRNNConfig(TrainConfig):
     batch_size: int = 16
     learning_rate: float = 8e-3
     steps_per_epoch: int = 500
+    #: 8 optimizer steps per compiled call (one host sync per 8): 1,338 steps in 100 CPU-s
+    #: against 1,189 at 1 (bench/README.md, "Quality per CPU-minute")
+    steps_per_call: int = 8
     #: training window in characters (truncated backpropagation through time)
     nchars: int = 64
     #: the model's context (at least nchars): the longest prompt accepted and the length of
@@ -58,6 +61,8 @@ class CharRNNConfig(TrainConfig):
     #: steps of the cosine decay to 10% of the rate (0 = epochs x steps_per_epoch); a run
     #: ended by a time budget decays over the steps it surely makes, then stays at 10%
     decay_steps: int = 0
+    #: the rate at the end of the cosine, as a share of learning_rate
+    lr_floor: float = 0.1
 
     @classmethod
     def tiny(cls) -> CharRNNConfig:
@@ -70,6 +75,7 @@ class CharRNNConfig(TrainConfig):
             n_layers=1,
             width=16,
             embedding_dim=8,
+            steps_per_call=1,
         )
 
     def validate(self) -> None:

@@ -51,6 +51,8 @@ class GPTConfig(TrainConfig):
     #: steps of the cosine decay to 10% of the rate (0 = epochs x steps_per_epoch); a run
     #: ended by a time budget decays over the steps it surely makes, then stays at 10%
     decay_steps: int = 0
+    #: the rate at the end of the cosine, as a share of learning_rate
+    lr_floor: float = 0.1
 
     @classmethod
     def tiny(cls) -> GPTConfig:

@@ -212,16 +212,16 @@ class TextModel(GenerativeModel):
         lr: Any = cfg.learning_rate
         # The cosine's length: `decay_steps`, or else the planned steps. A run whose length
         # is not known in steps (a CPU budget ends it; see bench/bench_quality.py) decays
-        # over the steps it surely makes and goes on at the 10% floor, where a cosine over a
+        # over the steps it surely makes and goes on at the floor, where a cosine over a
         # guessed plan was cut at 60-75% with the rate still at 30-50% of its peak.
         total = int(getattr(cfg, "decay_steps", 0)) or cfg.epochs * cfg.steps_per_epoch
         warmup = int(getattr(cfg, "warmup_steps", 0))
         if getattr(cfg, "cosine_decay", False) and total > warmup:
-            # Cosine decay to 10% (needs steps_per_epoch > 0 or decay_steps), then flat.
+            # Cosine decay to lr_floor (needs steps_per_epoch > 0 or decay_steps), then flat.
             lr = keras.optimizers.schedules.CosineDecay(
                 cfg.learning_rate * (0.0 if warmup else 1.0),
                 decay_steps=total - warmup,
-                alpha=0.1,
+                alpha=float(getattr(cfg, "lr_floor", 0.1)),
                 warmup_target=cfg.learning_rate if warmup else None,
                 warmup_steps=warmup,
             )
@@ -322,4 +322,8 @@ def text_config_checks(cfg: TrainConfig, name: str) -> None:
     cfgmod.require(
         cfg.decay_steps >= 0,  # type: ignore[attr-defined]
         f"{name}: decay_steps={cfg.decay_steps} must be >= 0 (0 = epochs x steps_per_epoch)",  # type: ignore[attr-defined]
+    )
+    cfgmod.require(
+        0.0 <= cfg.lr_floor <= 1.0,  # type: ignore[attr-defined]
+        f"{name}: lr_floor={cfg.lr_floor} must be in [0, 1] (a share of learning_rate)",  # type: ignore[attr-defined]
     )

@@ -194,6 +194,7 @@ def test_untrained_loss_is_near_uniform():
         ("char_rnn", "cell", "rnn", "gru, lstm"),
         ("gpt", "dropout", 1.0, "dropout"),
         ("char_rnn", "decay_steps", -1, "decay_steps=-1"),
+        ("gpt", "lr_floor", 1.5, "lr_floor=1.5"),
     ],
 )
 def test_bad_config_values_are_named(name, key, value, match):
@@ -228,3 +229,5 @@ def test_decay_steps_ends_the_cosine_then_the_rate_stays_at_its_floor(name):
     for step in (100, 400, 900):
         assert short(step) == pytest.approx(0.1 * lr)
     assert short(50) == pytest.approx(planned(500))  # halfway either way
+    floor = rate(_model(name, decay_steps=100, lr_floor=0.0, **cfg).make_optimizers()["main"])
+    assert floor(100) == pytest.approx(0.0, abs=1e-9) and floor(0) == pytest.approx(lr)
