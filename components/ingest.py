@@ -68,9 +68,10 @@ def run(
     config = unchanged.config_hash(model, cfgmod.to_dict(checked.config))
     c = tracking.client()
     with ThreadPoolExecutor(2, thread_name_prefix="genpipe-ingest") as pool:
-        # While the data loads and publishes: git (the code's version) and MLflow (is there a
-        # run already?), reads only: the run is created once the data passed its check.
-        commit = pool.submit(tracking.git_commit)
+        # While the data loads and publishes: git (the commit and the code's version: 2-3 git
+        # processes) and MLflow (is there a run already?), reads only: the run is created once
+        # the data passed its check.
+        versions = pool.submit(_code_versions)
         looked = pool.submit(tracking.find_run, c, experiment, pipeline_run_id)
         store = ObjectStore.from_env()
         store.ensure_bucket()
@@ -81,10 +82,10 @@ def run(
                 f"source {source!r} holds {kind} data but model {model!r} trains on {family} data"
             )
         manifest = publish(split(raw, test_fraction), store, source=source, shards=shards)
-        code = unchanged.code_version(commit.result())
+        commit, code = versions.result()
     fingerprint = manifest["fingerprint"]
     run = tracking.get_or_create(
-        c, experiment, pipeline_run_id, model, found=looked.result(), git=commit.result()
+        c, experiment, pipeline_run_id, model, found=looked.result(), git=commit
     )
     run_id = run.info.run_id
     unchanged_since = ""
@@ -162,6 +163,14 @@ def run(
         "manifest": manifest,
         "unchanged_since": unchanged_since,
     }
+
+
+def _code_versions() -> tuple[str, str]:
+    """(the commit, zoo.unchanged.code_version of it): what the run and its skip check record."""
+    from zoo import tracking, unchanged
+
+    commit = tracking.git_commit()
+    return commit, unchanged.code_version(commit)
 
 
 def _source_for_mlflow(uri: str) -> Any:

@@ -39,3 +39,27 @@ def test_ingest_rejects_text_for_an_image_model(stack, tmp_path):
     text.write_text("hello world, some text\n" * 10)
     with pytest.raises(DataError, match="holds text data but model 'vae' trains on image data"):
         run(f"text:{text}", "vae", "genpipe-test-ingest", uuid.uuid4().hex)
+
+
+def test_the_code_version_is_read_beside_the_data(stack, monkeypatch):
+    """git's 2-3 processes (the commit and zoo.unchanged.code_version) run in a thread while
+    the data loads and publishes (code_version ran after the publish, on the task's path);
+    the run records the same commit and code version as before."""
+    import threading
+
+    from zoo import unchanged
+
+    seen = []
+    real = unchanged.code_version
+
+    def code_version(commit=None):
+        seen.append((threading.current_thread().name, commit, real(commit)))
+        return seen[-1][2]
+
+    monkeypatch.setattr(unchanged, "code_version", code_version)
+    out = run("digits", "vae", "genpipe-test-ingest", uuid.uuid4().hex)
+    [(thread, commit, code)] = seen
+    assert thread != threading.main_thread().name
+    tags = tracking.client().get_run(out["mlflow_run_id"]).data.tags
+    assert (tags[names.TAG_GIT], tags[names.TAG_CODE]) == (commit, code)
+    assert commit != "unknown" and code.startswith(commit)
