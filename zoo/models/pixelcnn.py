@@ -115,7 +115,13 @@ class PixelCNN(GenerativeModel):
         )
 
     def build_model(self) -> None:
-        self.logits(tf.zeros((1, *self.image_shape)))
+        # By shape, in the order `logits` on a (1, H, W, C) dummy builds them (same variables,
+        # values, paths, build shapes), without running the network's first-time eager kernels.
+        features = (1, *self.image_shape[:2], self.cfg.filters)  # type: ignore[attr-defined]
+        self.first.build((1, *self.image_shape))
+        for block in self.blocks:
+            block.build(features)
+        self.head.build(features)
         self.built = True
 
     def features(self, x: tf.Tensor) -> tf.Tensor:

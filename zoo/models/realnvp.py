@@ -95,9 +95,10 @@ class RealNVP(GenerativeModel):
         ]
 
     def build_model(self) -> None:
-        x = tf.zeros((1, *self.image_shape))
+        # By shape (as a call on a (1, H, W, C) dummy builds them: same variables, values,
+        # paths, build shapes), without running the networks' first-time eager kernels.
         for net in self.nets:
-            net(x)
+            net.build((1, *self.image_shape))
         self.built = True
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
