@@ -213,13 +213,15 @@ def test_primed_requirements_are_looked_up_once_per_process(monkeypatch):
 
 def test_prime_runs_no_tensorflow_op():
     """registration.prime() (with model_logging.prime()) runs in the warm server's zygote, which must not start TensorFlow's runtime
-    before it forks (pipelines/warm_preload.py checks): a fresh interpreter shows it does not."""
+        before it forks (pipelines/warm_preload.py checks), nor leave a thread running (a fork keeps
+    only the forking thread, and any lock another one held): a fresh interpreter shows neither."""
     import subprocess
     import sys
 
     code = (
-        "import zoo.serving, zoo.registration as m\n"
+        "import threading, zoo.serving, zoo.registration as m\n"
         "m.prime()\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
         "from tensorflow.python.eager import context\n"
         "started = context.context_safe() is not None and context.context()._context_handle is not None\n"
         "print('started' if started else 'not started')\n"
