@@ -110,12 +110,10 @@ def test_ours_plans_from_a_calibration_and_stops_at_the_budget(tmp_path: Path) -
     assert "steps planned at" in side.note
     planned = [int(x) for x in side.note.split(" steps")[0].split("x")]
     assert planned[0] * planned[1] > 40  # the budget is spent on steps, not on the plan's margin
-    # The cosine ends inside the steps that fit (then the rate stays at its floor): a plan's
-    # cosine was cut at 60-75% when a loaded machine made the steps dearer than calibrated.
-    decay = int(side.note.split("cosine over ")[1].split()[0].rstrip(";"))
-    assert (
-        2 <= decay <= planned[0] * planned[1] * bench_quality.DECAY_SHARE / bench_quality.RUN_MARGIN
-    )
+    # The cosine follows the CPU seconds and ends inside the budget (then the rate stays at
+    # its floor): a cosine by steps ended anywhere between 65% and 100% of a loaded run.
+    decay_cpu_s = float(side.note.split("cosine over ")[1].split(" CPU-s")[0])
+    assert decay_cpu_s == pytest.approx(budget * bench_quality.BUDGET_DECAY_SHARE, abs=0.5)
     one_step = float(side.note.split(" at ")[1].split(" CPU-s")[0])
     assert side.cpu_s <= budget + 0.5 + 20 * one_step, side
     assert side.steps >= 1 and math.isfinite(side.metric)

@@ -63,6 +63,9 @@ class CharRNNConfig(TrainConfig):
     decay_steps: int = 0
     #: the rate at the end of the cosine, as a share of learning_rate
     lr_floor: float = 0.1
+    #: > 0: the cosine follows this process's CPU seconds (this many) instead of the steps
+    #: (bench_quality's budgeted runs; 0 = by steps)
+    budget_cpu_s: float = 0.0
 
     @classmethod
     def tiny(cls) -> CharRNNConfig:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -225,6 +226,11 @@ class TextModel(GenerativeModel):
                 warmup_target=cfg.learning_rate if warmup else None,
                 warmup_steps=warmup,
             )
+        budget = float(getattr(cfg, "budget_cpu_s", 0.0))
+        if getattr(cfg, "cosine_decay", False) and budget > 0:
+            lr = CpuBudgetCosine(
+                cfg.learning_rate, budget, float(getattr(cfg, "lr_floor", 0.1)), warmup
+            )
         return {
             "main": keras.optimizers.AdamW(
                 lr,
@@ -309,6 +315,39 @@ class TextModel(GenerativeModel):
         logger.text(self.generate(DEFAULT_PROMPT, 300, 0.8, seed=0), f"{stem}.txt")
 
 
+class CpuBudgetCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """A cosine from `peak` to `alpha * peak` over this process's next `budget_s` CPU seconds
+    (not steps), after a linear warm-up of `warmup_steps`: a run that a CPU budget ends
+    (bench/bench_quality.py) ends its decay there whatever its steps cost under the load."""
+
+    def __init__(self, peak: float, budget_s: float, alpha: float, warmup_steps: int) -> None:
+        import time
+
+        self.peak, self.budget, self.alpha, self.warmup = peak, budget_s, alpha, warmup_steps
+        self.t0 = time.process_time()
+
+    def _spent(self) -> np.ndarray:
+        import time
+
+        return np.float32(min(1.0, (time.process_time() - self.t0) / self.budget))
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        frac = tf.reshape(tf.py_function(self._spent, [], tf.float32), [])
+        lr = self.peak * (self.alpha + (1.0 - self.alpha) * 0.5 * (1.0 + tf.cos(math.pi * frac)))
+        if self.warmup:
+            ramp = tf.cast(step + 1, tf.float32) / float(self.warmup)
+            lr = tf.minimum(lr, self.peak * ramp)
+        return lr
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "budget_s": self.budget,
+            "alpha": self.alpha,
+            "warmup_steps": self.warmup,
+        }
+
+
 def text_config_checks(cfg: TrainConfig, name: str) -> None:
     """Validation shared by the text configs."""
     from zoo import config as cfgmod
@@ -326,4 +365,8 @@ def text_config_checks(cfg: TrainConfig, name: str) -> None:
     cfgmod.require(
         0.0 <= cfg.lr_floor <= 1.0,  # type: ignore[attr-defined]
         f"{name}: lr_floor={cfg.lr_floor} must be in [0, 1] (a share of learning_rate)",  # type: ignore[attr-defined]
+    )
+    cfgmod.require(
+        cfg.budget_cpu_s >= 0,  # type: ignore[attr-defined]
+        f"{name}: budget_cpu_s={cfg.budget_cpu_s} must be >= 0 (0 = the cosine by steps)",  # type: ignore[attr-defined]
     )

@@ -195,6 +195,7 @@ def test_untrained_loss_is_near_uniform():
         ("gpt", "dropout", 1.0, "dropout"),
         ("char_rnn", "decay_steps", -1, "decay_steps=-1"),
         ("gpt", "lr_floor", 1.5, "lr_floor=1.5"),
+        ("char_rnn", "budget_cpu_s", -1.0, "budget_cpu_s=-1.0"),
     ],
 )
 def test_bad_config_values_are_named(name, key, value, match):
@@ -231,3 +232,20 @@ def test_decay_steps_ends_the_cosine_then_the_rate_stays_at_its_floor(name):
     assert short(50) == pytest.approx(planned(500))  # halfway either way
     floor = rate(_model(name, decay_steps=100, lr_floor=0.0, **cfg).make_optimizers()["main"])
     assert floor(100) == pytest.approx(0.0, abs=1e-9) and floor(0) == pytest.approx(lr)
+
+
+def test_budget_cpu_s_makes_the_cosine_follow_cpu_seconds_not_steps():
+    # A budgeted run's cosine ends when the CPU seconds are spent, however many steps that
+    # was: the step counter does not move the rate, the process's CPU time does.
+    import time
+
+    lr = 1e-2
+    opt = _model("char_rnn", learning_rate=lr, budget_cpu_s=0.4, warmup_steps=0).make_optimizers()[
+        "main"
+    ]
+    opt.iterations.assign(10_000)
+    assert float(opt.learning_rate) > 0.8 * lr
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.5:
+        pass
+    assert float(opt.learning_rate) == pytest.approx(0.1 * lr)
