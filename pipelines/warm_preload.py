@@ -119,7 +119,8 @@ def _prime_caches() -> None:
     the bundled `digits` data set made MNIST-shaped (zoo.data.sources caches it per process).
     And every model's local pipeline (pipelines.local.prebuild_pipelines): each `genpipe run`
     would build it again (~0.05 s, the profile file parsed, the components made). And Keras'
-    attribute skip-sets of its saving walk (zoo.serving.prime_keras_saving_cache).
+    attribute skip-sets of its saving walk (zoo.serving.prime_keras_saving_cache). And
+    zoo.registration.prime: MLflow's registry store registry, log_model's dry saves.
     """
     from zoo.data.sources import load_digits
 
@@ -147,3 +148,10 @@ def _prime_caches() -> None:
     from zoo.serving import prime_keras_saving_cache
 
     prime_keras_saving_cache()
+    # MLflow's model-registry store registry (its first use scans every distribution's entry
+    # points) and log_model's model-independent work (zoo.model_logging.prime): reads and
+    # temporary local files only, no request, no TensorFlow op, no thread left running
+    with contextlib.suppress(Exception):  # an optimization only: never fails the server
+        from zoo.registration import prime
+
+        prime()

@@ -17,12 +17,14 @@ in how it gets there (a warm run's training task spent ~0.9 s here, most of it w
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.metadata as md
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -77,12 +79,19 @@ def prime() -> None:
 
     prime_shipping()
     _requirements()
+    before = set(threading.enumerate())
     with tempfile.TemporaryDirectory(prefix="genpipe-prime-") as tmp:
         for meta in _PRIME_METAS:
             stand_in = Path(tmp) / meta["model"] / "in"
             stand_in.mkdir(parents=True)
             (stand_in / "config.json").write_text(json.dumps(meta))
             _save(stand_in.parent, meta, stand_in)
+    # A save copies the model directory through an MLflow artifact repository whose thread
+    # pool is in a reference cycle (its handler's closure): collected now, its idle workers
+    # exit, so the zygote forks with no thread but its own.
+    gc.collect()
+    for t in set(threading.enumerate()) - before:
+        t.join(timeout=5)
 
 
 @functools.cache

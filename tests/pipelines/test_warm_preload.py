@@ -1,8 +1,8 @@
 """The warm server's preload fills per-process caches once, before it forks tasks: each
 train task's log_model then skips MLflow's ~1.2 s map of installed modules to distributions,
 each ingest of `digits` its 1,797 resizes, each task's first MLflow call the import of
-MLflow's tracing set-up, each `genpipe run` the building of its pipeline (issue 14 fixed
-costs)."""
+MLflow's tracing set-up, each `genpipe run` the building of its pipeline, each register its registry's
+entry-point scan, each log_model MLflow's first save (issue 14 fixed costs)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ import threading
 print("THREADS", len(threading.enumerate()))  # forking with other threads is unsafe
 from keras.src.saving import saving_lib as sl
 print("SKIPSET", sl.get_attr_skipset("Layer") is sl.get_attr_skipset("Layer"))
+from mlflow.tracking._model_registry import utils as ru
+print("REGISTRY", ru._model_registry_store_registry is not None)
+from zoo import model_logging
+print("REQUIREMENTS", model_logging._requirements.cache_info().currsize)
 # what a task's or the run fork's first MLflow call imports: nothing new any more
 import sys, mlflow
 before = set(sys.modules)
@@ -56,6 +60,9 @@ def test_preload_builds_mlflows_requirements_map_before_any_fork():
     assert "PREBUILT True" in res.stdout, res.stdout[-2000:]  # every model's local pipeline
     assert "THREADS 1" in res.stdout, res.stdout[-2000:]
     assert "SKIPSET True" in res.stdout, res.stdout[-2000:]  # Keras' saving walk, cached
+    # MLflow's registry store registry (an entry-point scan) and log_model's dry save, done
+    assert "REGISTRY True" in res.stdout, res.stdout[-2000:]
+    assert "REQUIREMENTS 1" in res.stdout, res.stdout[-2000:]
     assert "NEW []" in res.stdout, res.stdout[-2000:]  # MLflow's tracing set-up was preloaded
 
 
