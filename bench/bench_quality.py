@@ -178,7 +178,9 @@ def _calibrate(name: str, cfg: Any, data: Any, workdir: Path, budget: float) -> 
         if step >= hi or (step >= lo and marks[-1][1] - t0 >= CALIB_SHARE * budget):
             raise _CalibDone
 
-    c = dataclasses.replace(cfg, epochs=1, steps_per_epoch=hi)
+    # One step per call, so every step is a mark (with several per call a short calibration
+    # had too few marks for a slope); the run's own calls of several steps cost no more.
+    c = dataclasses.replace(cfg, epochs=1, steps_per_epoch=hi, steps_per_call=1)
     with contextlib.suppress(_CalibDone):
         Trainer(name, c, data, workdir, on_step=on_step).run()
     return _per_step(marks), marks[0][1] - t0
