@@ -51,8 +51,16 @@ def write_tfrecord(path: Path, images: np.ndarray, labels: np.ndarray | None) ->
 
 
 def _existing_manifest(store: ObjectStore, uri: str, fp: str) -> dict[str, Any] | None:
-    """The published manifest for `fp` if it exists, parses, and every object it lists exists."""
-    if not store.exists(uri):
+    """The published manifest for `fp` if it exists, parses, and every object it lists exists
+    with the size it lists.
+
+    One listing of the dataset's prefix answers for the manifest and every shard under it (a
+    re-run on unchanged data made one request per shard, one after another); a listed object
+    elsewhere (not what `publish` writes) is checked on its own.
+    """
+    prefix = uri.rsplit("/", 1)[0] + "/"
+    sizes = dict(store.list_sizes(prefix))
+    if uri not in sizes:
         return None
     try:
         m = check_manifest(store.get_json(uri), uri)
@@ -63,14 +71,31 @@ def _existing_manifest(store: ObjectStore, uri: str, fp: str) -> dict[str, Any] 
         log.warning("replacing manifest %s: it describes fingerprint %s", uri, m["fingerprint"])
         return None
     missing = [
-        sh["key"] for s in m["splits"].values() for sh in s["shards"] if not store.exists(sh["key"])
+        sh["key"]
+        for s in m["splits"].values()
+        for sh in s["shards"]
+        if not _shard_present(store, sh, sizes, prefix)
     ]
     if missing:
         log.warning(
-            "republishing %s: %d listed object(s) missing, e.g. %s", uri, len(missing), missing[0]
+            "republishing %s: %d listed object(s) missing or of another size, e.g. %s",
+            uri,
+            len(missing),
+            missing[0],
         )
         return None
     return m
+
+
+def _shard_present(
+    store: ObjectStore, shard: dict[str, Any], sizes: dict[str, int], prefix: str
+) -> bool:
+    """Whether the manifest's `shard` is stored whole: under the listed `prefix`, by the
+    listing (and its size, where the manifest records one); elsewhere, by a request."""
+    key = shard["key"]
+    if not key.startswith(prefix):
+        return store.exists(key)
+    return key in sizes and shard.get("bytes", sizes[key]) == sizes[key]
 
 
 def check_splits(splits: Splits, source: str) -> str:

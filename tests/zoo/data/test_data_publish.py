@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import MNIST_DIR, SHAKESPEARE, list_objects, unique_images
+from data_helpers import MNIST_DIR, SHAKESPEARE, CallLog, list_objects, unique_images
 
 import zoo.data.publishing as publishing_mod
 from zoo.data import (
@@ -86,6 +86,32 @@ def test_second_publish_writes_nothing(store, s3_calls) -> None:
     assert calls.names("put_object") == []
     assert list_objects(store, prefix_of(m1["fingerprint"])) == before  # same etags and times
     assert m2 == m1 and m2["source"] == "first"
+
+
+def test_second_publish_checks_with_one_listing_and_one_read(store, monkeypatch) -> None:
+    """A re-run on unchanged data (every warm `genpipe run`'s ingest) asks the store twice: one
+    listing of the dataset's prefix answers for the manifest and every shard, one GET reads
+    the manifest (it was a stat per shard, one after another, and one for the manifest)."""
+    parts = split(unique_images(40))
+    publish(parts, store, source="t", shards=4)
+    calls = CallLog(
+        monkeypatch, store.client, "stat_object", "list_objects", "get_object", "put_object"
+    )
+    publish(parts, store, source="t", shards=4)
+    assert sorted(m for m, _ in calls.calls) == ["get_object", "list_objects"], calls.calls
+
+
+def test_publish_replaces_a_shard_stored_with_another_size(store) -> None:
+    """A shard cut short (an object of another size than the manifest lists) counts as
+    missing: the dataset is published again, the shard whole."""
+    parts = split(unique_images(20))
+    m = publish(parts, store, source="t", shards=2)
+    shard = m["splits"]["train"]["shards"][0]
+    whole = store.get_bytes(shard["key"])
+    store.put_bytes(shard["key"], whole[:-7])
+    again = publish(parts, store, source="t", shards=2)
+    assert store.get_bytes(shard["key"]) == whole
+    assert again["splits"] == m["splits"]
 
 
 def test_manifest_is_the_last_object_written(store, s3_calls) -> None:
