@@ -4,6 +4,7 @@ published by a `latest.json` pointer written last (zoo.checkpoints: naming, what
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,14 @@ class Checkpointer:
         if self.uri and self.store and _is_chief():
             name = Path(path).name
             files = sorted(p for p in Path(path).parent.glob(f"{name}.*"))
-            for f in files:
-                self.store.put_file(f"{self.uri}/{name}/{f.name}", f)
+            # The files at once (index and data shards: independent objects), each retried on
+            # its own by the store; any failure raises here, before the pointer is written.
+            with ThreadPoolExecutor(max(1, min(len(files), 8))) as pool:
+                for done in [
+                    pool.submit(self.store.put_file, f"{self.uri}/{name}/{f.name}", f)
+                    for f in files
+                ]:
+                    done.result()
             # Pointer last: a reader never sees a checkpoint whose files are not all there.
             self.store.put_json(
                 f"{self.uri}/latest.json",
