@@ -54,13 +54,13 @@ def run(
     merged = cfgmod.merge_overrides(platform_overrides, overrides)
     request = RunRequest(
         model,
-        source,
-        preset,
-        merged,
-        thresholds,
-        registered_name,
-        test_fraction,
-        champion_tolerance,
+        source=source,
+        preset=preset,
+        overrides=merged,
+        thresholds=thresholds,
+        registered_name=registered_name,
+        test_fraction=test_fraction,
+        champion_tolerance=champion_tolerance,
     )
     checked = request.checked(PARAMS)  # one line naming the bad parameter, before any I/O
     family = models.get(model).family

@@ -89,13 +89,13 @@ def check_run_args(
 
     run = RunRequest(
         model,
-        source,
-        preset,
-        overrides,
-        thresholds,
-        registered_name,
-        test_fraction,
-        champion_tolerance,
+        source=source,
+        preset=preset,
+        overrides=overrides,
+        thresholds=thresholds,
+        registered_name=registered_name,
+        test_fraction=test_fraction,
+        champion_tolerance=champion_tolerance,
     ).checked()
     cfg = run.config
     checked: dict[str, Any] = {"epochs": cfg.epochs, "registered_name": run.registered_name}

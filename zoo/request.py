@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from zoo.errors import ConfigError
@@ -54,6 +54,9 @@ class RunRequest:
     """
 
     model: str
+    # The rest by name only: eight fields, several of one type, built in the CLI, the local
+    # pipeline and the ingest component, where a positional slip would pass type checks.
+    _: KW_ONLY
     source: str = "digits"
     preset: str = "default"
     overrides: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -66,6 +69,7 @@ class RunRequest:
     def from_cli(
         cls,
         model: str,
+        *,
         source: str = "digits",
         preset: str = "default",
         sets: list[str] | tuple[str, ...] = (),
@@ -81,13 +85,13 @@ class RunRequest:
         overrides = parse_overrides(sets, where["overrides"])
         return cls(
             model,
-            source,
-            preset,
-            overrides,
-            thresholds,
-            registered_name,
-            test_fraction,
-            champion_tolerance,
+            source=source,
+            preset=preset,
+            overrides=overrides,
+            thresholds=thresholds,
+            registered_name=registered_name,
+            test_fraction=test_fraction,
+            champion_tolerance=champion_tolerance,
         )
 
     def to_kwargs(self) -> dict[str, Any]:

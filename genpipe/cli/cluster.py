@@ -45,12 +45,12 @@ def pipeline_params(
     `where`: how errors name the options (`schedule` calls --name --registered-name)."""
     request = RunRequest.from_cli(
         model,
-        data,
-        preset,
-        sets,
-        thresholds,
-        name,
-        test_fraction,
+        source=data,
+        preset=preset,
+        sets=sets,
+        thresholds=thresholds,
+        registered_name=name,
+        test_fraction=test_fraction,
         where=where,
         champion_tolerance=tolerance,
     )

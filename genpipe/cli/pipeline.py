@@ -216,7 +216,14 @@ def register(app: typer.Typer) -> None:
 
             image = check_image(image, "--image") if image else load_profile("cpu").image
         request = RunRequest.from_cli(
-            model, data, preset, sets, thresholds, name, test_fraction, champion_tolerance=tolerance
+            model,
+            source=data,
+            preset=preset,
+            sets=sets,
+            thresholds=thresholds,
+            registered_name=name,
+            test_fraction=test_fraction,
+            champion_tolerance=tolerance,
         )
         checked: dict[str, Any] = {}
 

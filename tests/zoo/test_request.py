@@ -8,7 +8,9 @@ from zoo.request import PARAMS, RunRequest
 
 
 def test_checked_resolves_config_thresholds_and_default_name():
-    run = RunRequest.from_cli("vae", "npz:/d/kmnist-train-imgs.npz", "tiny", ["epochs=2"]).checked()
+    run = RunRequest.from_cli(
+        "vae", source="npz:/d/kmnist-train-imgs.npz", preset="tiny", sets=["epochs=2"]
+    ).checked()
     assert run.config.epochs == 2
     assert run.registered_name == "vae-kmnist-train"
     assert "test_neg_elbo" in run.thresholds
@@ -72,3 +74,13 @@ def test_json_forms():
     req = RunRequest.from_cli("vae", sets=["lr=0.1", "epochs=3"])
     assert req.overrides_json() == '{"epochs": "3", "lr": "0.1"}'
     assert RunRequest(**req.to_kwargs()) == req
+
+
+def test_fields_after_the_model_are_by_name_only():
+    """Eight fields, several of one type: a positional slip (source for preset) must fail
+    at the call, not pass the type checks."""
+    with pytest.raises(TypeError):
+        RunRequest("vae", "digits", "tiny")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RunRequest.from_cli("vae", "digits", "tiny")  # type: ignore[misc]
+    assert RunRequest("vae", source="digits", preset="tiny").preset == "tiny"
