@@ -58,8 +58,8 @@ class CharRNNConfig(TrainConfig):
     clip_norm: float = 1.0
     warmup_steps: int = 0
     cosine_decay: bool = True
-    #: steps of the cosine decay to 10% of the rate (0 = epochs x steps_per_epoch); a run
-    #: ended by a time budget decays over the steps it surely makes, then stays at 10%
+    #: steps of the cosine decay to `lr_floor` (0 = epochs x steps_per_epoch); a run ended
+    #: by a time budget decays over the steps it surely makes, then stays at the floor
     decay_steps: int = 0
     #: the rate at the end of the cosine, as a share of learning_rate
     lr_floor: float = 0.1

@@ -217,19 +217,18 @@ class TextModel(GenerativeModel):
         # guessed plan was cut at 60-75% with the rate still at 30-50% of its peak.
         total = int(getattr(cfg, "decay_steps", 0)) or cfg.epochs * cfg.steps_per_epoch
         warmup = int(getattr(cfg, "warmup_steps", 0))
-        if getattr(cfg, "cosine_decay", False) and total > warmup:
+        floor = float(getattr(cfg, "lr_floor", 0.1))
+        budget = float(getattr(cfg, "budget_cpu_s", 0.0))
+        if getattr(cfg, "cosine_decay", False) and budget > 0:
+            lr = CpuBudgetCosine(cfg.learning_rate, budget, floor, warmup)
+        elif getattr(cfg, "cosine_decay", False) and total > warmup:
             # Cosine decay to lr_floor (needs steps_per_epoch > 0 or decay_steps), then flat.
             lr = keras.optimizers.schedules.CosineDecay(
                 cfg.learning_rate * (0.0 if warmup else 1.0),
                 decay_steps=total - warmup,
-                alpha=float(getattr(cfg, "lr_floor", 0.1)),
+                alpha=floor,
                 warmup_target=cfg.learning_rate if warmup else None,
                 warmup_steps=warmup,
-            )
-        budget = float(getattr(cfg, "budget_cpu_s", 0.0))
-        if getattr(cfg, "cosine_decay", False) and budget > 0:
-            lr = CpuBudgetCosine(
-                cfg.learning_rate, budget, float(getattr(cfg, "lr_floor", 0.1)), warmup
             )
         return {
             "main": keras.optimizers.AdamW(
