@@ -37,14 +37,12 @@ def prune(store: ObjectStore, uri: str, keep: str) -> int:
     """Delete every checkpoint under `uri` but `keep` (the folder `latest.json` names, so call
     this after publishing the pointer); returns the number of objects deleted."""
     base = uri.rstrip("/") + "/"
-    n = 0
-    for obj in list(store.list(base)):
+    old = []
+    for obj in store.list(base):
         rel = obj[len(base) :]
-        if rel == LATEST or rel.split("/", 1)[0] == keep:
-            continue
-        store.delete(obj)
-        n += 1
-    return n
+        if rel != LATEST and rel.split("/", 1)[0] != keep:
+            old.append(obj)
+    return store.delete_many(old)  # one request, not one per object
 
 
 def drop(store: ObjectStore, mlflow_run_id: str) -> int:

@@ -226,11 +226,19 @@ class ObjectStore:
         """Delete every object under a prefix; returns how many. One listing, then S3's
         multi-object delete (up to 1000 keys a request: a training task's checkpoints went
         one DELETE each)."""
-        bucket, _ = parse_s3_uri(uri)
-        keys = [parse_s3_uri(u)[1] for u in self.list(uri)]
-        for i in range(0, len(keys), _DELETE_BATCH):
-            self._delete_keys(bucket, keys[i : i + _DELETE_BATCH])
-        return len(keys)
+        return self.delete_many(list(self.list(uri)))
+
+    def delete_many(self, uris: list[str]) -> int:
+        """Delete these objects with S3's multi-object delete (per bucket, up to 1000 keys a
+        request); returns how many."""
+        by_bucket: dict[str, list[str]] = {}
+        for u in uris:
+            bucket, key = parse_s3_uri(u)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), _DELETE_BATCH):
+                self._delete_keys(bucket, keys[i : i + _DELETE_BATCH])
+        return len(uris)
 
     def _delete_keys(self, bucket: str, keys: list[str]) -> None:
         """Delete `keys` of `bucket` in one DeleteObjects request (retried as a whole: deleting

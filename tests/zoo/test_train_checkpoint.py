@@ -57,3 +57,23 @@ def test_a_failed_upload_writes_no_pointer(store, tmp_path: Path, monkeypatch) -
     with pytest.raises(OSError, match="simulated"):
         cp.save(1, {"epoch": 1})
     assert not store.exists(f"{uri}/latest.json")
+
+
+def test_older_checkpoints_go_in_one_request(store, tmp_path: Path, monkeypatch) -> None:
+    """Publishing a checkpoint removes the older one's files with one multi-object delete
+    (it was one DELETE each); the new checkpoint and `latest.json` stay."""
+    uri = store.uri(f"checkpoints/test-{uuid.uuid4().hex[:8]}")
+    cp = Checkpointer(tf.train.Checkpoint(v=tf.Variable(1.0)), tmp_path / "ckpt", uri, store)
+    cp.save(1, {"epoch": 1})
+    single, multi = [], []
+    real_one, real_many = store.client.remove_object, store.client.remove_objects
+    monkeypatch.setattr(
+        store.client, "remove_object", lambda *a, **k: single.append(a) or real_one(*a, **k)
+    )
+    monkeypatch.setattr(
+        store.client, "remove_objects", lambda *a, **k: multi.append(a) or real_many(*a, **k)
+    )
+    cp.save(2, {"epoch": 2})
+    assert single == [] and len(multi) == 1
+    left = sorted(u[len(uri) + 1 :] for u in store.list(uri + "/"))
+    assert left[-1] == "latest.json" and all(n.startswith("ckpt-2/") for n in left[:-1]), left
