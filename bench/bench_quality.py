@@ -9,10 +9,11 @@ For each model family, on MNIST t10k (images: 9,000 train / 1,000 held out, spli
 
 * **ours**: the registered model with its default config, trained by our trainer
   (`zoo.train.Trainer`) for the budget. The step count is planned from a calibration run
-  (5% of the budget; planned 10% long, see PLAN_MARGIN; the text models' cosine spans 80%
-  of the steps that fit and the rate then stays at its floor, see DECAY_SHARE) and the run
-  is stopped at the budget like the recipe's (then its newest checkpoint, written every
-  20th of the plan or 40th of the steps that fit, is scored).
+  (5% of the budget; planned 10% long, see PLAN_MARGIN; the text models' cosine follows
+  the CPU seconds and ends inside the budget, then the rate stays at its floor, see
+  BUDGET_DECAY_SHARE) and the run is stopped at the budget like the recipe's (then its
+  newest checkpoint, written every 20th of the plan or 40th of the steps that fit, is
+  scored).
 * **recipe**: the keras-io example for that family (bench/quality_refs.py: architecture,
   optimizer, batch and loss as published, each number cited there; adaptations stated),
   trained by plain Keras `fit` (with the recipe's own `train_step` where it has one) until
@@ -140,19 +141,16 @@ CALIB_STEPS = (12, 400)
 #: cheaper than its calibration (73-80 of 100 CPU-s used at load 13), while one that is cut
 #: short loses little: at 90% of a cosine decay to 10% the rate is at 12% of its peak.
 PLAN_MARGIN = 1.1
-#: models whose rate follows a cosine over `decay_steps` (the text models) get a schedule
-#: that ends inside the budget instead: the cosine spans this share of the steps the
-#: calibration says fit, the plan is RUN_MARGIN times them, the budget ends the run and the
-#: rate stays at its 10% floor after the cosine. With the plan's cosine (PLAN_MARGIN) the
-#: char_rnn runs paid 0.075-0.089 CPU-s per step where their calibrations read 0.058-0.071,
-#: and were stopped at 60-75% of the cosine with the rate at 30-50% of its peak.
-DECAY_SHARE = 0.8
-RUN_MARGIN = 2.0
-#: where the config has `budget_cpu_s` (the text models): the cosine follows the process's
-#: CPU seconds instead and ends at this share of the budget (the scored checkpoint is at most
-#: 1/40 of the steps before the end); DECAY_SHARE's cosine by steps ended anywhere between
-#: 65% and 100% of the run (1.595-1.615 nats/char for char_rnn)
+#: models with a cosine that can follow CPU seconds (`budget_cpu_s`: the text models) get
+#: one that ends at this share of the budget, whatever the steps cost (the scored checkpoint
+#: is at most 1/40 of the steps before the end); the plan is RUN_MARGIN times the steps that
+#: fit, the budget ends the run and the rate stays at its floor after the cosine. With the
+#: plan's cosine (PLAN_MARGIN) the char_rnn runs paid 0.075-0.089 CPU-s per step where their
+#: calibrations read 0.058-0.071, and were stopped at 60-75% of the cosine with the rate at
+#: 30-50% of its peak; a cosine by steps over 80% of the steps that fit (`decay_steps`)
+#: ended anywhere between 65% and 100% of the run (1.595-1.615 nats/char for char_rnn).
 BUDGET_DECAY_SHARE = 0.96
+RUN_MARGIN = 2.0
 
 
 class _CalibDone(Exception):
@@ -222,24 +220,18 @@ def run_ours(
     # Plan the steps that fit in the budget after the first (tracing) step; epochs of at
     # most a natural epoch so a hard stop loses at most one epoch.
     fit = (budget - first) / per_step
-    decay = 0
-    if getattr(cfg, "cosine_decay", False) and hasattr(cfg, "decay_steps"):
-        decay = max(2, int(fit * DECAY_SHARE))
-        planned = max(2, int(fit * RUN_MARGIN))
-    else:
-        planned = max(2, int(fit * PLAN_MARGIN))
+    by_cpu = bool(getattr(cfg, "cosine_decay", False)) and hasattr(cfg, "budget_cpu_s")
+    planned = max(2, int(fit * (RUN_MARGIN if by_cpu else PLAN_MARGIN)))
     epochs = max(1, math.ceil(planned / natural), 4 if planned >= 40 else 1)
     spe = max(1, math.ceil(planned / epochs))
     # A checkpoint every 20th of the plan (40th of the steps that fit where the plan is
     # twice them): a run stopped at the budget is scored as of at most 5% (2.5%) of its
     # steps earlier (mid-epoch checkpoints do not change the training).
-    every = max(1, int(fit) // 40 if decay else planned // 20)
+    every = max(1, int(fit) // 40 if by_cpu else planned // 20)
     cfg = dataclasses.replace(cfg, epochs=epochs, steps_per_epoch=spe, checkpoint_every_steps=every)
-    if decay:
-        cfg = dataclasses.replace(cfg, decay_steps=decay)
-    if decay and hasattr(cfg, "budget_cpu_s"):
-        # The cosine by CPU seconds (it overrides decay_steps): it ends at BUDGET_DECAY_SHARE of
-        # the budget whatever the steps cost, so the scored checkpoint is past its end.
+    if by_cpu:
+        # The cosine by CPU seconds: it ends at BUDGET_DECAY_SHARE of the budget whatever the
+        # steps cost, so the scored checkpoint is past its end.
         cfg = dataclasses.replace(cfg, budget_cpu_s=budget * BUDGET_DECAY_SHARE)
     run_dir = workdir / "run"
     done = {"epochs": 0}
@@ -255,10 +247,8 @@ def run_ours(
         done["epochs"] = epoch
 
     note = f"{epochs}x{spe} steps planned at {per_step:.4f} CPU-s per step"
-    if getattr(cfg, "budget_cpu_s", 0):
+    if by_cpu:
         note += f", cosine over {cfg.budget_cpu_s:.0f} CPU-s"
-    elif decay:
-        note += f", cosine over {decay}"
     try:
         Trainer(name, cfg, data, run_dir, on_step=on_step, on_epoch=on_epoch).run()
     except BudgetSpent:
