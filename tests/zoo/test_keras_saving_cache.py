@@ -4,22 +4,11 @@ another), so each object of every save/load rebuilds one: zoo.serving primes the
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 from keras.src.backend.common import global_state
 from keras.src.saving import saving_lib
+from model_helpers import in_fresh_thread
 
 from zoo.serving import _SKIPSET_TYPES, prime_keras_saving_cache
-
-
-def _in_fresh_thread(fn: Any) -> Any:
-    """Keras' global state is per thread: a new thread starts from a blank one."""
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(fn()))
-    t.start()
-    t.join()
-    return out[0]
 
 
 def test_primed_skipsets_are_computed_once_and_equal_keras_own():
@@ -32,7 +21,7 @@ def test_primed_skipsets_are_computed_once_and_equal_keras_own():
             for t in _SKIPSET_TYPES
         }
 
-    assert _in_fresh_thread(check) == dict.fromkeys(_SKIPSET_TYPES, True)
+    assert in_fresh_thread(check) == dict.fromkeys(_SKIPSET_TYPES, True)
 
 
 def test_priming_leaves_layer_names_as_they_were():
@@ -44,5 +33,5 @@ def test_priming_leaves_layer_names_as_they_were():
             prime_keras_saving_cache()
         return [keras.layers.Dense(1).name, keras.layers.Layer().name, keras.Operation().name]
 
-    assert _in_fresh_thread(lambda: names(True)) == _in_fresh_thread(lambda: names(False))
-    assert _in_fresh_thread(lambda: global_state.get_global_attribute("object_name_uids")) is None
+    assert in_fresh_thread(lambda: names(True)) == in_fresh_thread(lambda: names(False))
+    assert in_fresh_thread(lambda: global_state.get_global_attribute("object_name_uids")) is None

@@ -5,7 +5,6 @@ fixed costs: the train task's model build, every load of the model)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_helpers import in_fresh_thread
 
 from zoo import models
 from zoo.models.base import dtype_policy
@@ -52,15 +52,6 @@ FORWARD: dict[str, Callable[[Any], None]] = {
 ENTRY = {"vae": ("encode", "decode_logits"), "realnvp": ("forward",), "pixelcnn": ("logits",)}
 
 
-def _fresh(fn: Any) -> Any:
-    """Run in a new thread: Keras' auto-naming counters start from zero in each."""
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(fn()))
-    t.start()
-    t.join()
-    return out[0]
-
-
 def _make(name: str, precision: str, by_shape: bool) -> Any:
     keras.utils.set_random_seed(0)
     cfg = models.resolve_config(name, "tiny", {"precision": precision})
@@ -84,8 +75,8 @@ def _parts(model: Any) -> list[Any]:
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", sorted(FORWARD))
 def test_build_by_shape_creates_what_a_forward_pass_creates(name, precision):
-    a = _fresh(lambda: _make(name, precision, by_shape=False))
-    b = _fresh(lambda: _make(name, precision, by_shape=True))
+    a = in_fresh_thread(lambda: _make(name, precision, by_shape=False))
+    b = in_fresh_thread(lambda: _make(name, precision, by_shape=True))
     assert [(v.path, v.dtype, tuple(v.shape)) for v in a.variables] == [
         (v.path, v.dtype, tuple(v.shape)) for v in b.variables
     ]
