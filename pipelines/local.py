@@ -28,6 +28,7 @@ from pipelines.local_events import (  # noqa: F401  (exit_cause, _EventStream: r
     _recording_exit_codes,
     exit_cause,
 )
+from pipelines.local_interrupt import interrupted, interruptible_subprocesses
 from pipelines.local_kfp import _patch_kfp_local_conditions, cheap_task_config
 from zoo import names, timeline
 from zoo.errors import GenpipeError
@@ -162,7 +163,11 @@ def run_local(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     warm.prestart(state_dir())  # no-op if the CLI did
     try:
-        with warm.warm_tasks(state_dir()), _containers(image) as session:
+        with (
+            interruptible_subprocesses(),
+            warm.warm_tasks(state_dir()),
+            _containers(image) as session,
+        ):
             return _run(
                 model,
                 log_path,
@@ -274,6 +279,9 @@ def _run(
         try:
             with contextlib.redirect_stdout(stream), _recording_exit_codes(stream):
                 task = pipeline(**pipeline_args)
+        except KeyboardInterrupt:  # Ctrl-C: the running task was stopped (and waited for)
+            interrupted(stream, on_event)
+            raise
         except RuntimeError as e:  # kfp's message colours task names: plain text here
             # A task that died unannounced (SIGKILL) left its MLflow run RUNNING: the
             # pipeline's exit task (components/finalize.py) has already marked it FAILED, here

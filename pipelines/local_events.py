@@ -23,6 +23,8 @@ _PROGRESS = re.compile(r"genpipe-progress (?P<body>.*)")
 _ERROR = re.compile(
     r"^\s*(?:zoo\.errors\.|[\w.]*)(?P<kind>\w*Error|TrainingDiverged): (?P<msg>.+)$"
 )
+#: a task's outputs as kfp.local lists them: ingest's names the run's MLflow run
+_RUN_ID = re.compile(r"^\s+mlflow_run_id: '(?P<id>[0-9a-f]{32})'$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: a task says what it waits on (zoo.tracking.call, the promotion lock): shown, not just logged
 _WAITING = re.compile(r"(?P<msg>waiting for (?:MLflow|the promotion lock) .+)$")
@@ -38,6 +40,7 @@ class _EventStream(io.TextIOBase):
         self.task = ""
         self.failures: list[tuple[str, str]] = []  # (task, error line)
         self.errors_this_task = 0  # error lines since the running task started
+        self.run_id = ""  # the MLflow run, once ingest's outputs named it
 
     def write(self, s: str) -> int:
         self.log.write(s)
@@ -64,6 +67,9 @@ class _EventStream(io.TextIOBase):
         elif m := _PROGRESS.search(line):
             fields = dict(kv.split("=", 1) for kv in m["body"].split() if "=" in kv)
             self._emit("progress", {"task": self.task, **fields})
+        elif not self.run_id and (m := _RUN_ID.match(line)):
+            self.run_id = m["id"]
+            self._emit("run", {"run_id": self.run_id})
         elif m := _WAITING.search(line):
             self._emit("waiting", {"task": self.task, "message": m["msg"]})
         elif m := _ERROR.match(line):

@@ -31,7 +31,7 @@ from pipelines.warm_preload import (  # noqa: F401  (PRELOAD, _prime_caches: re-
     _preload,
     _prime_caches,
 )
-from pipelines.warm_spare import Spare, _die_with_parent
+from pipelines.warm_spare import STOP_GRACE_S, Spare, _die_with_parent
 from pipelines.warm_wire import (
     _EXECUTOR,
     _MAX_MSG,
@@ -116,14 +116,19 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
     """
     from zoo.errors import GenpipeError
 
+    # The session's SIGTERM when the client went (Ctrl-C): unwinds the call like Ctrl-C, so
+    # a run stops its running task and says so before it ends (pipelines.local).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     stream = bool(request.get("stream"))
     _become_child(request, out_fd, (1, 2) if stream else (1,))
     out = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
-        """One event to the client, on a line of its own."""
-        sys.stdout.flush()  # what was printed before the event comes before it
-        out.write(f"\n{EVENT}{json.dumps({'kind': kind, 'fields': fields})}\n")
+        """One event to the client, on a line of its own; none once the client is gone (a
+        second Ctrl-C): the call still ends as it would (a run ends its MLflow run)."""
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()  # what was printed before the event comes before it
+            out.write(f"\n{EVENT}{json.dumps({'kind': kind, 'fields': fields})}\n")
 
     kwargs = {**request["kwargs"], **({"on_event": on_event} if stream else {})}
     reply: dict[str, Any] = {}
@@ -136,6 +141,8 @@ def _child_call(request: dict[str, Any], out_fd: int) -> int:
             reply = {"value": func(**kwargs)}
     except GenpipeError as e:
         reply = {"error": str(e), "user_error": True}
+    except KeyboardInterrupt:
+        reply = {"error": f"{request['call']} was interrupted", "interrupted": True}
     except Exception:  # noqa: BLE001 - reported to the caller with its traceback
         import traceback
 
@@ -205,7 +212,10 @@ def handle(sock: socket.socket, spare: Spare | None = None) -> None:
             os.close(out_fd)
             forked: list[Spare] = []  # a pipeline's next task's, forked while this one runs
             fork_next = functools.partial(_fork_into, forked, sock)
-            code = child.wait(sock, meanwhile=None if "call" in request else fork_next)
+            # a call (`genpipe run`'s fork) outlives its task's grace: once that task is gone,
+            # it still ends the MLflow run the task could not end
+            grace = 2 * STOP_GRACE_S if "call" in request else STOP_GRACE_S
+            code = child.wait(sock, meanwhile=None if "call" in request else fork_next, grace=grace)
             exited.append(child)
             sock.sendall(int(code).to_bytes(8, "big", signed=True))
             # none after a short task (a pipeline's last, the exit handler, is one): the next

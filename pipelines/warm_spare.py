@@ -36,6 +36,9 @@ _PR_SET_PDEATHSIG = 1
 #: start-up (copy-on-write faults, which a concurrent fork of the session slows) is past;
 #: a pipeline's tasks but the exit handler (finalize, ~0.1 s) run longer
 MEANWHILE_AFTER_S = 0.15
+#: a child asked to stop (its client hung up: Ctrl-C) is killed if still running after this
+#: long; a task needs well under a second to mark its MLflow run KILLED and exit
+STOP_GRACE_S = 10.0
 #: what a spare runs: (request, the client's output fd) -> exit code
 Runner = Callable[[dict[str, Any], int], int]
 
@@ -77,19 +80,21 @@ class Spare:
         client: socket.socket,
         meanwhile: Callable[[], None] | None = None,
         after: float = MEANWHILE_AFTER_S,
+        grace: float = STOP_GRACE_S,
     ) -> int:
         """The child's exit code, as soon as it reported it (it may still be exiting: `reap`
-        later); kills it if `client` goes away meanwhile (Ctrl-C, kill). `meanwhile` runs
-        once if the child is still running `after` seconds in (past its start-up)."""
+        later). When `client` hangs up or half-closes meanwhile (Ctrl-C, kill), the child is
+        asked to stop (SIGTERM: a task marks its MLflow run KILLED, a run stops its task) and
+        killed if it has not within `grace` s. `meanwhile` runs once if the child is still
+        running `after` seconds in (past its start-up)."""
         pending = meanwhile
         deadline = time.monotonic() + after
+        watched = [self.chan, client]
+        kill_at: float | None = None
         while True:
-            timeout = max(0.0, deadline - time.monotonic()) if pending else None
-            readable, _, _ = select.select([self.chan, client], [], [], timeout)
-            if pending and not readable:
-                pending()
-                pending = None
-                continue
+            due = [t for t in (deadline if pending else None, kill_at) if t is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            readable, _, _ = select.select(watched, [], [], timeout)
             if self.chan in readable:
                 reported = _recv_exact(self.chan, 8)
                 self.chan.close()
@@ -97,9 +102,19 @@ class Spare:
                     return int.from_bytes(reported, "big", signed=True)
                 # died without reporting: its real exit status
                 return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-            if client in readable and _client_gone(client):
+            now = time.monotonic()
+            if pending and now >= deadline:
+                pending()
+                pending = None
+            if kill_at is not None and now >= kill_at:
+                kill_at = None
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
+            if client in readable and _client_gone(client):
+                watched = [self.chan]  # asked once; from now on only the child's end counts
+                kill_at = now + grace
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGTERM)
 
     def discard(self) -> None:
         """An unused spare: closing its channel makes it exit."""

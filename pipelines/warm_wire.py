@@ -106,16 +106,20 @@ class Zygote:
             finally:
                 os.close(write_fd)
             with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as out:
-                if on_event is not None:  # a streamed call: events as they come
-                    text: Any = _read_stream(out, on_event)
-                elif "call" in request:
-                    text = out.read()
-                else:  # same output handling as kfp's run_local_subprocess: line by line
-                    for line in out:
-                        print(line, end="")
-                    print("\n")
-                    text = None
-            reply = _recv_exact(self.sock, 8)
+                try:
+                    text = _read_output(out, request, on_event)
+                    reply = _recv_exact(self.sock, 8)
+                except KeyboardInterrupt:
+                    # Ctrl-C (or, in a run's fork, the SIGTERM its session sends when our own
+                    # client went): our half-close makes the session SIGTERM the child, which
+                    # ends as it should (a task marks its MLflow run KILLED). Its last output
+                    # and exit are waited for; a second Ctrl-C stops waiting.
+                    self.ready = False
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_WR)
+                    _read_output(out, request, on_event)
+                    _recv_exact(self.sock, 8)
+                    raise
         if reply is None:
             self.ready = False
             return None
@@ -187,6 +191,8 @@ class Zygote:
             from zoo.errors import GenpipeError
 
             raise GenpipeError(reply["error"])
+        if reply.get("interrupted"):  # stopped by its session (our connection went)
+            raise KeyboardInterrupt
         if reply.get("refused"):
             raise PermissionError(reply["error"])
         raise RuntimeError(f"{target} failed in the warm process:\n{reply['error']}")
@@ -194,6 +200,21 @@ class Zygote:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _read_output(
+    out: Any, request: dict[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None
+) -> Any:
+    """A request's output: a streamed call's reply (its events to `on_event`), a call's
+    text, or (a task) None, its lines printed as kfp's run_local_subprocess prints them."""
+    if on_event is not None:  # a streamed call: events as they come
+        return _read_stream(out, on_event)
+    if "call" in request:
+        return out.read()
+    for line in out:
+        print(line, end="")
+    print("\n")
+    return None
 
 
 def _read_stream(out: Any, on_event: Callable[[str, dict[str, Any]], None]) -> str:

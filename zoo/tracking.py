@@ -188,6 +188,35 @@ def _terminate(c: MlflowClient, run_id: str, verdict: str) -> bool:
     return True
 
 
+def end_interrupted(run_id: str, budget: float = 5.0) -> str:
+    """End run `run_id` KILLED, tagged why, unless it ended already (its task marks it KILLED
+    itself on SIGTERM/SIGINT; one killed outright could not): what `genpipe run` does when
+    interrupted, since the pipeline's exit task does not run then. Returns the run's status
+    afterwards, "" when MLflow did not answer within `budget` s (an interrupt stays prompt)."""
+    try:
+        client()  # the tracking URI and bounded HTTP settings, as every caller's
+        uri = mlflow.get_tracking_uri()
+        plain = MlflowClient(uri)  # unwrapped: `call` below is the one bounded retry
+        run = call(uri, f"reading run {run_id}", plain.get_run, run_id, budget=budget)
+        status = run.info.status
+        if status in ("RUNNING", "SCHEDULED"):
+            call(
+                uri,
+                "tagging",
+                plain.set_tag,
+                run_id,
+                names.TAG_FAILURE,
+                "interrupted",
+                budget=budget,
+            )
+            call(uri, f"ending run {run_id}", plain.set_terminated, run_id, "KILLED", budget=budget)
+            status = "KILLED"
+    except Exception as e:  # noqa: BLE001 - the interrupt matters more
+        print(f"could not mark MLflow run {run_id} KILLED: {e}", file=sys.stderr, flush=True)
+        return ""
+    return str(status)
+
+
 def check_registered_name(name: str, where: str = "--name") -> str:
     """`name` if the MLflow registry accepts it as a registered model name, else a ConfigError.
 

@@ -52,6 +52,8 @@ out = _Console()
 err = _Console(stderr=True)
 #: `genpipe run`'s exit code when the pipeline ran but the model was not blessed
 NOT_BLESSED_EXIT = 3
+#: `genpipe run`'s exit code after Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED_EXIT = 130
 #: a run's events (pipelines.local.OnEvent): task starts/ends, progress, waits, output lines
 OnEvent = Callable[[str, dict[str, Any]], None]
 
@@ -104,15 +106,63 @@ def _progress() -> Iterator[OnEvent]:
         yield on_event
 
 
+def _resume_command(
+    model: str,
+    data: str,
+    preset: str,
+    sets: list[str],
+    name: str,
+    thresholds: str,
+    tolerance: float,
+    test_fraction: float,
+    experiment: str,
+) -> str:
+    """The `genpipe run` that resumes this one, less `--resume RUN_ID`: the options given
+    that differ from their defaults."""
+    import shlex
+
+    args = ["genpipe", "run", model]
+    for flag, value, default in (
+        ("--data", data, "digits"),
+        ("--preset", preset, "default"),
+        ("--name", name, ""),
+        ("--thresholds", thresholds, ""),
+        ("--tolerance", tolerance, 0.0),
+        ("--test-fraction", test_fraction, 0.1),
+        ("--experiment", experiment, ""),
+    ):
+        if value != default:
+            args += [flag, str(value)]
+    for s in sets:
+        args += ["--set", s]
+    return shlex.join(args)
+
+
+def _interrupted_line(seen: dict[str, Any], command: str) -> str:
+    """One line after Ctrl-C: which MLflow run was interrupted, how it ended, how to resume."""
+    run_id = seen.get("run_id", "")
+    if not run_id:
+        return "interrupted before its MLflow run was created: nothing to resume"
+    # "": the run's fork could not read it back (MLflow down, or a second Ctrl-C)
+    ended = f"ended {seen['status']}" if seen.get("status") else "was stopped"
+    if seen.get("task") == "ingest":
+        return f"interrupted: MLflow run {run_id} {ended} during ingest: nothing to resume"
+    return f"interrupted: MLflow run {run_id} {ended}; resume it with: {command} --resume {run_id}"
+
+
 @contextlib.contextmanager
-def _shown(on_checked: Callable[[dict[str, Any]], None]) -> Iterator[OnEvent]:
+def _shown(
+    on_checked: Callable[[dict[str, Any]], None], also: OnEvent | None = None
+) -> Iterator[OnEvent]:
     """`genpipe run`'s display: `on_checked` once the request passed its checks, then the
     progress bars (so a refused request prints its one error line and nothing else); lines
-    the run prints (events of kind "output") go to stderr."""
+    the run prints (events of kind "output") go to stderr. `also` gets every event too."""
     with contextlib.ExitStack() as stack:
         shown: list[OnEvent] = []
 
         def on_event(kind: str, f: dict[str, Any]) -> None:
+            if also is not None:
+                also(kind, f)
             if kind == "checked":
                 on_checked(f)
                 shown.append(stack.enter_context(_progress()))
@@ -241,23 +291,36 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
 
-        with _shown(on_checked) as on_event:
-            # With a warm server, the whole run happens in it: this process never imports
-            # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli), and imports rich
-            # (what it shows first) while the server forks and checks the request.
-            res = run_cli(
-                {
-                    **request.to_kwargs(),
-                    "resume": resume,
-                    "experiment": experiment,
-                    "champion_tolerance": tolerance,
-                    "retries": retries,
-                    "force": force,
-                },
-                on_event,
-                image=image or None,
-                meanwhile=_import_rich,
+        seen: dict[str, Any] = {}  # the run's MLflow run id, and how an interrupt ended it
+
+        def keep(kind: str, f: dict[str, Any]) -> None:
+            if kind in ("run", "interrupted"):
+                seen.update(f)
+
+        try:
+            with _shown(on_checked, keep) as on_event:
+                # With a warm server, the whole run happens in it: this process never imports
+                # kfp, TensorFlow or MLflow (pipelines.local_request.run_cli), and imports rich
+                # (what it shows first) while the server forks and checks the request.
+                res = run_cli(
+                    {
+                        **request.to_kwargs(),
+                        "resume": resume,
+                        "experiment": experiment,
+                        "champion_tolerance": tolerance,
+                        "retries": retries,
+                        "force": force,
+                    },
+                    on_event,
+                    image=image or None,
+                    meanwhile=_import_rich,
+                )
+        except KeyboardInterrupt:  # Ctrl-C: the run's task was stopped and waited for
+            again = _resume_command(
+                model, data, preset, sets, name, thresholds, tolerance, test_fraction, experiment
             )
+            err.print(_interrupted_line(seen, again), highlight=False, soft_wrap=True)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
         timeline.mark("cli has result")
         name = checked["registered_name"]  # --name, or MODEL-DATASET
         if res.unchanged_since:

@@ -3,6 +3,7 @@ result) happens in a fork of the server, so the CLI process imports neither kfp,
 MLflow nor minio; a failing task still reaches the user as one line; Ctrl-C still kills the
 run's task; without the server the very same run happens in the CLI process."""
 
+import contextlib
 import json
 import os
 import re
@@ -92,40 +93,76 @@ def test_a_failing_task_reaches_the_user_as_one_line_warm_and_in_process(stack, 
     assert [e.split(" (full log:")[0] for e in cold_errors] == [errors[0].split(" (full log:")[0]]
 
 
-def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, tmp_path):
-    """Ctrl-C of `genpipe run` (SIGINT to the CLI) ends the run in the server: its task
-    processes go, the server stays for the next run."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    logs = stack.state_dir / "logs"
+def _training(home: Path, tmp: Path, **env: str) -> tuple[subprocess.Popen, list[int], str]:
+    """`genpipe run` of a long tiny VAE, as a user starts it in a terminal, once its train
+    task is training: (the CLI, the train task's pids, its --name). With warm tasks each task
+    makes a genpipe-task-<pid>-* dir in TMPDIR (pipelines.warm_server); without, the task's
+    processes are found by their command line."""
+    logs = home / "logs"
     before = set(logs.glob("run-vae-*.log"))
+    name = f"vae-int-{uuid.uuid4().hex[:6]}"
     args = ["run", "vae", "--preset", "tiny", "--set", "epochs=50", "--set", "steps_per_epoch=5"]
     cli = subprocess.Popen(
-        [sys.executable, "-m", "genpipe", *args, "--name", f"vae-int-{uuid.uuid4().hex[:6]}"],
+        [sys.executable, "-m", "genpipe", *args, "--name", name],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(stack.state_dir, TMPDIR=str(tmp)),
+        env=_env(home, TMPDIR=str(tmp), COLUMNS="400", **env),
         preexec_fn=default_sigint,  # Ctrl-C must work even if this suite ignores SIGINT
     )
+    # Train is running once the run's log has its first progress line.
+    deadline = time.monotonic() + 600
+    tasks: list[int] = []
+    while not tasks and time.monotonic() < deadline and cli.poll() is None:
+        time.sleep(0.5)
+        new = set(logs.glob("run-vae-*.log")) - before
+        if new and "genpipe-progress" in next(iter(new)).read_text(errors="replace"):
+            tasks = [int(d.name.split("-")[2]) for d in tmp.glob("genpipe-task-*")]
+            tasks += [p for p in descendants(cli.pid) if b"--function_to_execute" in _argv(p)]
+    assert tasks, cli.poll()
+    return cli, tasks, name
+
+
+def _interrupted_run(stderr: str, name: str) -> str:
+    """The MLflow run id `genpipe run` named in its one line after Ctrl-C (which also says how
+    it ended and the command that resumes it)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("interrupted: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    found = re.fullmatch(
+        r"interrupted: MLflow run (\w{32}) ended KILLED; resume it with: genpipe run vae "
+        rf"--preset tiny --name {name} --set epochs=50 --set steps_per_epoch=5 --resume (\w{{32}})",
+        lines[0],
+    )
+    assert found and found[1] == found[2], lines[0]
+    return found[1]
+
+
+def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, store, tmp_path):
+    """Ctrl-C of `genpipe run` (SIGINT to the CLI) ends the run in the server: its task
+    stops at once and marks its MLflow run KILLED before the CLI exits (130, one line that
+    names the run and how to resume it); its checkpoint stays; the task processes go, the
+    server stays for the next run. (Before: the task was SIGKILLed, its run left RUNNING.)"""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cli, tasks, name = _training(stack.state_dir, tmp)
     try:
-        # Train is running once the run's log has its first progress line; each task makes
-        # a genpipe-task-<pid>-* dir in TMPDIR (pipelines.warm_server): that one is train's.
-        deadline = time.monotonic() + 600
-        tasks: list[int] = []
-        while not tasks and time.monotonic() < deadline and cli.poll() is None:
-            time.sleep(0.5)
-            new = set(logs.glob("run-vae-*.log")) - before
-            if new and "genpipe-progress" in next(iter(new)).read_text(errors="replace"):
-                tasks = [int(d.name.split("-")[2]) for d in tmp.glob("genpipe-task-*")]
-        assert tasks, cli.poll()
         server = int(json.loads((stack.state_dir / "warm-server.json").read_text())["pid"])
         run_procs = set(descendants(server))  # its sessions, the run's fork, the train task
         assert set(tasks) <= run_procs
         task_session = _parent(tasks[0])
+        t0 = time.monotonic()
         cli.send_signal(signal.SIGINT)
         _, stderr = cli.communicate(timeout=60)
-        assert cli.returncode == 130, stderr[-2000:]  # typer's exit code for Ctrl-C
+        took = time.monotonic() - t0
+        assert cli.returncode == 130, stderr[-2000:]  # 128 + SIGINT, as a shell says
+        assert took < 10, took  # measured 0.2 s
+        run_id = _interrupted_run(stderr, name)
+        # Ended when the CLI is back, not later: the task itself said so
+        from zoo import checkpoints, names, tracking
+
+        run = tracking.client().get_run(run_id)
+        assert run.info.status == "KILLED" and names.TAG_FAILURE not in run.data.tags
+        assert checkpoints.resume_point(store, run_id) is not None  # what --resume needs
 
         def left() -> set[int]:
             return {p for p in run_procs & set(descendants(server)) if not _gone(p)}
@@ -143,10 +180,82 @@ def test_ctrl_c_kills_the_runs_task_and_the_server_stays(stack, tmp_path):
         assert task_session not in left()
         assert all(_gone(t) for t in tasks)
         assert not _gone(server)  # the next run reuses it
+        # The task removed its temp dirs as it ended (a SIGKILLed one left them to `genpipe gc`)
+        assert not list(tmp.glob("genpipe-*")), list(tmp.iterdir())
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+def test_ctrl_c_without_the_warm_server_stops_the_task_too(stack, tmp_path):
+    """GENPIPE_WARM_TASKS=0 (tasks are kfp.local subprocesses of the CLI): Ctrl-C to the CLI
+    alone stops the task as well (before: it kept training, orphaned, until a write to its
+    closed pipe failed it), and the run ends KILLED with the same line."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cli, tasks, name = _training(stack.state_dir, tmp, GENPIPE_WARM_TASKS="0")
+    try:
+        t0 = time.monotonic()
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=60)
+        took = time.monotonic() - t0
+        assert cli.returncode == 130, stderr[-2000:]
+        assert took < 10, took  # measured 1.5-2 s
+        run_id = _interrupted_run(stderr, name)
+        from zoo import tracking
+
+        assert tracking.client().get_run(run_id).info.status == "KILLED"
+        assert all(_gone(t) for t in tasks), [t for t in tasks if not _gone(t)]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def test_a_second_ctrl_c_exits_at_once_and_the_run_still_ends(stack, tmp_path):
+    """A task that does not stop (here: SIGSTOPped) keeps the first Ctrl-C waiting; a second
+    one exits at once; the task is killed within the grace (warm_spare.STOP_GRACE_S) and the
+    run's fork, which outlives it, ends its MLflow run KILLED."""
+    from pipelines.warm_spare import STOP_GRACE_S
+    from zoo import names, tracking
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cli, tasks, name = _training(stack.state_dir, tmp)
+    try:
+        for t in tasks:
+            os.kill(t, signal.SIGSTOP)
+        cli.send_signal(signal.SIGINT)
+        time.sleep(2)
+        assert cli.poll() is None  # waiting for the task to end
+        t0 = time.monotonic()
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=30)
+        assert cli.returncode == 130 and time.monotonic() - t0 < 3, stderr[-2000:]
+        [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted: ")]
+        run_id = re.findall(r"--resume (\w{32})$", line)[0]
+        deadline = time.monotonic() + 2 * STOP_GRACE_S + 10
+        run = tracking.client().get_run(run_id)
+        while run.info.status == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run = tracking.client().get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags[names.TAG_FAILURE] == "interrupted"
+        assert all(_gone(t) for t in tasks)
+    finally:
+        for t in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(t, signal.SIGKILL)
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def _argv(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _parent(pid: int) -> int:
