@@ -29,7 +29,9 @@ def run(
     Checkpoints go to s3://<bucket>/checkpoints/<mlflow_run_id>/, so a retried task (same
     pipeline run, same MLflow run) resumes instead of starting over; they are dropped once
     the model is logged. `resume_from` (an interrupted run's MLflow run id, `genpipe run
-    --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt).
+    --resume`) starts this run from that run's newest checkpoint (zoo.checkpoints.adopt), or,
+    when that run's training had finished (its model is logged; evaluate or register
+    failed), trains nothing: its model is this run's (zoo.checkpoints.adopt_model).
     `mlflow_run`: the MLflow run when the caller already read it (saves a round trip).
     """
     from components.common import fetch_dataset, recorded_run
@@ -43,7 +45,9 @@ def run(
     rec = recorded_run(c, mlflow_run_id, mlflow_run)
     model, cfg = rec.model, rec.config
     if resume_from:
-        _adopt_checkpoint(resume_from, mlflow_run_id, manifest_uri)
+        trained = _resume(c, resume_from, mlflow_run_id, manifest_uri, output_dir)
+        if trained is not None:  # its training had finished: nothing to train
+            return {**trained, "model": model}
     if tfjob:
         # Multi-node: the workers run in a Kubeflow TFJob; this task launches and waits.
         out = _run_tfjob(
@@ -92,16 +96,55 @@ def run(
     }
 
 
-def _adopt_checkpoint(from_run: str, mlflow_run_id: str, manifest_uri: str) -> None:
-    """Start this run from `from_run`'s newest checkpoint (a no-op on a retry that has its own)."""
-    from zoo import checkpoints, tracking
+def _resume(
+    c: Any, from_run: str, mlflow_run_id: str, manifest_uri: str, output_dir: str
+) -> dict[str, Any] | None:
+    """Start this run from `from_run`: its logged model when its training finished (the
+    model lands in `output_dir`, its train_* metrics and model URI on this run; returns
+    train's result), else its newest checkpoint (a no-op on a retry that has its own; None)."""
+    import mlflow
+
+    from zoo import checkpoints, names, tracking
     from zoo.storage import ObjectStore
 
     store = ObjectStore.from_env()
     fingerprint = store.get_json(manifest_uri)["fingerprint"]
-    adopted = checkpoints.adopt(tracking.client(), store, from_run, mlflow_run_id, fingerprint)
-    if adopted:
-        print(f"resuming from step {adopted['step']} of run {from_run}", flush=True)
+    model_uri = checkpoints.adopt_model(c, from_run, mlflow_run_id, fingerprint)
+    if model_uri is None:
+        adopted = checkpoints.adopt(c, store, from_run, mlflow_run_id, fingerprint)
+        if adopted:
+            print(f"resuming from step {adopted['step']} of run {from_run}", flush=True)
+        return None
+    print(
+        f"training skipped: run {from_run} finished training (model {model_uri}); "
+        "evaluating that model",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix=f"genpipe-train-{os.getpid()}-") as tmp:
+        local = tracking.retrying(
+            "download the trained model",
+            mlflow.artifacts.download_artifacts,
+            artifact_uri=model_uri,
+            dst_path=tmp,
+        )
+        found = [p.parent for p in Path(local).rglob("model.keras")]
+        if not found:
+            from zoo.errors import GenpipeError
+
+            raise GenpipeError(f"run {from_run}'s model {model_uri} has no model.keras")
+        out = Path(output_dir)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(found[0], out)
+    metrics = {k: v for k, v in c.get_run(from_run).data.metrics.items() if k.startswith("train_")}
+    tracking.RunLogger(c, mlflow_run_id).log(metrics=metrics, tags={names.TAG_MODEL_URI: model_uri})
+    return {
+        "model_uri": model_uri,
+        "wall_s": metrics.get("train_wall_s", 0.0),
+        "samples_per_s": metrics.get("train_samples_per_s_overall", 0.0),
+        "steps": 0,
+        "resumed_from_step": 0,
+        "metrics": metrics,
+    }
 
 
 def _run_tfjob(

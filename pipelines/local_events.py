@@ -97,7 +97,13 @@ class _EventStream(io.TextIOBase):
             if err.startswith(prefix):
                 err = err[len(prefix) :]
                 break
-        return f"task {task} failed: {err} (full log: {log_path})"
+        # After train: its model is logged, and `--resume` evaluates it without training.
+        resume = (
+            f"; the model trained: `genpipe run ... --resume {self.run_id}` evaluates it"
+            if task in ("evaluate", "register") and self.run_id
+            else ""
+        )
+        return f"task {task} failed: {err}{resume} (full log: {log_path})"
 
 
 @contextlib.contextmanager

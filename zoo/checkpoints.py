@@ -9,6 +9,10 @@ resume needs is kept:
 * once training succeeded and the model is logged, nothing (`drop`);
 * an interrupted run's newest checkpoint stays until a run resumes it (`adopt`: copied into
   the new run's prefix, then dropped) or `genpipe gc` removes it.
+
+A run whose training finished (its model is logged) but a later task failed (evaluate,
+register) has no checkpoint: a run resuming it takes its logged model instead of training
+(`adopt_model`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.errors import ConfigError
-from zoo.names import PARAM_SOURCE, TAG_FINGERPRINT, TAG_MODEL, TAG_RESUMED_BY, TAG_RESUMED_FROM
+from zoo.names import (
+    PARAM_SOURCE,
+    TAG_FINGERPRINT,
+    TAG_MODEL,
+    TAG_MODEL_URI,
+    TAG_RESUMED_BY,
+    TAG_RESUMED_FROM,
+)
 from zoo.storage import ObjectStore
 
 LATEST = "latest.json"
@@ -79,7 +90,9 @@ def check_resume(
     what: str = "--resume",
 ) -> dict[str, Any]:
     """Check that `run_id` can be resumed by a run of `model` on `source` with the config
-    `params` (as MLflow params: strings); returns its resume point plus `run_id`, `status`.
+    `params` (as MLflow params: strings); returns its resume point plus `run_id`, `status`,
+    or, when its training finished (a later task failed), `run_id`, `status` and the logged
+    model's `model_uri` (`adopt_model`: the resuming run evaluates that model).
 
     Raises ConfigError naming the difference: another model, data source or config, a run
     already resumed, or a run without a checkpoint.
@@ -102,6 +115,8 @@ def check_resume(
     if differ:
         said = ", ".join(f"{k}={v} (run has {o})" for k, (v, o) in sorted(differ.items()))
         raise ConfigError(f"{what} {run_id}: config differs: {said}; valid: the same config")
+    if tags.get(TAG_MODEL_URI):  # trained: a later task failed; its model is evaluated
+        return {"run_id": run_id, "status": run.info.status, "model_uri": tags[TAG_MODEL_URI]}
     latest = resume_point(store, run_id)
     if latest is None:
         status = run.info.status
@@ -126,14 +141,7 @@ def adopt(
     """
     if resume_point(store, to_run) is not None:
         return None
-    run = _get_run(client, from_run, "resume_from")
-    old_fp = run.data.tags.get(TAG_FINGERPRINT, "")
-    if old_fp != fingerprint:
-        raise ConfigError(
-            f"resume_from {from_run}: that run trained on dataset {old_fp[:12] or '?'}, this "
-            f"one on {fingerprint[:12]} (the data behind the source changed, or --test-fraction); "
-            "valid: the same data and split"
-        )
+    run = _same_data(client, from_run, fingerprint)
     latest = resume_point(store, from_run)
     if latest is None:
         raise ConfigError(f"resume_from {from_run}: that run has no checkpoint to resume")
@@ -148,3 +156,38 @@ def adopt(
         client.set_terminated(from_run, "KILLED")
     drop(store, from_run)
     return adopted
+
+
+def adopt_model(client: Any, from_run: str, to_run: str, fingerprint: str) -> str | None:
+    """The logged model (its models:/ URI) of `from_run` when that run's training finished
+    and a later task failed (evaluate, register): `to_run` evaluates and registers it instead
+    of training again. Tags both runs as `adopt` does (idempotent: a retried task adopts it
+    again) and ends `from_run` KILLED if it still claims to run. None when `from_run` logged
+    no model (its checkpoint is resumed: `adopt`).
+
+    Raises ConfigError when `from_run` does not exist or trained on other data.
+    """
+    run = _get_run(client, from_run, "resume_from")
+    uri = run.data.tags.get(TAG_MODEL_URI)
+    if not uri:
+        return None
+    _same_data(client, from_run, fingerprint, run)
+    client.set_tag(to_run, TAG_RESUMED_FROM, f"{from_run} trained model")
+    client.set_tag(from_run, TAG_RESUMED_BY, to_run)
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(from_run, "KILLED")
+    return str(uri)
+
+
+def _same_data(client: Any, from_run: str, fingerprint: str, run: Any = None) -> Any:
+    """Run `from_run` (as read, or `run`) if it trained on dataset `fingerprint`, else a
+    ConfigError."""
+    run = run if run is not None else _get_run(client, from_run, "resume_from")
+    old_fp = run.data.tags.get(TAG_FINGERPRINT, "")
+    if old_fp != fingerprint:
+        raise ConfigError(
+            f"resume_from {from_run}: that run trained on dataset {old_fp[:12] or '?'}, this "
+            f"one on {fingerprint[:12]} (the data behind the source changed, or --test-fraction); "
+            "valid: the same data and split"
+        )
+    return run

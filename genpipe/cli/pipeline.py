@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
             "",
             "--resume",
             metavar="RUN_ID",
-            help="Start training from the newest checkpoint of an interrupted run (its MLflow run id; `genpipe gc` lists them) with the same model, data and config.",
+            help="Continue an interrupted run (its MLflow run id; `genpipe gc` lists them) with the same model, data and config: training starts from its newest checkpoint, or, when its training had finished (evaluate or register failed), is skipped and its model evaluated and registered.",
         ),
         force: bool = typer.Option(
             False,
@@ -284,12 +284,13 @@ def register(app: typer.Typer) -> None:
             out.print(
                 f"[bold]genpipe run {model}[/bold] on {data} ({preset} config: epochs={f['epochs']})"
             )
-            if resume:
-                point = f["resume"]
-                out.print(
-                    f"resuming from step {point['step']} of run {resume} ({point['status']})",
-                    highlight=False,
-                )
+            point = f.get("resume") or {}
+            if point.get("model_uri"):  # its training finished; evaluate or register failed
+                said = f"training skipped: run {resume} ({point['status']}) finished training; "
+                out.print(f"{said}evaluating its model {point['model_uri']}", highlight=False)
+            elif point:
+                said = f"resuming from step {point['step']} of run {resume} ({point['status']})"
+                out.print(said, highlight=False)
 
         seen: dict[str, Any] = {}  # the run's MLflow run id, and how an interrupt ended it
 

@@ -117,3 +117,53 @@ def test_killed_run_resumes_from_its_checkpoint(stack, store, monkeypatch):
     )
     assert again.returncode == 1
     assert f"already resumed by run {new.info.run_id}" in again.stderr, again.stderr
+
+
+def test_a_run_whose_evaluate_failed_resumes_without_training(stack, store, monkeypatch):
+    """Training finished (the model is logged), evaluate failed (here: a bad
+    GENPIPE_EVAL_SAMPLES, as a user's setting or an outage would): `--resume` evaluates and
+    registers that model, training skipped with a line saying so. Before: "nothing to
+    resume, its training completed"; the only way on was training again from scratch."""
+    monkeypatch.setenv("GENPIPE_HOME", str(stack.state_dir))
+    experiment = f"genpipe-test-resume-eval-{uuid.uuid4().hex[:8]}"
+    name = f"vae-resume-eval-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "genpipe", "run", "vae", "--preset", "tiny"]
+    cmd += ["--set", "epochs=1", "--set", "steps_per_epoch=2"]
+    cmd += ["--experiment", experiment, "--name", name, "--thresholds", LOOSE]
+    env = {**os.environ, "COLUMNS": "400"}
+    failed = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env={**env, "GENPIPE_EVAL_SAMPLES": "2"}
+    )
+    assert failed.returncode == 1 and "task evaluate failed" in failed.stderr, failed.stderr
+    [old] = _runs(experiment)
+    old_id = old.info.run_id
+    assert old.info.status == "FAILED" and old.data.tags.get(names.TAG_MODEL_URI)
+    model_uri = old.data.tags[names.TAG_MODEL_URI]
+    assert f"`genpipe run ... --resume {old_id}` evaluates it" in failed.stderr, failed.stderr
+
+    out = subprocess.run(
+        [*cmd, "--resume", old_id], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (
+        f"training skipped: run {old_id} (FAILED) finished training; evaluating its model "
+        f"{model_uri}" in out.stdout
+    ), out.stdout
+    assert f"registered:   {name} v1 aliases=candidate,champion" in out.stdout, out.stdout
+
+    c = tracking.client()
+    new = _runs(experiment)[-1]
+    assert new.info.run_id != old_id and new.info.status == "FINISHED"
+    assert new.data.tags[names.TAG_RESUMED_FROM] == f"{old_id} trained model"
+    assert new.data.tags[names.TAG_MODEL_URI] == model_uri  # the same model, not a new one
+    # Nothing trained: the train task said so and no epoch ran (its progress lines are in the
+    # run's log); the trained run's figures carried over.
+    log = max((stack.state_dir / "logs").glob("run-vae-*.log"), key=lambda p: p.stat().st_mtime)
+    text = log.read_text(errors="replace")
+    assert f"training skipped: run {old_id} finished training" in text
+    assert "genpipe-progress" not in text
+    assert new.data.metrics["train_wall_s"] == old.data.metrics["train_wall_s"]
+    assert "test_neg_elbo" in new.data.metrics
+    assert c.get_run(old_id).data.tags[names.TAG_RESUMED_BY] == new.info.run_id
+    version = c.get_model_version(name, "1")
+    assert version.run_id == new.info.run_id
