@@ -116,6 +116,7 @@ def check_resume(
         said = ", ".join(f"{k}={v} (run has {o})" for k, (v, o) in sorted(differ.items()))
         raise ConfigError(f"{what} {run_id}: config differs: {said}; valid: the same config")
     if tags.get(TAG_MODEL_URI):  # trained: a later task failed; its model is evaluated
+        _unfinished(run, what)
         return {"run_id": run_id, "status": run.info.status, "model_uri": tags[TAG_MODEL_URI]}
     latest = resume_point(store, run_id)
     if latest is None:
@@ -171,12 +172,24 @@ def adopt_model(client: Any, from_run: str, to_run: str, fingerprint: str) -> st
     uri = run.data.tags.get(TAG_MODEL_URI)
     if not uri:
         return None
+    _unfinished(run, "resume_from")
     _same_data(client, from_run, fingerprint, run)
     client.set_tag(to_run, TAG_RESUMED_FROM, f"{from_run} trained model")
     client.set_tag(from_run, TAG_RESUMED_BY, to_run)
     if run.info.status in ("RUNNING", "SCHEDULED"):
         client.set_terminated(from_run, "KILLED")
     return str(uri)
+
+
+def _unfinished(run: Any, what: str) -> None:
+    """A ConfigError when `run` (with a logged model) ended FINISHED: evaluated, and
+    registered when blessed; resuming it would only register its model again."""
+    if run.info.status == "FINISHED":
+        raise ConfigError(
+            f"{what} {run.info.run_id}: nothing to resume, the run finished (FINISHED): its "
+            "model was evaluated (and registered if blessed); valid: a run that failed or was "
+            "interrupted"
+        )
 
 
 def _same_data(client: Any, from_run: str, fingerprint: str, run: Any = None) -> Any:

@@ -4,6 +4,7 @@ checkpoint by a new run (same model, data and config), which says so in one line
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,13 @@ def test_a_run_whose_evaluate_failed_resumes_without_training(stack, store, monk
     assert c.get_run(old_id).data.tags[names.TAG_RESUMED_BY] == new.info.run_id
     version = c.get_model_version(name, "1")
     assert version.run_id == new.info.run_id
+    # Neither run resumes again: the old one was resumed, the new one finished (registering
+    # its model twice is no resume).
+    args = {"model": "vae", "preset": "tiny", "thresholds": "", "source": "digits"}
+    args["overrides"] = {"epochs": 1, "steps_per_epoch": 2}
+    for run_id, fragment in (
+        (old_id, f"already resumed by run {new.info.run_id}"),
+        (new.info.run_id, "nothing to resume, the run finished (FINISHED)"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            check_run_args(**args, resume=run_id)
