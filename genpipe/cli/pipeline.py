@@ -251,7 +251,8 @@ def register(app: typer.Typer) -> None:
 
         Exit codes: 0 blessed (registered) or unchanged since the champion, 1 error (one line; a run that had started ends
         FAILED in MLflow), 2 bad usage, 3 trained and evaluated but not blessed (nothing
-        registered; the failed thresholds are printed).
+        registered; the failed thresholds are printed), 130 interrupted (Ctrl-C stops the
+        running task, its run ends KILLED; one line says how to --resume it).
         """
         from pipelines.local_request import run_cli
         from zoo import models, timeline
