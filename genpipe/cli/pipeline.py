@@ -142,7 +142,7 @@ def _interrupted_line(seen: dict[str, Any], command: str) -> str:
     """One line after Ctrl-C: which MLflow run was interrupted, how it ended, how to resume."""
     run_id = seen.get("run_id", "")
     if not run_id:
-        return "interrupted before its MLflow run was created: nothing to resume"
+        return "interrupted during ingest (nothing trained): nothing to resume"
     # "": the run's fork could not read it back (MLflow down, or a second Ctrl-C)
     ended = f"ended {seen['status']}" if seen.get("status") else "was stopped"
     if seen.get("task") == "ingest":
