@@ -27,20 +27,21 @@ from zoo.models.text_common import TextModel, text_config_checks
 class CharRNNConfig(TrainConfig):
     """char-RNN settings; the defaults train in about 2 minutes on 2 CPU cores.
 
-    One 256-unit GRU layer at batch 16 and lr 8e-3: at a fixed CPU budget, many small steps
+    One 256-unit GRU layer at batch 24 and lr 1e-2: at a fixed CPU budget, many small steps
     of a cheap model beat few of a deep one (bench/README.md, "Quality per CPU-minute":
-    100 CPU-s gave 1.69 nats/char against 1.84 for the former 2x256 GRU at batch 32, 3e-3;
-    batch 24 / 32 at lr 1e-2 / 1.2e-2 scored 1.61 / 1.63 against 1.62 for this default, within
-    the run-to-run spread of ~0.03; per step, an LSTM, XLA and bfloat16 cost more and an
-    unrolled loop ~20% less but 4-7 CPU-s more tracing). `context` 256, not 64: the same
+    100 CPU-s gave 1.69 nats/char against 1.84 for the former 2x256 GRU at batch 32, 3e-3).
+    Batch 24 over 16 (lr 1e-2 over 8e-3) once ~2,400 steps fit in the budget: 1.538 / 1.538
+    against 1.546 / 1.553 (2026-12-02; on a machine where ~1,500 fitted, 1.61 against 1.62,
+    within the spread); per step, an LSTM, XLA and bfloat16 cost more and an unrolled loop
+    less per step but more in tracing. `context` 256, not 64: the same
     trained model scores 0.028 nats/char lower over 256-character held-out windows than over
     64-character ones (0.019 at 128, 0.032 at 512), since each window starts from a zero
     state and its first characters cost 2.5, 2.2, 2.0, ... nats against ~1.64 later on.
     """
 
     epochs: int = 4
-    batch_size: int = 16
-    learning_rate: float = 8e-3
+    batch_size: int = 24
+    learning_rate: float = 1e-2
     steps_per_epoch: int = 500
     #: 8 optimizer steps per compiled call (one host sync per 8): 1,338 steps in 100 CPU-s
     #: against 1,189 at 1 (bench/README.md, "Quality per CPU-minute")
