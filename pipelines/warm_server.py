@@ -60,7 +60,10 @@ def _become_child(request: dict[str, Any], out_fd: int, fds: tuple[int, ...]) ->
 def _child(request: dict[str, Any], out_fd: int) -> int:
     """Runs in the forked child: become the task process, then execute kfp's entry point."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM (Ctrl-C of `genpipe run`, through the session) unwinds the task like Ctrl-C,
+    # also outside zoo.tracking.run_status (which marks the MLflow run KILLED inside): its
+    # temp dir is removed below; a task that does not unwind is SIGKILLed after the grace.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     _become_child(request, out_fd, (1, 2))
     timeline.mark("task: forked")
     os.environ["_KFP_RUNTIME"] = "true"  # what kfp's sh wrapper sets

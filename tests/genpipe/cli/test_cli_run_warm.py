@@ -251,6 +251,36 @@ def test_a_second_ctrl_c_exits_at_once_and_the_run_still_ends(stack, tmp_path):
             cli.wait()
 
 
+def test_ctrl_c_at_the_first_task_leaves_nothing_behind(stack, tmp_path):
+    """Ctrl-C as soon as the first task (ingest) runs, before it opened its MLflow run: the
+    task unwinds (was: SIGKILL, then SIG_DFL for SIGTERM) and removes its temp dir; one line,
+    exit 130."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "genpipe", "run", "vae", "--preset", "tiny", "--name", "vae-int0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(stack.state_dir, TMPDIR=str(tmp), COLUMNS="400"),
+        preexec_fn=default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("genpipe-task-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(tmp.glob("genpipe-task-*")), cli.poll()
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=60)
+        assert cli.returncode == 130, stderr[-2000:]
+        assert len([ln for ln in stderr.splitlines() if ln.startswith("interrupted")]) == 1
+        assert not list(tmp.glob("genpipe-*")), list(tmp.iterdir())
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
 def _argv(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
