@@ -205,8 +205,11 @@ class GenerativePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, self.meta = load_model(Path(context.artifacts["model_dir"]))
 
+    # `model_input` unannotated: MLflow validates inputs by the type hint of a PythonModel's
+    # predict, supports only list[...] and the like, and warned (in red, on every process that
+    # imports this module: `genpipe generate`, serve, every task) for `Any`.
     def predict(
-        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+        self, context: Any, model_input, params: dict[str, Any] | None = None
     ) -> np.ndarray | list[str]:
         out = generate_from_request(self.model, {**_request_dict(model_input), **(params or {})})
         # A list of one string serializes as {"predictions": ["..."]} in `mlflow models serve`
