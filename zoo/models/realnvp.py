@@ -40,6 +40,14 @@ class RealNVPConfig(TrainConfig):
     alpha: float = 0.05
     # sampling temperature of the base Gaussian (1.0 = the model's own distribution)
     temperature: float = 1.0
+    #: global gradient-norm clip. The loss is nats per image (a sum over the 784 pixels of
+    #: MNIST), so gradients are large: 2e4-5e4 in the first 4 epochs of the default run, with
+    #: single-step spikes past 1e6 that an unclipped Adam step turned into a divergence
+    #: (at step ~500-575 of 1,400 on MNIST t10k, 2026-12-02)
+    clip_norm: float = 1e5
+    #: the divergence check's limit on the unclipped norm, scaled like the loss (a per-dim
+    #: loss's 1e6 x the 784 dims, rounded up): a clipped spike is not a divergence
+    max_grad_norm: float = 1e9
 
     @classmethod
     def tiny(cls) -> RealNVPConfig:
@@ -52,6 +60,7 @@ class RealNVPConfig(TrainConfig):
         r(self.hidden >= 1, f"RealNVPConfig: hidden={self.hidden} must be >= 1")
         r(0 < self.alpha < 0.5, f"RealNVPConfig: alpha={self.alpha} must be in (0, 0.5)")
         r(self.temperature > 0, f"RealNVPConfig: temperature={self.temperature} must be > 0")
+        r(self.clip_norm >= 0, f"RealNVPConfig: clip_norm={self.clip_norm} must be >= 0 (0 = off)")
 
 
 def checkerboard(h: int, w: int, parity: int) -> np.ndarray:
@@ -155,7 +164,9 @@ class RealNVP(GenerativeModel):
         with tf.GradientTape() as tape:
             nll = self.nll_nats(batch["image"], seed, training=True)
             loss = tf.reduce_sum(nll) / global_batch_size
-        norm = self.apply_gradients(optimizers["main"], tape, loss, self.trainable_variables)
+        norm = self.apply_gradients(
+            optimizers["main"], tape, loss, self.trainable_variables, self.cfg.clip_norm
+        )
         return {
             "loss": loss,
             "bits_per_dim": loss / (self.dims * math.log(2.0)),
