@@ -151,10 +151,7 @@ def adopt(
         store.copy(f"{src}/{latest['prefix']}/{f}", f"{dest}/{latest['prefix']}/{f}")
     adopted = {**latest, "adopted_from": from_run}
     store.put_json(f"{dest}/{LATEST}", adopted)  # pointer last, as Checkpointer.save does
-    client.set_tag(to_run, TAG_RESUMED_FROM, f"{from_run} step {latest['step']}")
-    client.set_tag(from_run, TAG_RESUMED_BY, to_run)
-    if run.info.status in ("RUNNING", "SCHEDULED"):  # its process died without saying so
-        client.set_terminated(from_run, "KILLED")
+    _link(client, run, to_run, f"{from_run} step {latest['step']}")
     drop(store, from_run)
     return adopted
 
@@ -174,11 +171,18 @@ def adopt_model(client: Any, from_run: str, to_run: str, fingerprint: str) -> st
         return None
     _unfinished(run, "resume_from")
     _same_data(client, from_run, fingerprint, run)
-    client.set_tag(to_run, TAG_RESUMED_FROM, f"{from_run} trained model")
+    _link(client, run, to_run, f"{from_run} trained model")
+    return str(uri)
+
+
+def _link(client: Any, run: Any, to_run: str, resumed_from: str) -> None:
+    """Tag `to_run` as resuming `run` (`resumed_from` says from what) and `run` as resumed by
+    it; end `run` KILLED if it still claims to run (its process died without saying so)."""
+    from_run = run.info.run_id
+    client.set_tag(to_run, TAG_RESUMED_FROM, resumed_from)
     client.set_tag(from_run, TAG_RESUMED_BY, to_run)
     if run.info.status in ("RUNNING", "SCHEDULED"):
         client.set_terminated(from_run, "KILLED")
-    return str(uri)
 
 
 def _unfinished(run: Any, what: str) -> None:

@@ -167,9 +167,9 @@ def finish(run_id: str) -> None:
         _finished.add(run_id)
 
 
-def _terminate(c: MlflowClient, run_id: str, verdict: str) -> bool:
-    """End the run with `verdict`; a failure to say so is reported (False), never masks the
-    task's error."""
+def _terminate(c: MlflowClient, run_id: str, verdict: str, budget: float | None = None) -> bool:
+    """End the run with `verdict` (within `budget` s; default: short, see below); a failure
+    to say so is reported (False), never masks the task's error."""
     uri = mlflow.get_tracking_uri()
     plain = MlflowClient(uri)  # unwrapped: `call` below is the one bounded retry
     try:
@@ -180,7 +180,7 @@ def _terminate(c: MlflowClient, run_id: str, verdict: str) -> bool:
             plain.set_terminated,
             run_id,
             verdict,
-            budget=min(10.0, retry_seconds()),
+            budget=min(10.0, retry_seconds()) if budget is None else budget,
         )
     except Exception as e:  # noqa: BLE001 - the task's own outcome matters more
         print(f"could not mark MLflow run {run_id} {verdict}: {e}", file=sys.stderr, flush=True)
@@ -198,23 +198,13 @@ def end_interrupted(run_id: str, budget: float = 5.0) -> str:
         uri = mlflow.get_tracking_uri()
         plain = MlflowClient(uri)  # unwrapped: `call` below is the one bounded retry
         run = call(uri, f"reading run {run_id}", plain.get_run, run_id, budget=budget)
-        status = run.info.status
-        if status in ("RUNNING", "SCHEDULED"):
-            call(
-                uri,
-                "tagging",
-                plain.set_tag,
-                run_id,
-                names.TAG_FAILURE,
-                "interrupted",
-                budget=budget,
-            )
-            call(uri, f"ending run {run_id}", plain.set_terminated, run_id, "KILLED", budget=budget)
-            status = "KILLED"
+        if run.info.status not in ("RUNNING", "SCHEDULED"):
+            return str(run.info.status)
+        call(uri, "tagging", plain.set_tag, run_id, names.TAG_FAILURE, "interrupted", budget=budget)
     except Exception as e:  # noqa: BLE001 - the interrupt matters more
         print(f"could not mark MLflow run {run_id} KILLED: {e}", file=sys.stderr, flush=True)
         return ""
-    return str(status)
+    return "KILLED" if _terminate(plain, run_id, "KILLED", budget) else ""
 
 
 def check_registered_name(name: str, where: str = "--name") -> str:
